@@ -1,0 +1,19 @@
+"""CIFAR-100-LT, MiSLAS recipe + LCReg with M = 50 (DESIGN §1–5).
+
+--config.data.data_dir points at the extracted python-format
+`cifar-100-python`; or --config.data.source=tfds.
+"""
+
+from lcreg_jax import config_base
+
+
+def get_config():
+  c = config_base.base_config()
+  c.data.source = 'cifar100'
+  c.data.tfds_name = 'cifar100'
+  c.data.image_size, c.data.channels, c.data.num_classes = 32, 3, 100
+  c.data.imbalance_factor = 100.0   # 10 / 50 / 100 also picks stage-2 row
+  c.model.latent.num_latents = 50
+  c.stage2.preset = 'cifar100'
+  c.checkpoint_every = 1000
+  return c

@@ -1,0 +1,21 @@
+"""Fashion-MNIST-LT with the CIFAR-LT recipe (DESIGN §1, §4, §5).
+
+IDX files from Debian's `dataset-fashion-mnist` (default location) or any
+MNIST-format directory via --config.data.data_dir; TFDS via
+--config.data.source=tfds --config.data.tfds_name=fashion_mnist.
+"""
+
+from lcreg_jax import config_base
+
+
+def get_config():
+  c = config_base.base_config()
+  c.data.source = 'idx'
+  c.data.tfds_name = 'fashion_mnist'
+  c.data.image_size, c.data.channels, c.data.num_classes = 28, 1, 10
+  c.data.imbalance_factor = 100.0
+  c.model.latent.num_latents = 40
+  c.stage2.preset = 'cifar10'
+  c.log_every = 50
+  c.checkpoint_every = 1000
+  return c

@@ -1,0 +1,122 @@
+"""ResNet backbones (DESIGN §2) that return the last feature map.
+
+The CIFAR ResNet-32 follows He et al. (3 stages of BasicBlocks, 16/32/64
+channels) with the option-A (parameter-free) or option-B (1×1 conv) shortcut;
+the ImageNet ResNets (10/50/152) use the usual 7×7 stem. No pooling or
+classifier here: LCReg needs the spatial map.
+"""
+
+import functools
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+conv_init = nn.initializers.kaiming_normal()
+
+
+class BasicBlock(nn.Module):
+  filters: int
+  strides: int = 1
+  shortcut: str = 'A'
+  norm: Any = nn.BatchNorm
+
+  @nn.compact
+  def __call__(self, x):
+    conv = functools.partial(nn.Conv, use_bias=False, kernel_init=conv_init)
+    y = conv(self.filters, (3, 3), self.strides, padding=1)(x)
+    y = nn.relu(self.norm()(y))
+    y = conv(self.filters, (3, 3), padding=1)(y)
+    y = self.norm()(y)
+    if x.shape[-1] != self.filters or self.strides != 1:
+      if self.shortcut == 'A':
+        # Option A: subsample and zero-pad channels, no parameters.
+        x = x[:, ::self.strides, ::self.strides, :]
+        extra = self.filters - x.shape[-1]
+        x = jnp.pad(x, ((0, 0), (0, 0), (0, 0),
+                        (extra // 2, extra - extra // 2)))
+      elif self.shortcut == 'B':
+        x = conv(self.filters, (1, 1), self.strides, name='shortcut_conv')(x)
+        x = self.norm(name='shortcut_bn')(x)
+      else:
+        raise ValueError(f"Unknown shortcut {self.shortcut!r}; use 'A' or 'B'.")
+    return nn.relu(x + y)
+
+
+class BottleneckBlock(nn.Module):
+  filters: int
+  strides: int = 1
+  shortcut: str = 'B'
+  norm: Any = nn.BatchNorm
+
+  @nn.compact
+  def __call__(self, x):
+    conv = functools.partial(nn.Conv, use_bias=False, kernel_init=conv_init)
+    y = nn.relu(self.norm()(conv(self.filters, (1, 1))(x)))
+    y = nn.relu(self.norm()(conv(self.filters, (3, 3), self.strides,
+                                 padding=1)(y)))
+    # Zero-init the last BN scale so each block starts as the identity.
+    y = self.norm(scale_init=nn.initializers.zeros)(
+        conv(self.filters * 4, (1, 1))(y))
+    if x.shape[-1] != self.filters * 4 or self.strides != 1:
+      x = conv(self.filters * 4, (1, 1), self.strides, name='shortcut_conv')(x)
+      x = self.norm(name='shortcut_bn')(x)
+    return nn.relu(x + y)
+
+
+class ResNet(nn.Module):
+  """Returns the (B, H, W, D) feature map of the last stage."""
+  stage_sizes: Sequence[int]
+  block: str = 'basic'
+  widths: Sequence[int] = (16, 32, 64)
+  stem: str = 'cifar'
+  shortcut: str = 'A'
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train: bool = True):
+    norm = functools.partial(nn.BatchNorm, use_running_average=not train,
+                             momentum=0.9, epsilon=1e-5, dtype=self.dtype)
+    x = x.astype(self.dtype)
+    if self.stem == 'cifar':
+      x = nn.Conv(self.widths[0], (3, 3), padding=1, use_bias=False,
+                  kernel_init=conv_init, dtype=self.dtype)(x)
+      x = nn.relu(norm()(x))
+    elif self.stem == 'imagenet':
+      x = nn.Conv(64, (7, 7), 2, padding=3, use_bias=False,
+                  kernel_init=conv_init, dtype=self.dtype)(x)
+      x = nn.relu(norm()(x))
+      x = nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
+    else:
+      raise ValueError(f"Unknown stem {self.stem!r}; use 'cifar' or 'imagenet'.")
+    block_cls = {'basic': BasicBlock, 'bottleneck': BottleneckBlock}[self.block]
+    for i, (size, width) in enumerate(zip(self.stage_sizes, self.widths)):
+      for j in range(size):
+        strides = 2 if i > 0 and j == 0 else 1
+        x = block_cls(width, strides, shortcut=self.shortcut, norm=norm,
+                      name=f'stage{i + 1}_block{j + 1}')(x)
+    return x.astype(jnp.float32)
+
+
+BACKBONES = {
+    'resnet32': dict(stage_sizes=(5, 5, 5), block='basic',
+                     widths=(16, 32, 64), stem='cifar'),
+    'resnet8': dict(stage_sizes=(1, 1, 1), block='basic',
+                    widths=(16, 32, 64), stem='cifar'),
+    'resnet10': dict(stage_sizes=(1, 1, 1, 1), block='basic',
+                     widths=(64, 128, 256, 512), stem='imagenet',
+                     shortcut='B'),
+    'resnet50': dict(stage_sizes=(3, 4, 6, 3), block='bottleneck',
+                     widths=(64, 128, 256, 512), stem='imagenet'),
+    'resnet152': dict(stage_sizes=(3, 8, 36, 3), block='bottleneck',
+                      widths=(64, 128, 256, 512), stem='imagenet'),
+}
+
+
+def make_backbone(name: str, shortcut: str = 'A', dtype=jnp.float32) -> ResNet:
+  if name not in BACKBONES:
+    raise ValueError(f'Unknown backbone {name!r}; choose one of '
+                     f'{sorted(BACKBONES)} with --config.model.backbone.')
+  kwargs = dict(BACKBONES[name])
+  kwargs.setdefault('shortcut', shortcut)
+  return ResNet(dtype=dtype, **kwargs)
