@@ -9,6 +9,7 @@ from lcreg_jax import config_base
 
 def get_config():
   c = config_base.base_config()
+  c.data.name = 'cifar10'
   c.data.source = 'cifar10'
   c.data.tfds_name = 'cifar10'
   c.data.image_size, c.data.channels, c.data.num_classes = 32, 3, 10

@@ -10,6 +10,7 @@ from lcreg_jax import config_base
 
 def get_config():
   c = config_base.base_config()
+  c.data.name = 'fashion_mnist'
   c.data.source = 'idx'
   c.data.tfds_name = 'fashion_mnist'
   c.data.image_size, c.data.channels, c.data.num_classes = 28, 1, 10

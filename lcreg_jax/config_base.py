@@ -18,13 +18,14 @@ def base_config() -> ml_collections.ConfigDict:
   c.checkpoint_every = 500   # steps between checkpoints (and at the end)
 
   c.data = ml_collections.ConfigDict(dict(
+      name='',               # for reports; '' = derived from the source
       source='digits',       # digits | idx | cifar10 | cifar100 | tfds
       data_dir='',           # '' = the source's default location
       tfds_name='', tfds_data_dir='',
       num_classes=10, image_size=8, channels=1,
       imbalance_factor=10.0, lt_seed=0,
       digits_test_per_class=30, val_per_class=0,
-      augment='crop_flip',   # crop_flip | flip | none
+      augment='crop_flip',   # crop_flip | crop | flip | none
       pad=4,
   ))
 
@@ -77,7 +78,7 @@ def base_config() -> ml_collections.ConfigDict:
 
 _CHOICES = {
     'data.source': ('digits', 'idx', 'cifar10', 'cifar100', 'tfds'),
-    'data.augment': ('crop_flip', 'flip', 'none'),
+    'data.augment': ('crop_flip', 'crop', 'flip', 'none'),
     'model.classify_on': ('sum', 'feature', 'reconstruction'),
     'model.shortcut': ('A', 'B'),
     'model.dtype': ('float32', 'bfloat16'),

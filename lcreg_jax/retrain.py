@@ -93,24 +93,32 @@ def stage2_optimizer(cfg, settings, steps_per_epoch: int, epochs: int):
 
 
 def retrain_step(state, batch, *, class_counts, las, shift_bn: bool):
-  """One step of LAS on the LWS head; trunk frozen by the optimizer."""
-  def loss_fn(params):
-    variables = {'params': params, 'batch_stats': state.batch_stats}
+  """One step of LAS on the LWS head.
+
+  Only the head is differentiated: the frozen trunk needs its forward pass
+  (and, with shift BN, its batch statistics) but no backward pass, which
+  makes the step about three times cheaper than masking full gradients.
+  """
+  def loss_fn(head_params):
+    variables = {'params': {**state.params, 'head': head_params},
+                 'batch_stats': state.batch_stats}
     if shift_bn:
       out, mutated = state.apply_fn(variables, batch['image'], train=True,
                                     mutable=['batch_stats'])
       stats = mutated['batch_stats']
     else:
-      out, stats = state.apply_fn(variables, batch['image'], train=False), \
-          state.batch_stats
+      out = state.apply_fn(variables, batch['image'], train=False)
+      stats = state.batch_stats
     loss = losses.label_aware_smoothing(
         out['logits'], batch['label'], class_counts, las['las_head'],
         las['las_tail'], las['shape'], las['power'])
     acc = (out['logits'].argmax(-1) == batch['label']).mean()
     return loss, (stats, acc)
 
-  (loss, (stats, acc)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-      state.params)
+  (loss, (stats, acc)), head_grads = jax.value_and_grad(
+      loss_fn, has_aux=True)(state.params['head'])
+  grads = {k: (head_grads if k == 'head' else jax.tree.map(jnp.zeros_like, v))
+           for k, v in state.params.items()}
   state = state.apply_gradients(grads=grads, batch_stats=stats)
   return state, dict(loss=loss, accuracy=acc,
                      params_finite=train.all_finite(state.params))

@@ -170,7 +170,7 @@ def train_step(state: TrainState, batch, rng, *, hp: Stage1Hparams):
   (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   state = state.apply_gradients(grads=grads, batch_stats=aux.pop('batch_stats'),
                                 cov=aux.pop('cov'))
-  metrics = dict(loss=loss, grad_norm=optax.global_norm(grads),
+  metrics = dict(loss=loss, grad_norm=optax.tree.norm(grads),
                  params_finite=all_finite(state.params), **aux)
   return state, metrics
 

@@ -141,8 +141,9 @@ def make_train_iterator(images, labels, *, global_batch_size, sharding, seed, st
 
   The batch yielded first is the one of global step `start_step`.
   """
-  if augment not in ("crop_flip", "flip", "none"):
-    raise ValueError(f"unknown augment {augment!r}; use 'crop_flip', 'flip' or 'none'.")
+  if augment not in ("crop_flip", "crop", "flip", "none"):
+    raise ValueError(f"unknown augment {augment!r}; use 'crop_flip', 'crop', 'flip' or "
+                     "'none'.")
   if sampler not in ("shuffle", "class_balanced"):
     raise ValueError(f"unknown sampler {sampler!r}; use 'shuffle' or 'class_balanced'.")
   images, labels, mean, std = _check_inputs(images, labels, mean, std)
@@ -155,7 +156,9 @@ def make_train_iterator(images, labels, *, global_batch_size, sharding, seed, st
   images_t, labels_t = tf.constant(images), tf.constant(labels)
   mean_t, std_t, rows_t = tf.constant(mean), tf.constant(std), tf.constant(rows)
   seed_t = tf.constant(seed, tf.int64)
-  pad = pad if augment == "crop_flip" else 0
+  pad = pad if augment in ("crop_flip", "crop") else 0
+  # 'crop' is for inputs whose mirror image is another class (digits).
+  max_flip = 1 if augment == "crop" else 2
 
   def load(index, step):
     """One local batch. Vectorised: a per-element tf.data map costs ~60 us/element."""
@@ -169,7 +172,7 @@ def make_train_iterator(images, labels, *, global_batch_size, sharding, seed, st
       offset = tf.gather(tf.random.stateless_uniform(
           [batch, 2], offset_key, minval=0, maxval=2 * pad + 1, dtype=tf.int32), rows_t)
       flip = tf.gather(tf.random.stateless_uniform(
-          [batch], flip_key, minval=0, maxval=2, dtype=tf.int32), rows_t)
+          [batch], flip_key, minval=0, maxval=max_flip, dtype=tf.int32), rows_t)
       # Zero (black) padding, then the crop window and the mirror as two batched gathers.
       image = tf.pad(image, [[0, 0], [pad, pad], [pad, pad], [0, 0]])
       ys = offset[:, :1] + tf.range(h)[None]

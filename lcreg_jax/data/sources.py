@@ -60,7 +60,7 @@ def load_dataset(data_config) -> LongTailDataset:
   val = None
   if cfg.val_per_class > 0:
     train, val = carve_val(train, cfg.num_classes, cfg.val_per_class)
-  name = cfg.tfds_name if cfg.source == "tfds" else cfg.source
+  name = cfg.name or (cfg.tfds_name if cfg.source == "tfds" else cfg.source)
   if cfg.imbalance_factor > 1:
     name = f"{name}-lt{cfg.imbalance_factor:g}"
   return LongTailDataset(
@@ -69,9 +69,10 @@ def load_dataset(data_config) -> LongTailDataset:
 
 
 def carve_val(train: Split, num_classes: int, per_class: int) -> tuple[Split, Split]:
-  """Moves the first min(per_class, n_c // 5) samples of each class (LT order) to val.
+  """Moves the first min(per_class, n_c // 5) samples of each class (in order) to val.
 
-  The n_c // 5 cap keeps at least 80% of a tail class for training.
+  The n_c // 5 cap keeps at least 80% of a tail class for training. `train.images` may be any
+  per-sample array (e.g. features); relative order is kept in both parts.
   """
   labels = train.labels
   n_val = np.minimum(per_class, np.bincount(labels, minlength=num_classes) // 5)

@@ -104,8 +104,11 @@ def inference_offset(class_counts: np.ndarray, mask_absent: bool,
 @functools.lru_cache(maxsize=None)
 def _classifier_fns(model: nn.Module, lr: float, weight_decay: float,
                     batch: int, every: int, tiny: float):
-  """Jitted train/eval functions, cached so stages with equal padded shapes
-  share one compilation (XLA compiles dominate run time on CPU)."""
+  """Jitted training chunk and accuracy of one classifier setup.
+
+  Cached so stages with equal padded shapes share one compilation (XLA
+  compiles dominate the run time on CPU).
+  """
   tx = optax.adamw(lr, weight_decay=weight_decay)
 
   @jax.jit
@@ -127,11 +130,13 @@ def _classifier_fns(model: nn.Module, lr: float, weight_decay: float,
     pred = jnp.argmax(model.apply(params, *xs) + offset, -1)
     return jnp.sum((pred == ys) & (jnp.arange(ys.shape[0]) < n))
 
-  @jax.jit
-  def probs(params, offset, xs):
-    return jax.nn.softmax(model.apply(params, *xs) + offset, -1)
+  return tx, run_chunk, num_correct
 
-  return tx, run_chunk, num_correct, probs
+
+@functools.lru_cache(maxsize=None)
+def _probs_fn(model: nn.Module):
+  return jax.jit(lambda params, offset, xs: jax.nn.softmax(
+      model.apply(params, *xs) + offset, -1))
 
 
 def _pad_rows(a: np.ndarray, rows) -> jax.Array:
@@ -178,7 +183,7 @@ def train_classifier(model: nn.Module,
   offset = jnp.asarray(
       inference_offset(counts, cfg.mask_absent_classes, tiny))
   every = max(1, int(cfg.eval_every))
-  tx, run_chunk, num_correct, _ = _classifier_fns(
+  tx, run_chunk, num_correct = _classifier_fns(
       model, float(cfg.classifier_lr), float(cfg.classifier_weight_decay),
       int(cfg.classifier_batch_size), every, tiny)
   xs = tuple(_pad_rows(np.asarray(a, np.float32), pad_train)
@@ -210,13 +215,14 @@ def train_classifier(model: nn.Module,
                            'final_loss': float(loss)}
 
 
-def predict_probs(model: nn.Module, params, offset, inputs: Sequence[np.ndarray],
+def predict_probs(model: nn.Module, params, offset,
+                  inputs: Sequence[np.ndarray],
                   chunk: int = 4096) -> np.ndarray:
   """Softmax of logits + offset (no label prior: balanced test prior)."""
   n = inputs[0].shape[0]
   if n == 0:
     return np.zeros((0, offset.shape[0]), np.float32)
-  probs = _classifier_fns(model, 0.0, 0.0, 1, 1, 0.0)[3]
+  probs = _probs_fn(model)
   out = []
   for i in range(0, n, chunk):
     part = [np.asarray(a[i:i + chunk], np.float32) for a in inputs]

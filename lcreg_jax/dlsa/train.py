@@ -327,11 +327,12 @@ def run_dlsa(config, *, train, val, test, num_classes: int, workdir: str,
 
   Args:
     config: get_dlsa_config() (possibly partial) or a config with a `dlsa`
-      field.
+      field. `enabled` is for the caller; run_dlsa runs regardless.
     train, val, test: (features (N, D) float32, labels (N,) int).
     num_classes: C.
-    workdir: receives flow/classifier parameters (.npz) and
-      dlsa_report.json.
+    workdir: receives dlsa_flow_<stage>.npz (flow variables, prior centres,
+      the standardisation mean/std), dlsa_classifier_<stage|final>.npz
+      (parameters, cluster prior) and dlsa_report.json.
     log: progress sink.
   Returns:
     DLSAResult; stage s < depth is the s-th cluster-aided classifier,
@@ -348,6 +349,8 @@ def run_dlsa(config, *, train, val, test, num_classes: int, workdir: str,
                         f'{x.shape} and {y.shape}')
     if y.size and (y.min() < 0 or y.max() >= c):
       raise ConfigError(f'{s}: labels outside [0, {c})')
+  mu = np.zeros(data['train'][0].shape[1], np.float32)
+  sd = np.ones_like(mu)
   if cfg.standardize:
     mu = data['train'][0].mean(0)
     sd = data['train'][0].std(0)
@@ -375,7 +378,8 @@ def run_dlsa(config, *, train, val, test, num_classes: int, workdir: str,
           y_of['val'][va], num_classes=c, config=cfg, key=sub,
           pad_to=n_of['train'], log=log, name=f'flow[{st}]')
       _save_tree(os.path.join(workdir, f'dlsa_flow_{st}.npz'),
-                 {'variables': variables, 'centers': centers})
+                 {'variables': variables, 'centers': centers,
+                  'feature_mean': mu, 'feature_std': sd})
       outs = {s: flow_evaluate(model, variables, centers, x_of[s],
                                int(cfg.eval_chunk)) for s in _SPLITS}
     logp = {s: outs[s][0] for s in _SPLITS}

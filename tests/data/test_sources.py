@@ -10,12 +10,15 @@ import ml_collections
 import numpy as np
 import pytest
 
+from lcreg_jax import config_base
 from lcreg_jax.data import longtail
 from lcreg_jax.data import sources
 
 
 def _config(**overrides):
-  cfg = ml_collections.ConfigDict(dict(
+  # Start from the real config section so the tests see every key a run has.
+  cfg = config_base.base_config().data
+  cfg.update(dict(
       source="cifar10", data_dir="", tfds_name="cifar10", tfds_data_dir="",
       imbalance_factor=1.0, lt_seed=0, num_classes=10, image_size=32, channels=3,
       digits_test_per_class=30, val_per_class=0))
@@ -133,6 +136,16 @@ def test_val_carve(tmp_path):
     members = base.train.images[base.train.labels == c]
     np.testing.assert_array_equal(ds.val.images[ds.val.labels == c], members[:n_val[c]])
     np.testing.assert_array_equal(ds.train.images[ds.train.labels == c], members[n_val[c]:])
+
+
+def test_carve_val_on_features():
+  labels = np.array([0, 1, 0, 0, 1, 0, 0, 2])  # class 0: 5 samples, class 1: 2, class 2: 1
+  features = np.arange(16, dtype=np.float32).reshape(8, 2)
+  train, val = sources.carve_val(sources.Split(features, labels), 3, 4)
+  np.testing.assert_array_equal(val.labels, [0])  # min(4, 5 // 5) = 1; tail classes keep all
+  np.testing.assert_array_equal(val.images, features[:1])
+  np.testing.assert_array_equal(train.labels, labels[1:])
+  np.testing.assert_array_equal(train.images, features[1:])
 
 
 def test_digits_split():
