@@ -70,9 +70,6 @@ def base_config() -> ml_collections.ConfigDict:
   ))
 
   c.dlsa = dlsa_config.get_dlsa_config()
-  # Per-class size of the validation split DLSA carves from the stage-1
-  # training features when the data set has none (at most n_c // 5).
-  c.dlsa.val_per_class = 20
   return c
 
 

@@ -80,11 +80,25 @@ def compute_metrics(logits_or_probs, labels, class_counts, *,
   return out
 
 
+def _json_safe(x):
+  # NaN/inf are not JSON; null keeps the report readable by any parser.
+  if isinstance(x, dict):
+    return {str(k): _json_safe(v) for k, v in x.items()}
+  if isinstance(x, (list, tuple)):
+    return [_json_safe(v) for v in x]
+  if isinstance(x, (float, np.floating)):
+    return float(x) if np.isfinite(x) else None
+  if isinstance(x, np.integer):
+    return int(x)
+  return x
+
+
 def write_report(path: str, report: dict):
+  """Writes JSON atomically (a crash never leaves half a report)."""
   os.makedirs(os.path.dirname(path), exist_ok=True)
   tmp = path + '.tmp'
   with open(tmp, 'w') as f:
-    json.dump(report, f, indent=2)
+    json.dump(_json_safe(report), f, indent=2)
   os.replace(tmp, path)
 
 
@@ -130,6 +144,16 @@ def save_plots(directory: str, probs, labels, class_counts,
     fig.tight_layout()
     fig.savefig(os.path.join(directory, 'latent_usage.png'), dpi=100)
     plt.close(fig)
+
+
+def format_routing(routing: dict) -> str:
+  """DLSA: share and accuracy of the test samples each stage handled."""
+  parts = []
+  for stage, r in sorted(routing.items(), key=lambda kv: int(kv[0])):
+    name = f'stage {stage}' if int(stage) < len(routing) - 1 else 'final'
+    acc = '-' if r.get('accuracy') is None else f'{100 * r["accuracy"]:.1f}%'
+    parts.append(f'{name}: {100 * r["share"]:.1f}% of test, top-1 {acc}')
+  return 'DLSA routing: ' + '; '.join(parts)
 
 
 def format_table(rows: dict[str, dict]) -> str:

@@ -1,6 +1,5 @@
 """train_and_evaluate: stage 1 → stage 2 → DLSA, as the config says."""
 
-import json
 import os
 
 from absl import logging
@@ -86,9 +85,12 @@ def train_and_evaluate(config, workdir: str, hooks=()) -> dict:
     rows['dlsa'] = run_dlsa_stage(config, dataset, state1, workdir, mesh, norm)
   if jax.process_index() == 0:
     table = evaluate.format_table(rows)
+    if 'dlsa' in rows:
+      table += '\n' + evaluate.format_routing(rows['dlsa']['routing'])
     print(f'\n{dataset.name}, test set of {len(dataset.test.labels)} '
           f'(accuracies and ECE in %):\n{table}\n', flush=True)
-    with open(os.path.join(workdir, 'summary.json'), 'w') as f:
-      json.dump({k: {m: v for m, v in r.items() if np.isscalar(v) or v is None}
-                 for k, r in rows.items()}, f, indent=2)
+    evaluate.write_report(
+        os.path.join(workdir, 'summary.json'),
+        {k: {m: v for m, v in r.items() if np.isscalar(v) or v is None}
+         for k, r in rows.items()})
   return rows

@@ -7,6 +7,9 @@ def get_dlsa_config() -> ml_collections.ConfigDict:
   """All DLSA settings; the defaults run in about a minute on 2 CPU cores."""
   c = ml_collections.ConfigDict()
   c.enabled = False
+  # Per-class size of the validation split carved from the stage-1 training
+  # features when the data set has none (at most n_c // 5; never from test).
+  c.val_per_class = 20
   c.seed = 0
   # Features are standardised with the training mean/std before the flow and
   # the classifiers: stage-1 features are post-ReLU with arbitrary scale, and
@@ -72,6 +75,8 @@ def get_dlsa_config() -> ml_collections.ConfigDict:
   # stage never saw keeps its untrained logit otherwise.
   c.mask_absent_classes = True
   c.final_balanced_softmax = True  # False: plain CE for the final classifier.
-  c.eval_every = 250  # Steps between validation checks (flow + classifiers).
+  # Steps between validation checks (flow and classifiers); step counts
+  # round up to a multiple of it.
+  c.eval_every = 250
   c.eval_chunk = 4096  # Rows per jitted inference call.
   return c

@@ -73,13 +73,18 @@ def balanced_softmax_loss(logits, labels, class_counts, tiny: float = 1e-12):
   return optax.softmax_cross_entropy_with_integer_labels(adj, labels).mean()
 
 
+# The classifiers are linear, so their losses are convex in the parameters:
+# zero initialisation loses nothing and is deterministic.
+_Linear = functools.partial(nn.Dense, kernel_init=nn.initializers.zeros)
+
+
 class LinearClassifier(nn.Module):
   """The final ordinary classifier."""
   num_classes: int
 
   @nn.compact
   def __call__(self, x):
-    return nn.Dense(self.num_classes, name='lin_x')(x)
+    return _Linear(self.num_classes, name='lin_x')(x)
 
 
 class ClusterAidedClassifier(nn.Module):
@@ -88,8 +93,8 @@ class ClusterAidedClassifier(nn.Module):
 
   @nn.compact
   def __call__(self, x, zp):
-    return (nn.Dense(self.num_classes, name='lin_x')(x) +
-            nn.Dense(self.num_classes, name='lin_zp')(zp))
+    return (_Linear(self.num_classes, name='lin_x')(x) +
+            _Linear(self.num_classes, name='lin_zp')(zp))
 
 
 def inference_offset(class_counts: np.ndarray, mask_absent: bool,
@@ -131,6 +136,12 @@ def _classifier_fns(model: nn.Module, lr: float, weight_decay: float,
     return jnp.sum((pred == ys) & (jnp.arange(ys.shape[0]) < n))
 
   return tx, run_chunk, num_correct
+
+
+@functools.lru_cache(maxsize=None)
+def _init_fn(model: nn.Module):
+  # One compile instead of one eager RNG compile per parameter shape.
+  return jax.jit(model.init)
 
 
 @functools.lru_cache(maxsize=None)
@@ -193,7 +204,7 @@ def train_classifier(model: nn.Module,
               for a in val_inputs)
   vys = _pad_rows(np.asarray(val_labels, np.int32), pad_val)
   init_key, key = jax.random.split(key)
-  params = model.init(init_key, *(a[:1] for a in xs))
+  params = _init_fn(model)(init_key, *(a[:1] for a in xs))
   opt_state = tx.init(params)
   num_chunks = max(1, -(-int(cfg.classifier_steps) // every))
   best = (-1.0, params, 0)

@@ -73,7 +73,7 @@ def _loss_setup(purity_type='hinge_ce', center_std=0.05, seed=0):
   rng = np.random.default_rng(seed)
   xp = jnp.asarray(rng.normal(size=(b, dim)), jnp.float32)
   xn = jnp.asarray(rng.normal(size=(b, dim)) + 1, jnp.float32)
-  v = model.init(jax.random.PRNGKey(seed), xp, train=True)
+  v = train_lib._flow_init_fn(model)(jax.random.PRNGKey(seed), xp)  # Jitted.
   centers = flow_lib.make_centers(jax.random.PRNGKey(1), 6, dim, center_std)
   wp = jnp.asarray(rng.uniform(0.5, 2, b), jnp.float32)
   valid = jnp.asarray(np.r_[np.ones(b - 1), 0.0], jnp.float32)
@@ -222,12 +222,16 @@ def test_run_dlsa_switches(synthetic, tmp_path):
   train, val, (xt, yt), c = synthetic
   cfg = ml_collections.ConfigDict({'dlsa': _tiny_config(
       use_flow_latent=True, flow_per_stage=True, flow_select_metric='heldout',
-      purity_type='overlap', flow_schedule='constant', depth=1,
+      purity_type='overlap', flow_schedule='constant',
       final_balanced_softmax=False, standardize=False)})
+  logs = []
   res = run_dlsa(cfg, train=train, val=val, test=(xt, yt), num_classes=c,
-                 workdir=str(tmp_path), log=lambda _: None)
-  assert sorted(res.stage_report) == [0, 1]
-  assert res.stage_report[0]['train_routed'] == 191
+                 workdir=str(tmp_path), log=logs.append)
+  rep = res.stage_report
+  assert [rep[s]['train_routed'] for s in range(3)] == [191, 134, 310]
+  # A second flow, trained on the 444 samples stage 0 left.
+  assert any(l.startswith('flow[1]: n=444 ') for l in logs)
+  assert os.path.exists(os.path.join(str(tmp_path), 'dlsa_flow_1.npz'))
   assert np.mean(res.test_probs.argmax(1) == yt) > 0.85
 
 
