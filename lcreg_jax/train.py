@@ -211,6 +211,7 @@ def fit(state, *, step_fn: Callable, make_iterator: Callable[[int], Iterable],
     logging.info('%s: resumed from step %d of %d (%s).', stage, start,
                  total_steps, ckpt.directory)
   if start >= total_steps:
+    ckpt.close()
     return state
   writer = metric_writers.create_default_writer(
       workdir, just_logging=jax.process_index() > 0)

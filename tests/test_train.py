@@ -178,3 +178,20 @@ def test_kill_and_resume_reaches_same_parameters(tmp_path):
                                                        atol=1e-7),
                got, ref)
   assert rows['stage2']['top1'] == ref_rows['stage2']['top1']
+
+
+@pytest.mark.parametrize('diagonal', [False, True])
+def test_explicit_latent_noise_has_covariance_lambda_sigma(diagonal):
+  from lcreg_jax import covariance
+  rng = np.random.default_rng(5)
+  a = rng.normal(size=(2, 3, 3))
+  cov = np.einsum('mde,mfe->mdf', a, a)
+  state = covariance.init_covariance(2, 3, diagonal)
+  stored = np.stack([np.diag(c) if diagonal else c for c in cov])
+  state = state._replace(cov=jnp.asarray(stored, jnp.float32))
+  noise = np.asarray(train.sample_latent_noise(jax.random.key(0), state, 0.5,
+                                               100_000), np.float64)
+  for m in range(2):
+    emp = np.cov(noise[:, m], rowvar=False)
+    ref = 0.5 * (np.diag(np.diag(cov[m])) if diagonal else cov[m])
+    np.testing.assert_allclose(emp, ref, atol=0.05 * np.abs(ref).max())
