@@ -1,0 +1,47 @@
+"""Collects report.json files of several workdirs into one Markdown table.
+
+  python benchmarks/collect_results.py NAME=WORKDIR[,WORKDIR...] ...
+
+Each NAME gets one row per stage found; with several workdirs (seeds) the
+cells are mean ± std over them.
+"""
+
+import json
+import os
+import sys
+
+import numpy as np
+
+STAGES = ('stage1', 'stage2', 'dlsa')
+COLS = ('top1', 'many', 'medium', 'few', 'ece', 'nll')
+
+
+def _cell(values, col):
+  values = [v for v in values if v is not None]
+  if not values:
+    return '-'
+  scale = 1 if col == 'nll' else 100
+  fmt = '{:.3f}' if col == 'nll' else '{:.2f}'
+  mean = fmt.format(scale * np.mean(values))
+  if len(values) == 1:
+    return mean
+  return f'{mean} ± {fmt.format(scale * np.std(values, ddof=1))}'
+
+
+def main(args):
+  print('| method | stage | runs | ' + ' | '.join(COLS) + ' |')
+  print('|---|---|---|' + '---|' * len(COLS))
+  for arg in args:
+    name, dirs = arg.split('=', 1)
+    for stage in STAGES:
+      reports = [json.load(open(os.path.join(d, stage, 'report.json')))
+                 for d in dirs.split(',')
+                 if os.path.exists(os.path.join(d, stage, 'report.json'))]
+      if reports:
+        cells = [_cell([r.get(c) for r in reports], c) for c in COLS]
+        print(f'| {name} | {stage} | {len(reports)} | ' + ' | '.join(cells)
+              + ' |')
+
+
+if __name__ == '__main__':
+  main(sys.argv[1:])
