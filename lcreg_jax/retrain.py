@@ -208,7 +208,7 @@ def train_stage2(config, dataset, workdir: str, mesh, norm, stage1_state,
         mean=norm[0], std=norm[1])
 
   logging.info('stage2: %d steps, settings %s.', total, settings)
-  return train.fit(state, step_fn=step, make_iterator=make_iterator, total_steps=total, ckpt=ckpt,
-                   workdir=stage_dir, stage='stage2',
-                   log_every=config.log_every,
+  return train.fit(state, step_fn=step, make_iterator=make_iterator,
+                   total_steps=total, ckpt=ckpt, workdir=stage_dir,
+                   stage='stage2', log_every=config.log_every,
                    checkpoint_every=config.checkpoint_every, hooks=hooks)
