@@ -1,11 +1,12 @@
 """Stage-1 step time of the plain MiSLAS backbone vs LCReg, in one run.
 
-  python benchmarks/step_time.py --config=configs/cifar10_lt.py --steps=20
+  python benchmarks/step_time.py --config=configs/cifar10_lt.py
 
 Random inputs of the config's image shape; both models are compiled and
-warmed up first, then timed over the same number of steps with
-`block_until_ready`. Prints ms/step, images/s, peak device memory where the
-backend reports it, and the LCReg/plain ratio.
+warmed up first, then timed alternately (rounds × steps, `block_until_ready`)
+so that both see the same machine conditions. Prints the median ms/step,
+images/s, peak device memory where the backend reports it (GPU/TPU), and
+the LCReg/plain ratio of the medians.
 """
 
 import functools
@@ -25,12 +26,14 @@ from lcreg_jax.models import network
 
 config_flags.DEFINE_config_file('config', 'configs/cifar10_lt.py',
                                 'Config whose model and stage1 are timed.')
-flags.DEFINE_integer('steps', 20, 'Timed steps per model.')
+flags.DEFINE_integer('steps', 5, 'Timed steps per model and round.')
+flags.DEFINE_integer('rounds', 5, 'Alternating timing rounds.')
 flags.DEFINE_integer('warmup', 3, 'Untimed steps after compilation.')
 FLAGS = flags.FLAGS
 
 
-def time_model(config, latent: bool, mesh, steps: int, warmup: int):
+def build(config, latent: bool, mesh):
+  """A compiled stage-1 step, its state, one batch and the rng."""
   config = config.copy_and_resolve_references()
   config.model.latent.enabled = latent
   if not latent:
@@ -57,22 +60,17 @@ def time_model(config, latent: bool, mesh, steps: int, warmup: int):
           size=(bs, *shape)), jnp.float32),
            label=jnp.arange(bs, dtype=jnp.int32) % c.num_classes),
       parallel.batch_sharding(mesh))
-  rng = parallel.replicate(rng, mesh)
+  return dict(step=step, state=state, batch=batch,
+              rng=parallel.replicate(rng, mesh), batch_size=bs)
+
+
+def run_steps(m, n: int) -> float:
+  """Seconds per step over n steps (the state is carried, as in training)."""
   t0 = time.perf_counter()
-  state, m = step(state, batch, rng)
-  jax.block_until_ready(m)
-  compile_s = time.perf_counter() - t0
-  for _ in range(warmup):
-    state, m = step(state, batch, rng)
-  jax.block_until_ready(m)
-  t0 = time.perf_counter()
-  for _ in range(steps):
-    state, m = step(state, batch, rng)
-  jax.block_until_ready(m)
-  dt = (time.perf_counter() - t0) / steps
-  stats = jax.devices()[0].memory_stats() or {}
-  return dict(ms=1e3 * dt, ips=bs / dt, compile_s=compile_s,
-              peak_gib=stats.get('peak_bytes_in_use', 0) / 2**30)
+  for _ in range(n):
+    m['state'], metrics = m['step'](m['state'], m['batch'], m['rng'])
+  jax.block_until_ready(metrics)
+  return (time.perf_counter() - t0) / max(n, 1)
 
 
 def main(argv):
@@ -84,14 +82,30 @@ def main(argv):
         f'{config.stage1.batch_size}, {config.data.image_size}²×'
         f'{config.data.channels}, M={config.model.latent.num_latents}, '
         f'covariance={config.model.latent.covariance}')
-  rows = {}
+  models = {}
   for name, latent in (('plain', False), ('lcreg', True)):
-    rows[name] = time_model(config, latent, mesh, FLAGS.steps, FLAGS.warmup)
-    r = rows[name]
-    print(f'{name:6s} {r["ms"]:9.2f} ms/step  {r["ips"]:9.1f} images/s  '
-          f'compile {r["compile_s"]:.1f} s  peak {r["peak_gib"]:.2f} GiB')
-  print(f'ratio lcreg/plain step time: '
-        f'{rows["lcreg"]["ms"] / rows["plain"]["ms"]:.3f}')
+    models[name] = build(config, latent, mesh)
+    t0 = time.perf_counter()
+    run_steps(models[name], 1)
+    print(f'{name}: compiled and ran the first step in '
+          f'{time.perf_counter() - t0:.1f} s')
+    run_steps(models[name], FLAGS.warmup)
+  # Alternate the two models over several rounds and take medians, so that
+  # a slow phase of a shared machine hits both alike.
+  times = {name: [] for name in models}
+  for _ in range(FLAGS.rounds):
+    for name, m in models.items():
+      times[name].append(run_steps(m, FLAGS.steps))
+  for name, ts in times.items():
+    dt = float(np.median(ts))
+    bs = models[name]['batch_size']
+    stats = jax.devices()[0].memory_stats() or {}
+    print(f'{name:6s} {1e3 * dt:9.2f} ms/step  {bs / dt:9.1f} images/s  '
+          f'(median of {len(ts)} rounds of {FLAGS.steps} steps; spread '
+          f'{1e3 * min(ts):.0f}-{1e3 * max(ts):.0f} ms)  peak device memory '
+          f'{stats.get("peak_bytes_in_use", 0) / 2**30:.2f} GiB')
+  ratio = np.median(times['lcreg']) / np.median(times['plain'])
+  print(f'ratio lcreg/plain step time: {ratio:.3f}')
   sys.stdout.flush()
 
 
