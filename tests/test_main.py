@@ -79,12 +79,17 @@ def test_bad_images_or_labels_stop_with_message(tmp_path, problem):
   assert str(tmp_path / 'idx') in res.stderr
 
 
-def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
+def _finished_stage1(tmp_path):
+  """A tiny finished stage 1: its config, checkpoint dir and digest."""
   cfg = tiny.tiny_config()
   cfg.stage2.enabled = False
   run.train_and_evaluate(cfg, str(tmp_path))
   ckpt_dir = tmp_path / 'stage1' / 'checkpoints'
-  before = _tree_digest(ckpt_dir)
+  return cfg, ckpt_dir, _tree_digest(ckpt_dir)
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
+  cfg, ckpt_dir, before = _finished_stage1(tmp_path)
   # Same model, longer schedule, absurd learning rate: it resumes from step
   # 6 and blows up; step 6 must survive bit for bit, with nothing newer.
   cfg.stage1.steps = 12
@@ -92,15 +97,11 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
   with pytest.raises(errors.NonFiniteLossError, match='step 6'):
     run.train_and_evaluate(cfg, str(tmp_path))
   assert _tree_digest(ckpt_dir) == before
-  assert sorted(p for p in os.listdir(ckpt_dir) if p.isdigit())[-1] == '6'
+  assert max(int(p) for p in os.listdir(ckpt_dir) if p.isdigit()) == 6
 
 
 def test_checkpoint_of_another_model_is_refused_and_untouched(tmp_path):
-  cfg = tiny.tiny_config()
-  cfg.stage2.enabled = False
-  run.train_and_evaluate(cfg, str(tmp_path))
-  ckpt_dir = tmp_path / 'stage1' / 'checkpoints'
-  before = _tree_digest(ckpt_dir)
+  cfg, ckpt_dir, before = _finished_stage1(tmp_path)
   cfg.model.latent.num_latents = 6
   with pytest.raises(errors.CheckpointMismatchError,
                      match='num_latents|model') as e:
