@@ -4,11 +4,11 @@
 `cifar-100-python`; or --config.data.source=tfds.
 """
 
-from lcreg_jax import config_base
+from lcreg_jax import config
 
 
 def get_config():
-  c = config_base.base_config()
+  c = config.base_config()
   c.data.name = 'cifar100'
   c.data.source = 'cifar100'
   c.data.tfds_name = 'cifar100'

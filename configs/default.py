@@ -4,11 +4,11 @@ scikit-learn's 8×8 digits (no download): 30 test images per class, the rest
 long-tailed at IF 10. Short schedules scaled down from the CIFAR recipe.
 """
 
-from lcreg_jax import config_base
+from lcreg_jax import config
 
 
 def get_config():
-  c = config_base.base_config()
+  c = config.base_config()
   c.data.name = 'digits'
   c.data.source = 'digits'
   c.data.image_size, c.data.channels, c.data.num_classes = 8, 1, 10

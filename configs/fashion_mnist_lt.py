@@ -5,11 +5,11 @@ MNIST-format directory via --config.data.data_dir; TFDS via
 --config.data.source=tfds --config.data.tfds_name=fashion_mnist.
 """
 
-from lcreg_jax import config_base
+from lcreg_jax import config
 
 
 def get_config():
-  c = config_base.base_config()
+  c = config.base_config()
   c.data.name = 'fashion_mnist'
   c.data.source = 'idx'
   c.data.tfds_name = 'fashion_mnist'

@@ -1,30 +1,66 @@
-"""Per-stage orbax checkpoints that resume, and refuse another model's.
+"""Per-stage orbax checkpoints that resume, refuse another model's, and
+survive a damaged one.
 
-Each stage directory holds `fingerprint.json` (what the checkpoints were made
-for: model config, class count, stage) next to orbax's step folders. A run
-whose fingerprint differs stops before touching the directory, so a wrong
+Each checkpoint directory holds `fingerprint.json` (what the checkpoints were
+made for: model config, class count, stage) next to orbax's step folders. A
+run whose fingerprint differs stops before touching the directory, so a wrong
 `--workdir` can never overwrite someone's good checkpoints.
+
+A step whose files are damaged (truncated, unreadable metadata) is moved
+aside to `<directory>.corrupt/<step>` with a warning, and the previous step is
+used; nothing is deleted. Orbax writes each step to a temporary folder and
+renames it when complete, so a save cut short never looks like a step.
 """
 
+import itertools
 import json
 import os
+import shutil
+import time
 
+from absl import logging
 import jax
 import orbax.checkpoint as ocp
 
 from lcreg_jax import errors
 
 
-class StageCheckpoints:
+def _shapes(tree) -> list[tuple]:
+  """The sorted (shape, dtype) of every array leaf: a structure signature
+  that does not depend on how orbax names the tree's nodes."""
+  leaves = jax.tree.leaves(tree)
+  return sorted((tuple(x.shape), str(x.dtype)) for x in leaves
+                if hasattr(x, 'shape'))
 
-  def __init__(self, directory: str, fingerprint: dict, max_to_keep: int = 2):
+
+class StageCheckpoints:
+  """The checkpoints of one training run (a stage, or a DLSA component).
+
+  Args:
+    directory: where the step folders live.
+    fingerprint: JSON-able description of what the checkpoints are for.
+    max_to_keep: steps kept on disk (the newest ones); at least 2, so that a
+      damaged newest step leaves an older good one.
+    read_only: only read (another stage's checkpoints): no directory is
+      created, nothing is moved, and a damaged newest step stops the run.
+  """
+
+  def __init__(self, directory: str, fingerprint: dict, max_to_keep: int = 2,
+               read_only: bool = False):
     self.directory = os.path.abspath(directory)
     self.fingerprint = json.loads(json.dumps(fingerprint, sort_keys=True))
+    self.read_only = read_only
+    self._max_to_keep = max(2, max_to_keep)
     self._check_fingerprint()
+    self._open()
+
+  def _open(self):
     self.manager = ocp.CheckpointManager(
         self.directory,
-        options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep,
-                                             create=True))
+        item_handlers=ocp.StandardCheckpointHandler(),
+        options=ocp.CheckpointManagerOptions(
+            max_to_keep=self._max_to_keep, create=not self.read_only,
+            read_only=self.read_only))
 
   @property
   def _fingerprint_path(self):
@@ -33,12 +69,19 @@ class StageCheckpoints:
   def _check_fingerprint(self):
     if not os.path.exists(self._fingerprint_path):
       return
-    with open(self._fingerprint_path) as f:
-      stored = json.load(f)
+    try:
+      with open(self._fingerprint_path) as f:
+        stored = json.load(f)
+    except (OSError, ValueError) as e:
+      raise errors.CheckpointError(
+          f'{self._fingerprint_path} cannot be read ({type(e).__name__}: '
+          f'{e}), so it is unknown which model the checkpoints next to it '
+          'belong to. They were left untouched. Restore the file from a '
+          'backup, or use a new --workdir.') from e
     if stored != self.fingerprint:
       diff = sorted(k for k in set(stored) | set(self.fingerprint)
                     if stored.get(k) != self.fingerprint.get(k))
-      raise errors.CheckpointMismatchError(
+      raise errors.CheckpointError(
           f'The checkpoints in {self.directory} were written for a different '
           f'model or data set (differing entries: {", ".join(diff)}; stored '
           f'{ {k: stored.get(k) for k in diff} }, this run '
@@ -46,27 +89,73 @@ class StageCheckpoints:
           'untouched. Use a new --workdir for this configuration, or rerun '
           'with the configuration that wrote them.')
 
-  def latest_step(self):
+  def latest_step(self) -> int | None:
     return self.manager.latest_step()
 
-  def restore(self, target, step=None):
-    """Restores into the structure, shapes and shardings of `target`."""
-    step = self.latest_step() if step is None else step
+  def _restore(self, step: int, target):
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
-    try:
-      return self.manager.restore(step, args=ocp.args.StandardRestore(abstract))
-    except (ValueError, KeyError, TypeError) as e:
-      raise errors.CheckpointMismatchError(
-          f'Could not restore step {step} from {self.directory}: its arrays do '
-          f'not match this model ({type(e).__name__}: {str(e)[:300]}). The '
-          'checkpoint was left untouched; use a new --workdir or the '
-          'configuration that wrote it.') from e
+    return self.manager.restore(step, args=ocp.args.StandardRestore(abstract))
+
+  def _mismatch(self, step: int, target) -> str | None:
+    """Why the arrays of `step` cannot fit `target`, or None if they can.
+
+    Raises anything orbax raises when the step's metadata is unreadable.
+    """
+    stored = _shapes(self.manager.item_metadata(step).tree)
+    wanted = _shapes(target)
+    for a, b in itertools.zip_longest(stored, wanted):
+      if a != b:
+        return (f'{len(stored)} arrays stored, {len(wanted)} expected; e.g. '
+                f'stored {a}, expected {b}')
+    return None
+
+  def restore_latest(self, target) -> tuple[int, object]:
+    """(step, state) of the newest good checkpoint, or (0, target) if none.
+
+    Restores into the structure, shapes and shardings of `target`.
+    """
+    for step in sorted(self.manager.all_steps(), reverse=True):
+      try:
+        reason = self._mismatch(step, target)
+        if reason is None:
+          return step, self._restore(step, target)
+      except Exception as e:  # pylint: disable=broad-except
+        # Orbax and TensorStore raise many types (ValueError, OSError,
+        # JSONDecodeError, ...) for damaged files.
+        self._damaged(step, e)
+        continue
+      raise errors.CheckpointError(
+          f'Could not restore step {step} from {self.directory}: its arrays '
+          f'do not match this model ({reason}). The checkpoint was left '
+          'untouched; use a new --workdir or the configuration that wrote it.')
+    return 0, target
+
+  def _damaged(self, step: int, error: Exception):
+    where = os.path.join(self.directory, str(step))
+    what = f'{type(error).__name__}: {str(error).splitlines()[0][:200]}'
+    if self.read_only:
+      raise errors.CheckpointError(
+          f'The newest checkpoint {where} is damaged ({what}). It was left '
+          'untouched. Rerun the stage that wrote it (it resumes from its '
+          'previous good step and rewrites this one), or point the run at '
+          'another checkpoint directory.') from error
+    aside = os.path.join(f'{self.directory}.corrupt',
+                         f'{step}-{time.strftime("%Y%m%d-%H%M%S")}')
+    logging.warning('Checkpoint %s is damaged (%s); moved it to %s and '
+                    'trying the previous step.', where, what, aside)
+    self.manager.close()
+    if jax.process_index() == 0:
+      os.makedirs(os.path.dirname(aside), exist_ok=True)
+      shutil.move(where, aside)
+    self._open()
 
   def save(self, step: int, state, force: bool = False):
     if jax.process_index() == 0 and not os.path.exists(self._fingerprint_path):
       os.makedirs(self.directory, exist_ok=True)
-      with open(self._fingerprint_path, 'w') as f:
+      tmp = self._fingerprint_path + '.tmp'
+      with open(tmp, 'w') as f:
         json.dump(self.fingerprint, f, indent=2, sort_keys=True)
+      os.replace(tmp, self._fingerprint_path)
     self.manager.save(step, args=ocp.args.StandardSave(state), force=force)
 
   def close(self):

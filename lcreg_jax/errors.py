@@ -1,21 +1,31 @@
 """Errors that stop a run with a message a user can act on.
 
-`main` prints these as one paragraph instead of a traceback; anything else is
-a bug and keeps its traceback.
+`main` prints these as one paragraph (`error: ...`) instead of a traceback and
+exits non-zero; any other exception is a bug and keeps its traceback. Every
+message says what is wrong and what to do about it.
 """
 
 
-class LCRegError(Exception):
+class UserError(Exception):
   """Base class of the errors that explain themselves."""
 
 
-class NonFiniteLossError(LCRegError):
-  pass
+class ConfigError(UserError):
+  """A config value that is unknown, out of range or inconsistent."""
 
 
-class CheckpointMismatchError(LCRegError):
-  pass
+class DataError(UserError, ValueError):
+  """Bad or missing input data; the message names the path and the fix."""
 
 
-class ConfigError(LCRegError):
-  pass
+class CheckpointError(UserError):
+  """A checkpoint directory that belongs to another model, or is damaged."""
+
+
+class NonFiniteLossError(UserError):
+  """The loss or the parameters became NaN or infinite."""
+
+
+# Names used before the package had one error hierarchy.
+LCRegError = UserError
+CheckpointMismatchError = CheckpointError

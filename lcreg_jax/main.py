@@ -1,9 +1,14 @@
 """Entry point: python -m lcreg_jax.main --config=configs/default.py [--workdir=DIR]
 
-Overrides use ml_collections syntax (--config.stage1.epochs=3); unknown keys
-are rejected. Re-running the same command resumes from the last checkpoint.
+Overrides use ml_collections syntax (--config.stage1.epochs=3). Every mistake
+a user can make on the command line or in the config (a missing or broken
+config file, an unknown key, a value of the wrong type or out of range, a
+workdir that is a file, bad data, a checkpoint of another model) ends with a
+one-paragraph `error: ...` and a non-zero exit, not a traceback. Re-running
+the same command resumes from the last checkpoint.
 """
 
+import difflib
 import os
 import sys
 
@@ -13,9 +18,10 @@ from absl import logging
 import jax
 from ml_collections import config_flags
 
+from lcreg_jax import config as config_lib
+from lcreg_jax.config import validate as config_validate
 from lcreg_jax import errors
-from lcreg_jax import run
-from lcreg_jax.data import sources
+from lcreg_jax import stages
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Config file (configs/*.py).',
@@ -25,7 +31,78 @@ flags.DEFINE_string('workdir', None, 'Directory for checkpoints, logs, '
                     'workdirs/<config file name>).')
 flags.DEFINE_bool('distributed', False, 'Call jax.distributed.initialize() '
                   '(multi-host TPU pods / multi-node GPU).')
-flags.mark_flags_as_required(['config'])
+
+USAGE = ('python -m lcreg_jax.main --config=configs/default.py '
+         '[--workdir=DIR] [--config.KEY=VALUE ...]')
+
+
+def fail(message: str, code: int = 2):
+  """Stops with one paragraph on stderr, no traceback."""
+  print(f'\nerror: {message}\n', file=sys.stderr, flush=True)
+  sys.exit(code)
+
+
+def _config_path(argv) -> str | None:
+  for i, arg in enumerate(argv):
+    if arg.startswith('--config='):
+      return arg.split('=', 1)[1]
+    if arg == '--config' and i + 1 < len(argv):
+      return argv[i + 1]
+  return None
+
+
+def _unknown_overrides(argv) -> list[str]:
+  """`--config.a.b=...` arguments whose key is not in base_config()."""
+  known = set(config_validate.flatten(config_lib.base_config()))
+  unknown = []
+  for arg in argv:
+    if arg.startswith('--config.'):
+      key = arg[len('--config.'):].split('=', 1)[0]
+      if key not in known:
+        close = difflib.get_close_matches(key, known, n=1)
+        unknown.append(key + (f' (did you mean {close[0]}?)' if close else ''))
+  return unknown
+
+
+def _explain(error: BaseException, argv) -> str:
+  path = _config_path(argv)
+  if path is None:
+    return f'no config file given. Usage: {USAGE}'
+  if isinstance(error, SyntaxError):
+    return (f'the config file {path} does not parse: {error.msg} at line '
+            f'{error.lineno}. Fix the file (it must define get_config()).')
+  if not os.path.isfile(path):
+    return (f'the config file {path} does not exist (looked relative to '
+            f'{os.getcwd()}). Pass one of configs/*.py, e.g. '
+            '--config=configs/default.py.')
+  unknown = _unknown_overrides(argv)
+  if unknown:
+    return (f'unknown config key{"s" if len(unknown) > 1 else ""}: '
+            f'{", ".join(unknown)}. Every key is listed, with its default, in '
+            'lcreg_jax/config/base.py.')
+  if isinstance(error, flags.Error):
+    return (f'{error}. Give the value in the type of its default (see '
+            'lcreg_jax/config/base.py).')
+  if "has no attribute 'get_config'" in str(error):
+    return f'the config file {path} has no get_config() function.'
+  return (f'loading the config file {path} failed: {type(error).__name__}: '
+          f'{error}. Fix get_config() in that file.')
+
+
+def parse_flags(argv):
+  """absl's parsing, with each failure turned into an `error:` paragraph."""
+  try:
+    rest = FLAGS(argv)
+    if FLAGS.config is None:
+      raise flags.IllegalFlagValueError('--config is required')
+    FLAGS.config.keys()  # a config file that failed to load raises here
+  except Exception as e:  # pylint: disable=broad-except
+    # config_flags re-raises whatever the config file or an override raised;
+    # each is a user error here, explained by _explain.
+    fail(_explain(e, argv))
+  if len(rest) > 1:
+    fail(f'unexpected arguments {rest[1:]}. Usage: {USAGE}')
+  return rest
 
 
 def default_workdir() -> str:
@@ -35,8 +112,7 @@ def default_workdir() -> str:
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  del argv  # checked by parse_flags
   # Orbax logs every checkpoint step at INFO; keep the log about training.
   logging.get_absl_handler().addFilter(
       lambda record: '/orbax/' not in record.pathname)
@@ -44,15 +120,18 @@ def main(argv):
     jax.distributed.initialize()
   logging.info('JAX %s, process %d/%d, devices: %s', jax.__version__,
                jax.process_index(), jax.process_count(), jax.devices())
+  workdir = FLAGS.workdir or default_workdir()
+  logging.info('workdir: %s', os.path.abspath(workdir))
   try:
-    workdir = FLAGS.workdir or default_workdir()
-    logging.info('workdir: %s', os.path.abspath(workdir))
-    run.train_and_evaluate(FLAGS.config, workdir)
-  except (errors.LCRegError, sources.DataError) as e:
+    stages.train_and_evaluate(FLAGS.config, workdir)
+  except errors.UserError as e:
     # These explain themselves; a traceback would only bury the message.
-    print(f'\nerror: {e}\n', file=sys.stderr, flush=True)
-    sys.exit(1)
+    fail(str(e), code=1)
+
+
+def run():
+  app.run(main, flags_parser=parse_flags)
 
 
 if __name__ == '__main__':
-  app.run(main)
+  run()

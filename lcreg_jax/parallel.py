@@ -11,19 +11,15 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 import numpy as np
 
-from lcreg_jax import errors
 
+def make_mesh(num_devices: int | None = None) -> Mesh:
+  """A ('data',) mesh over the first `num_devices` devices (None = all).
 
-def make_mesh(num_devices: int = 0) -> Mesh:
-  """A ('data',) mesh over the first `num_devices` devices (0 = all)."""
+  The count is checked against the visible devices by
+  `config.resolve_and_validate`.
+  """
   devices = jax.devices()
-  if num_devices:
-    if num_devices > len(devices):
-      raise errors.ConfigError(
-          f'config.num_devices={num_devices} but only {len(devices)} devices '
-          'are visible; lower it or set 0 to use all devices.')
-    devices = devices[:num_devices]
-  return Mesh(np.asarray(devices), ('data',))
+  return Mesh(np.asarray(devices[:num_devices or len(devices)]), ('data',))
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
@@ -34,16 +30,18 @@ def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 
 
-def check_batch_size(batch_size: int, mesh: Mesh, what: str):
-  n = mesh.devices.size
-  if batch_size % n:
-    raise errors.ConfigError(
-        f'{what}={batch_size} is not divisible by the {n} devices of the '
-        f'mesh; choose a multiple of {n} (e.g. {max(n, batch_size // n * n)}).')
-
-
 def replicate(tree, mesh: Mesh):
   return jax.device_put(tree, replicated(mesh))
+
+
+def jit_step(step_fn, mesh: Mesh, state):
+  """jit of `step_fn(state, batch)` over the mesh: the state replicated and
+  donated, the batch sharded, the metrics replicated."""
+  rep = replicated(mesh)
+  state_sharding = jax.tree.map(lambda _: rep, state)
+  return jax.jit(step_fn,
+                 in_shardings=(state_sharding, batch_sharding(mesh)),
+                 out_shardings=(state_sharding, rep), donate_argnums=(0,))
 
 
 def to_host(tree):

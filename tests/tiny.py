@@ -1,10 +1,10 @@
 """A configuration small enough for unit tests: ResNet-8 on digits-LT."""
 
-from lcreg_jax import config_base
+from lcreg_jax import config
 
 
 def tiny_config():
-  c = config_base.base_config()
+  c = config.base_config()
   c.data.source = 'digits'
   c.data.image_size, c.data.channels, c.data.num_classes = 8, 1, 10
   c.data.pad = 1
@@ -18,3 +18,7 @@ def tiny_config():
   c.checkpoint_every = 2
   c.eval.update(batch_size=64, plots=False)
   return c
+
+
+# So that the file also works as `--config=tests/tiny.py`.
+get_config = tiny_config

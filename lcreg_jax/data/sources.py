@@ -1,5 +1,8 @@
 """Raw data sources -> long-tailed train / balanced test splits held in memory.
 
+Only `data.dataset` uses these arrays; the rest of the package sees the
+dataset's description and its batch iterators.
+
 Sources: scikit-learn digits (embedded, no download), MNIST-style IDX files, CIFAR-10/100
 "python version" folders and TFDS builds. Nothing here downloads anything: a missing or
 damaged input raises `DataError` telling what was looked at and how to fix it.
@@ -14,6 +17,7 @@ import struct
 import numpy as np
 
 from lcreg_jax.data import longtail
+from lcreg_jax.errors import DataError
 
 DEFAULT_IDX_DIR = "/usr/share/datasets/fashion-mnist"
 CIFAR_URL = "https://www.cs.toronto.edu/~kriz/cifar.html"
@@ -34,10 +38,6 @@ class LongTailDataset:
   val: Split | None  # carved from the long-tailed train when val_per_class > 0
   num_classes: int
   class_counts: np.ndarray  # (C,) int64 counts of `train`
-
-
-class DataError(ValueError):
-  """Bad or missing input data; the message names the path and the fix."""
 
 
 def load_dataset(data_config) -> LongTailDataset:

@@ -1,5 +1,10 @@
-"""DLSA: flow-filtered, likelihood-routed classifiers on frozen features."""
+"""DLSA: flow-filtered, likelihood-routed classifiers on frozen features.
 
-from lcreg_jax.dlsa.train import DLSAResult, run_dlsa
+flow (the masked autoregressive flow), flow_training (its losses and
+training), routing (who goes where), classifiers (per-stage classifiers) and
+run (all of it, end to end).
+"""
+
+from lcreg_jax.dlsa.run import DLSAResult, run_dlsa
 
 __all__ = ['DLSAResult', 'run_dlsa']

@@ -122,7 +122,7 @@ class FlowBatchNorm(nn.Module):
 class MAF(nn.Module):
   """num_blocks × (MADE affine → flow BN); every other MADE order reversed."""
   dim: int
-  hidden: int = 0  # 0 -> dim.
+  hidden: int | None = None  # None: dim.
   num_blocks: int = 2
   bn_momentum: float = 0.9
   bn_eps: float = 1e-5

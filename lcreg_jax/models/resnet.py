@@ -113,6 +113,12 @@ BACKBONES = {
 }
 
 
+def feature_dim(name: str) -> int:
+  """D, the channels of the backbone's last feature map."""
+  spec = BACKBONES[name]
+  return spec['widths'][-1] * (4 if spec['block'] == 'bottleneck' else 1)
+
+
 def make_backbone(name: str, shortcut: str = 'A', dtype=jnp.float32) -> ResNet:
   if name not in BACKBONES:
     raise ValueError(f'Unknown backbone {name!r}; choose one of '

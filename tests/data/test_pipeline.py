@@ -14,7 +14,9 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 import numpy as np
 import pytest
 
+from lcreg_jax.data import augment
 from lcreg_jax.data import pipeline
+from lcreg_jax.data import samplers
 
 N_DEV = len(jax.devices())
 BATCH = math.lcm(8, N_DEV)
@@ -43,7 +45,7 @@ def _uint8(image):
 def test_resume_is_bit_identical(sampler):
   n = 5 * BATCH + 3  # 5 steps per epoch, remainder dropped
   images, labels = _images(n), np.arange(n) % 3
-  mean, std = pipeline.normalization_stats(images)
+  mean, std = augment.normalization_stats(images)
   kwargs = dict(sampler=sampler, samples_per_class=2, mean=mean, std=std)
   full = _train(images, labels, 13, **kwargs)
   for start in (3, 5, 9):  # mid-epoch, epoch boundary, second epoch
@@ -70,7 +72,7 @@ def test_shuffle_covers_each_index_once_per_epoch():
 def test_images_follow_labels_and_normalisation_matches_numpy():
   n = 3 * BATCH
   images = _images(n)
-  mean, std = pipeline.normalization_stats(images)
+  mean, std = augment.normalization_stats(images)
   x = images.reshape(-1, 3) / 255.0
   np.testing.assert_allclose(mean, x.mean(0), rtol=1e-6)
   np.testing.assert_allclose(std, x.std(0), rtol=1e-5)
@@ -122,7 +124,7 @@ def _blocks_and_cycles(labels, order, per_class):
 def test_class_balanced_order():
   labels = np.repeat(np.arange(5), [40, 13, 7, 3, 1])
   rng = np.random.default_rng(0)
-  order = pipeline.class_balanced_order(labels, 4 * 5 * 60, 4, rng)
+  order = samplers.class_balanced_order(labels, 4 * 5 * 60, 4, rng)
   assert order.shape == (1200,) and order.dtype == np.int64
   block_class = _blocks_and_cycles(labels, order, 4)
   # The class cycle: each run of 5 blocks visits every class once, in a varying order.
@@ -140,10 +142,10 @@ def test_class_balanced_order():
       np.testing.assert_array_equal(np.sort(cycle), members)
     assert len(np.unique(drawn[full:])) == len(drawn) - full
   # The last block is truncated to num_samples; the same rng state gives the same order.
-  assert len(pipeline.class_balanced_order(labels, 10, 4, np.random.default_rng(1))) == 10
-  np.testing.assert_array_equal(pipeline.class_balanced_order(labels, 50, 4,
+  assert len(samplers.class_balanced_order(labels, 10, 4, np.random.default_rng(1))) == 10
+  np.testing.assert_array_equal(samplers.class_balanced_order(labels, 50, 4,
                                                               np.random.default_rng(3)),
-                                pipeline.class_balanced_order(labels, 50, 4,
+                                samplers.class_balanced_order(labels, 50, 4,
                                                               np.random.default_rng(3)))
 
 
@@ -188,7 +190,7 @@ def test_indivisible_batch_is_rejected():
 def test_eval_pads_with_mask_and_keeps_order():
   n = 2 * BATCH + 3
   images, labels = _images(n), np.random.default_rng(1).integers(0, 10, n)
-  mean, std = pipeline.normalization_stats(images)
+  mean, std = augment.normalization_stats(images)
   batches = [jax.tree.map(np.asarray, b) for b in pipeline.make_eval_iterator(
       images, labels, global_batch_size=BATCH, sharding=_sharding(), mean=mean, std=std)]
   assert len(batches) == 3
@@ -202,9 +204,9 @@ def test_eval_pads_with_mask_and_keeps_order():
 
 
 def test_steps_per_epoch():
-  assert pipeline.steps_per_epoch(12406, 128) == 96
-  assert pipeline.steps_per_epoch(128, 128) == 1
-  assert pipeline.steps_per_epoch(5, 128) == 1
+  assert samplers.steps_per_epoch(12406, 128) == 96
+  assert samplers.steps_per_epoch(128, 128) == 1
+  assert samplers.steps_per_epoch(5, 128) == 1
 
 
 def test_bad_arguments():

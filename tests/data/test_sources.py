@@ -10,14 +10,14 @@ import ml_collections
 import numpy as np
 import pytest
 
-from lcreg_jax import config_base
+from lcreg_jax import config as config_lib
 from lcreg_jax.data import longtail
 from lcreg_jax.data import sources
 
 
 def _config(**overrides):
   # Start from the real config section so the tests see every key a run has.
-  cfg = config_base.base_config().data
+  cfg = config_lib.base_config().data
   cfg.update(dict(
       source="cifar10", data_dir="", tfds_name="cifar10", tfds_data_dir="",
       imbalance_factor=1.0, lt_seed=0, num_classes=10, image_size=32, channels=3,

@@ -1,21 +1,17 @@
-"""Flow training pieces and run_dlsa end to end."""
+"""Flow training: pair sampling, class weights, purity metrics, the loss
+against NumPy, and train_flow through the loop."""
 
-import json
 import math
-import os
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 from scipy import special
 
-from lcreg_jax.dlsa import DLSAResult, run_dlsa
+from lcreg_jax.config.dlsa import dlsa_config
 from lcreg_jax.dlsa import flow as flow_lib
-from lcreg_jax.dlsa import train as train_lib
-from lcreg_jax.dlsa.config import get_dlsa_config
-from lcreg_jax.errors import ConfigError
+from lcreg_jax.dlsa import flow_training as train_lib
 
 
 def test_class_nll_weights_by_hand():
@@ -65,7 +61,7 @@ def test_purity_metrics_by_hand():
 
 
 def _loss_setup(purity_type='hinge_ce', center_std=0.05, seed=0):
-  cfg = get_dlsa_config()
+  cfg = dlsa_config()
   cfg.num_clusters, cfg.purity_type, cfg.center_std = 6, purity_type, center_std
   cfg.purity_margin, cfg.purity_weight, cfg.balance_weight = 1.5, 0.7, 0.3
   dim, b = 3, 8
@@ -141,105 +137,3 @@ def test_purity_term_separates_pairs(purity_type):
   for _ in range(30):
     params = step(params)
   assert float(overlap(params)) < 0.8 * before
-
-
-def _long_tailed(rng, counts, means, scale=1.0):
-  y = np.repeat(np.arange(len(counts)), counts)
-  x = means[y] + scale * rng.normal(size=(y.size, means.shape[1]))
-  perm = rng.permutation(y.size)
-  return x[perm].astype(np.float32), y[perm]
-
-
-@pytest.fixture(scope='module')
-def synthetic():
-  rng = np.random.default_rng(0)
-  c, d = 4, 8
-  means = 2.5 * rng.normal(size=(c, d))
-  return (_long_tailed(rng, [400, 150, 60, 25], means),
-          _long_tailed(rng, [40] * c, means),
-          _long_tailed(rng, [100] * c, means), c)
-
-
-def _tiny_config(**kw):
-  cfg = get_dlsa_config()
-  cfg.update(dict(num_clusters=16, flow_steps=60, flow_batch_size=64,
-                  eval_every=30, classifier_steps=120,
-                  classifier_batch_size=64, classifier_lr=0.05, depth=2,
-                  eval_chunk=1024))
-  cfg.update(kw)
-  return cfg
-
-
-@pytest.fixture(scope='module')
-def dlsa_run(synthetic, tmp_path_factory):
-  train, val, test, c = synthetic
-  workdir = str(tmp_path_factory.mktemp('dlsa'))
-  logs = []
-  res = run_dlsa(_tiny_config(), train=train, val=val, test=test,
-                 num_classes=c, workdir=workdir, log=logs.append)
-  return res, workdir, logs
-
-
-def test_run_dlsa_end_to_end(synthetic, dlsa_run):
-  _, _, (xt, yt), c = synthetic
-  res, workdir, logs = dlsa_run
-  assert isinstance(res, DLSAResult)
-  assert res.test_probs.shape == (yt.size, c)
-  assert res.test_probs.dtype == np.float32
-  np.testing.assert_allclose(res.test_probs.sum(1), 1, rtol=1e-5)
-  assert set(np.unique(res.test_stage)) <= {0, 1, 2}
-  rep = res.stage_report
-  assert sorted(rep) == [0, 1, 2]
-  assert sum(r['share'] for r in rep.values()) == pytest.approx(1.0)
-  # 635 training samples: ceil(0.3 · 635) = 191, ceil(0.3 · 444) = 134.
-  assert [rep[s]['train_routed'] for s in range(3)] == [191, 134, 310]
-  for s, r in rep.items():
-    on = res.test_stage == s
-    assert r['share'] == pytest.approx(on.mean())
-    if on.any():
-      assert r['accuracy'] == pytest.approx(
-          np.mean(res.test_probs[on].argmax(1) == yt[on]))
-  acc = np.mean(res.test_probs.argmax(1) == yt)
-  assert acc > 0.85 and res.val_accuracy > 0.85  # Chance is 0.25.
-  with open(os.path.join(workdir, 'dlsa_report.json')) as f:
-    assert json.load(f)['stages']['2']['train_routed'] == 310
-  for name in ('dlsa_flow_0.npz', 'dlsa_classifier_0.npz',
-               'dlsa_classifier_1.npz', 'dlsa_classifier_final.npz'):
-    assert os.path.exists(os.path.join(workdir, name))
-  assert any('selected step' in l for l in logs)
-
-
-def test_run_dlsa_never_looks_at_test_labels(synthetic, dlsa_run, tmp_path):
-  train, val, (xt, yt), c = synthetic
-  shuffled = np.random.default_rng(5).permutation(yt)
-  res = run_dlsa(_tiny_config(), train=train, val=val, test=(xt, shuffled),
-                 num_classes=c, workdir=str(tmp_path), log=lambda _: None)
-  np.testing.assert_array_equal(res.test_probs, dlsa_run[0].test_probs)
-  np.testing.assert_array_equal(res.test_stage, dlsa_run[0].test_stage)
-
-
-def test_run_dlsa_switches(synthetic, tmp_path):
-  train, val, (xt, yt), c = synthetic
-  cfg = ml_collections.ConfigDict({'dlsa': _tiny_config(
-      use_flow_latent=True, flow_per_stage=True, flow_select_metric='heldout',
-      purity_type='overlap', flow_schedule='constant',
-      final_balanced_softmax=False, standardize=False)})
-  logs = []
-  res = run_dlsa(cfg, train=train, val=val, test=(xt, yt), num_classes=c,
-                 workdir=str(tmp_path), log=logs.append)
-  rep = res.stage_report
-  assert [rep[s]['train_routed'] for s in range(3)] == [191, 134, 310]
-  # A second flow, trained on the 444 samples stage 0 left.
-  assert any(l.startswith('flow[1]: n=444 ') for l in logs)
-  assert os.path.exists(os.path.join(str(tmp_path), 'dlsa_flow_1.npz'))
-  assert np.mean(res.test_probs.argmax(1) == yt) > 0.85
-
-
-def test_config_errors(synthetic, tmp_path):
-  train, val, test, c = synthetic
-  with pytest.raises(ConfigError, match='flow_stepz'):
-    run_dlsa({'flow_stepz': 3}, train=train, val=val, test=test,
-             num_classes=c, workdir=str(tmp_path))
-  with pytest.raises(ConfigError, match='top_fraction'):
-    run_dlsa({'top_fraction': 1.0}, train=train, val=val, test=test,
-             num_classes=c, workdir=str(tmp_path))

@@ -1,9 +1,10 @@
 """Defaults of every DLSA knob (DESIGN §6)."""
 
 import ml_collections
+from ml_collections.config_dict import placeholder
 
 
-def get_dlsa_config() -> ml_collections.ConfigDict:
+def dlsa_config() -> ml_collections.ConfigDict:
   """All DLSA settings; the defaults run in about a minute on 2 CPU cores."""
   c = ml_collections.ConfigDict()
   c.enabled = False
@@ -26,7 +27,7 @@ def get_dlsa_config() -> ml_collections.ConfigDict:
 
   # Flow filter: 2 MADE blocks, each followed by a flow BatchNorm.
   c.num_blocks = 2
-  c.hidden_dim = 0  # 0 -> D.
+  c.hidden_dim = placeholder(int)  # None: D, the feature dimension.
   c.bn_momentum = 0.9  # Running stats: m <- momentum m + (1 - momentum) batch.
   c.bn_eps = 1e-5
   # Prior: K unit-variance Gaussians, centres N(0, center_std^2 I), fixed.
@@ -37,7 +38,8 @@ def get_dlsa_config() -> ml_collections.ConfigDict:
   c.flow_lr = 0.2
   c.flow_momentum = 0.0
   c.flow_schedule = 'cosine'  # 'constant' or 'cosine' (decay to 0).
-  c.flow_grad_clip = 1.0  # Global-norm clip; 0 disables.
+  # Global-norm clip of the flow's gradients; None: no clipping.
+  c.flow_grad_clip = ml_collections.FieldReference(1.0, field_type=float)
   c.flow_steps = 1500
   c.flow_batch_size = 256  # Pairs per step (2x samples through the flow).
   c.nll_weight_power = 2.0  # Class weights ∝ (n_max / n_c)^power.
@@ -75,8 +77,7 @@ def get_dlsa_config() -> ml_collections.ConfigDict:
   # stage never saw keeps its untrained logit otherwise.
   c.mask_absent_classes = True
   c.final_balanced_softmax = True  # False: plain CE for the final classifier.
-  # Steps between validation checks (flow and classifiers); step counts
-  # round up to a multiple of it.
+  # Steps between validation checks and log lines (flow and classifiers).
   c.eval_every = 250
   c.eval_chunk = 4096  # Rows per jitted inference call.
   return c

@@ -1,0 +1,87 @@
+"""Every config key a run reads, with its type and default.
+
+Files in configs/ start from `base_config()` and change values only, so a
+misspelt override (`--config.stage1.lr_typo=1`) is rejected instead of being
+silently ignored. A value that another one determines ("from the stage-2
+preset", "1/√D") is a typed placeholder, `None` until
+`config.resolve_and_validate` fills it in; the resolved config is what the run
+uses and what it writes to `<workdir>/config.json`.
+"""
+
+import ml_collections
+from ml_collections.config_dict import placeholder
+
+from lcreg_jax.config import dlsa
+
+
+def base_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.num_devices = placeholder(int)   # None: every visible device
+  c.log_every = 50                   # steps between metric writes / NaN checks
+  c.checkpoint_every = 500           # steps between checkpoints (and at the end)
+
+  c.data = ml_collections.ConfigDict(dict(
+      name='',                # for reports; '' = derived from the source
+      source='digits',        # digits | idx | cifar10 | cifar100 | tfds
+      data_dir='',            # '' = the source's default location
+      tfds_name='', tfds_data_dir='',
+      num_classes=10, image_size=8, channels=1,
+      imbalance_factor=10.0, lt_seed=0,
+      digits_test_per_class=30,
+      val_per_class=0,        # per-class validation images carved from train
+      augment='crop_flip',    # crop_flip | crop | flip | none
+      pad=4,
+  ))
+
+  c.model = ml_collections.ConfigDict(dict(
+      backbone='resnet32', shortcut='A', dtype='float32',
+      classify_on='sum',      # sum = GAP(F + F̂) | feature | reconstruction
+  ))
+  c.model.latent = ml_collections.ConfigDict(dict(
+      enabled=True, num_latents=40,
+      # None: 1/√D (D = channels of the backbone map); the paper's literal
+      # form is 1.
+      similarity_scale=placeholder(float),
+      tau_assign=1.0,
+      covariance='full',      # full | diagonal
+      recon_normalize=False, recon_temperature=1.0,
+      explicit_latent_aug=False,
+  ))
+
+  c.stage1 = ml_collections.ConfigDict(dict(
+      enabled=True,
+      epochs=200.0,
+      steps=placeholder(int),  # None: from epochs; set, it wins over epochs
+      batch_size=128,
+      lr=0.1, momentum=0.9, weight_decay=2e-4,
+      schedule='step',        # step | cosine
+      warmup_epochs=5.0, decay_epochs=(160.0, 180.0), decay_factor=0.1,
+      mixup_alpha=1.0,        # 0: no mixup
+      alpha=0.1, beta=0.1, gamma=1.0,   # eq. 7 weights of aug, recon, cls
+      isda_lambda0=0.5,
+  ))
+
+  c.stage2 = ml_collections.ConfigDict(dict(
+      enabled=True,
+      init_from='',           # '' = <workdir>/stage1/checkpoints
+      epochs=10.0,
+      steps=placeholder(int),
+      batch_size=128,
+      lr=0.1, momentum=0.9, weight_decay=5e-4,
+      samples_per_class=4,
+      preset='cifar10',       # row of DESIGN §4, with data.imbalance_factor
+      # None: the value of the preset row; set, it overrides the row.
+      las_head=placeholder(float), las_tail=placeholder(float),
+      shift_bn=placeholder(bool), lr_factor=placeholder(float),
+      las_shape='concave',    # concave | linear | convex | exp
+      las_power=placeholder(float),     # needed by las_shape=exp only
+  ))
+
+  c.eval = ml_collections.ConfigDict(dict(
+      batch_size=256, num_bins=15, many_threshold=100, few_threshold=20,
+      plots=True,
+  ))
+
+  c.dlsa = dlsa.dlsa_config()
+  return c

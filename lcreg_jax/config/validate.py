@@ -1,0 +1,241 @@
+"""`resolve_and_validate`: the one check of a config, before any work.
+
+Every choice and every numeric range is checked here, before any data is read
+or any step runs, and all problems are reported together. Placeholders
+(`None` = "from the preset", "1/√D", "every device") are filled in once, so the
+rest of the package reads plain values.
+"""
+
+import math
+from typing import Any, Callable
+
+import ml_collections
+
+from lcreg_jax import errors
+from lcreg_jax.config import base
+from lcreg_jax.config import presets
+from lcreg_jax.models import resnet
+
+CHOICES = {
+    'data.source': ('digits', 'idx', 'cifar10', 'cifar100', 'tfds'),
+    'data.augment': ('crop_flip', 'crop', 'flip', 'none'),
+    'model.backbone': tuple(sorted(resnet.BACKBONES)),
+    'model.shortcut': ('A', 'B'),
+    'model.dtype': ('float32', 'bfloat16'),
+    'model.classify_on': ('sum', 'feature', 'reconstruction'),
+    'model.latent.covariance': ('full', 'diagonal'),
+    'stage1.schedule': ('step', 'cosine'),
+    'stage2.preset': presets.STAGE2_PRESET_NAMES,
+    'stage2.las_shape': ('concave', 'linear', 'convex', 'exp'),
+    'dlsa.purity_type': ('hinge_ce', 'overlap'),
+    'dlsa.flow_schedule': ('cosine', 'constant'),
+    'dlsa.flow_select_metric': ('purity', 'heldout'),
+}
+
+
+def _int(x) -> bool:
+  return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _num(x) -> bool:
+  return (isinstance(x, (int, float)) and not isinstance(x, bool)
+          and math.isfinite(x))
+
+
+# (predicate, what the value must be). `None` passes only where the key is a
+# placeholder (checked separately).
+_POSITIVE_INT = (lambda x: _int(x) and x >= 1, 'an integer >= 1')
+_NONNEG_INT = (lambda x: _int(x) and x >= 0, 'an integer >= 0')
+_POSITIVE = (lambda x: _num(x) and x > 0, 'a number > 0')
+_NONNEG = (lambda x: _num(x) and x >= 0, 'a number >= 0')
+_UNIT = (lambda x: _num(x) and 0 <= x <= 1, 'a number in [0, 1]')
+_MOMENTUM = (lambda x: _num(x) and 0 <= x < 1, 'a number in [0, 1)')
+_OPEN_UNIT = (lambda x: _num(x) and 0 < x < 1, 'a number in (0, 1)')
+_FACTOR = (lambda x: _num(x) and 0 < x <= 1, 'a number in (0, 1]')
+_AT_LEAST_ONE = (lambda x: _num(x) and x >= 1, 'a number >= 1 (1 = balanced)')
+_AT_LEAST_TWO = (lambda x: _int(x) and x >= 2, 'an integer >= 2')
+_EPOCH_LIST = (lambda x: isinstance(x, (tuple, list)) and all(
+    _num(e) and e >= 0 for e in x) and list(x) == sorted(x),
+               'an ascending list of epochs >= 0')
+
+RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    'seed': _NONNEG_INT, 'num_devices': _POSITIVE_INT,
+    'log_every': _POSITIVE_INT, 'checkpoint_every': _POSITIVE_INT,
+    'data.num_classes': _AT_LEAST_TWO, 'data.image_size': _POSITIVE_INT,
+    'data.channels': _POSITIVE_INT, 'data.imbalance_factor': _AT_LEAST_ONE,
+    'data.lt_seed': _NONNEG_INT, 'data.digits_test_per_class': _POSITIVE_INT,
+    'data.val_per_class': _NONNEG_INT, 'data.pad': _NONNEG_INT,
+    'model.latent.num_latents': _POSITIVE_INT,
+    'model.latent.similarity_scale': _POSITIVE,
+    'model.latent.tau_assign': _POSITIVE,
+    'model.latent.recon_temperature': _POSITIVE,
+    'stage1.epochs': _POSITIVE, 'stage1.steps': _POSITIVE_INT,
+    'stage1.batch_size': _POSITIVE_INT, 'stage1.lr': _POSITIVE,
+    'stage1.momentum': _MOMENTUM, 'stage1.weight_decay': _NONNEG,
+    'stage1.warmup_epochs': _NONNEG, 'stage1.decay_epochs': _EPOCH_LIST,
+    'stage1.decay_factor': _FACTOR, 'stage1.mixup_alpha': _NONNEG,
+    'stage1.alpha': _NONNEG, 'stage1.beta': _NONNEG, 'stage1.gamma': _NONNEG,
+    'stage1.isda_lambda0': _NONNEG,
+    'stage2.epochs': _POSITIVE, 'stage2.steps': _POSITIVE_INT,
+    'stage2.batch_size': _POSITIVE_INT, 'stage2.lr': _POSITIVE,
+    'stage2.momentum': _MOMENTUM, 'stage2.weight_decay': _NONNEG,
+    'stage2.samples_per_class': _POSITIVE_INT,
+    'stage2.las_head': _UNIT, 'stage2.las_tail': _UNIT,
+    'stage2.lr_factor': _NONNEG, 'stage2.las_power': _POSITIVE,
+    'eval.batch_size': _POSITIVE_INT, 'eval.num_bins': _POSITIVE_INT,
+    'eval.many_threshold': _NONNEG_INT, 'eval.few_threshold': _NONNEG_INT,
+    'dlsa.val_per_class': _NONNEG_INT, 'dlsa.seed': _NONNEG_INT,
+    'dlsa.depth': _NONNEG_INT, 'dlsa.top_fraction': _OPEN_UNIT,
+    'dlsa.num_blocks': _POSITIVE_INT, 'dlsa.hidden_dim': _POSITIVE_INT,
+    'dlsa.bn_momentum': _MOMENTUM, 'dlsa.bn_eps': _POSITIVE,
+    'dlsa.num_clusters': _POSITIVE_INT, 'dlsa.center_std': _POSITIVE,
+    'dlsa.flow_lr': _POSITIVE, 'dlsa.flow_momentum': _MOMENTUM,
+    'dlsa.flow_grad_clip': _POSITIVE, 'dlsa.flow_steps': _POSITIVE_INT,
+    'dlsa.flow_batch_size': _POSITIVE_INT,
+    'dlsa.nll_weight_power': _NONNEG, 'dlsa.purity_weight': _NONNEG,
+    'dlsa.purity_margin': _NONNEG, 'dlsa.balance_weight': _NONNEG,
+    'dlsa.ema_decay': _MOMENTUM, 'dlsa.classifier_steps': _POSITIVE_INT,
+    'dlsa.classifier_lr': _POSITIVE, 'dlsa.classifier_weight_decay': _NONNEG,
+    'dlsa.classifier_batch_size': _POSITIVE_INT,
+    'dlsa.balanced_softmax_tiny': _POSITIVE, 'dlsa.eval_every': _POSITIVE_INT,
+    'dlsa.eval_chunk': _POSITIVE_INT,
+}
+
+
+# Keys with a non-None default that may still be set to None.
+NULLABLE_NON_PLACEHOLDERS = {'dlsa.flow_grad_clip'}
+
+
+def flatten(config, prefix='') -> dict:
+  """{'a.b.c': value} of a nested ConfigDict."""
+  out = {}
+  for key, value in config.items():
+    if isinstance(value, ml_collections.ConfigDict):
+      out.update(flatten(value, f'{prefix}{key}.'))
+    else:
+      out[f'{prefix}{key}'] = value
+  return out
+
+
+def _placeholders(config, prefix='') -> set[str]:
+  """Keys of `config` whose default is None (typed placeholders)."""
+  return {k for k, v in flatten(config, prefix).items() if v is None}
+
+
+def _set(config, key: str, value):
+  *parents, leaf = key.split('.')
+  for p in parents:
+    config = config[p]
+  config[leaf] = value
+
+
+def _problems(config, flat: dict, optional: set[str]) -> list[str]:
+  problems = []
+  for key, choices in CHOICES.items():
+    if flat[key] not in choices:
+      problems.append(f'{key}={flat[key]!r} is not one of {", ".join(choices)}')
+  for key, (ok, what) in RANGES.items():
+    value = flat[key]
+    if value is None and key in optional:
+      continue
+    if not ok(value):
+      problems.append(f'{key}={value!r} must be {what}')
+  if (_num(flat['eval.few_threshold']) and _num(flat['eval.many_threshold'])
+      and flat['eval.few_threshold'] > flat['eval.many_threshold']):
+    problems.append('eval.few_threshold must not exceed eval.many_threshold')
+  if not (config.stage1.enabled or config.stage2.enabled
+          or config.dlsa.enabled):
+    problems.append('stage1.enabled, stage2.enabled and dlsa.enabled are all '
+                    'False, so there is nothing to run')
+  if flat['stage2.las_shape'] == 'exp' and flat['stage2.las_power'] is None:
+    problems.append('stage2.las_shape=exp needs stage2.las_power (> 0)')
+  if config.stage2.enabled and flat['stage2.preset'] in (
+      presets.STAGE2_PRESET_NAMES):
+    row = presets.stage2_row(config.stage2.preset, config.data.imbalance_factor)
+    unset = [f for f in presets.STAGE2_FIELDS if config.stage2[f] is None]
+    if row is None and unset:
+      problems.append(
+          f'stage2.preset={config.stage2.preset!r} has no row for '
+          f'data.imbalance_factor={config.data.imbalance_factor:g} (the CIFAR '
+          f'presets have IF 10, 50 and 100); set stage2.{", stage2.".join(unset)}'
+          ' explicitly or choose another preset')
+  return problems
+
+
+def resolve_and_validate(config: ml_collections.ConfigDict,
+                         num_visible_devices: int | None = None
+                         ) -> ml_collections.ConfigDict:
+  """Checks every key and value; returns a resolved, locked copy.
+
+  Args:
+    config: a config built from `base_config()` (with overrides applied).
+    num_visible_devices: devices the mesh may use; default `jax.device_count()`.
+  Raises:
+    errors.ConfigError naming every problem at once.
+  """
+  reference = base.base_config()
+  flat, expected = flatten(config), flatten(reference)
+  extra = sorted(set(flat) - set(expected))
+  missing = sorted(set(expected) - set(flat))
+  if extra or missing:
+    parts = []
+    if extra:
+      parts.append(f'keys that no code reads: {", ".join(extra)}')
+    if missing:
+      parts.append(f'no value for: {", ".join(missing)}')
+    raise errors.ConfigError(
+        'the config does not match lcreg_jax.config.base_config() (' +
+        '; '.join(parts) + '). Config files must start from base_config() '
+        'and change values only; check the spelling of the keys.')
+  problems = _problems(config, flat,
+                      _placeholders(reference) | NULLABLE_NON_PLACEHOLDERS)
+  if num_visible_devices is None:
+    import jax  # pylint: disable=g-import-not-at-top
+    num_visible_devices = jax.device_count()
+  devices = config.num_devices or num_visible_devices
+  if _int(devices):
+    if devices > num_visible_devices:
+      problems.append(f'num_devices={devices} but only {num_visible_devices} '
+                      'devices are visible (leave it unset to use them all)')
+    for key in ('stage1.batch_size', 'stage2.batch_size', 'eval.batch_size'):
+      if _int(flat[key]) and flat[key] >= 1 and flat[key] % devices:
+        problems.append(
+            f'{key}={flat[key]} is not divisible by the {devices} devices '
+            f'of the mesh (use a multiple of {devices}, e.g. '
+            f'{max(devices, flat[key] // devices * devices)})')
+  if problems:
+    raise errors.ConfigError(
+        f'the config has {len(problems)} invalid value'
+        f'{"s" if len(problems) > 1 else ""}: ' + '; '.join(problems) +
+        '. Fix them in the config file or with --config.KEY=VALUE; nothing '
+        'was read or trained.')
+
+  resolved = config.copy_and_resolve_references()
+  resolved.unlock()
+  resolved.num_devices = devices
+  dim = resnet.feature_dim(config.model.backbone)
+  if resolved.model.latent.similarity_scale is None:
+    resolved.model.latent.similarity_scale = 1.0 / math.sqrt(dim)
+  if resolved.dlsa.hidden_dim is None:
+    resolved.dlsa.hidden_dim = dim
+  row = presets.stage2_row(config.stage2.preset, config.data.imbalance_factor)
+  for field in presets.STAGE2_FIELDS:
+    if resolved.stage2[field] is None and row is not None:
+      _set(resolved, f'stage2.{field}', row[field])
+  resolved.lock()
+  return resolved
+
+
+def validate_against_data(config, info) -> None:
+  """Checks that need the data set's description (sizes, not pixels)."""
+  n = info.split_sizes['train']
+  problems = []
+  for stage in ('stage1', 'stage2'):
+    if config[stage].enabled and config[stage].batch_size > n:
+      problems.append(f'{stage}.batch_size={config[stage].batch_size} is '
+                      f'larger than the {n} training images of {info.name}')
+  if problems:
+    raise errors.ConfigError(
+        '; '.join(problems) + '. Lower the batch size (it must also divide '
+        'evenly over the devices), or use more data (e.g. a smaller '
+        'data.imbalance_factor). Nothing was trained.')

@@ -1,0 +1,187 @@
+"""DLSA end to end on frozen features: flow training, likelihood routing and
+the staged classifiers (DESIGN §6).
+
+Every flow and classifier trains through the shared loop with its own
+checkpoints under `workdir/<component>/`, so a killed DLSA run resumes where
+it stopped; every choice is made on validation, test labels are never read.
+"""
+
+import dataclasses
+import hashlib
+import os
+import time
+from typing import Callable
+
+from absl import logging
+import numpy as np
+
+from lcreg_jax.dlsa import classifiers
+from lcreg_jax.dlsa import flow_training
+from lcreg_jax.dlsa import routing
+
+_SPLITS = ('train', 'val', 'test')
+
+
+@dataclasses.dataclass
+class DLSAResult:
+  test_probs: np.ndarray  # (N_test, C) float32.
+  test_stage: np.ndarray  # (N_test,) 0..depth-1 cluster-aided, depth final.
+  val_accuracy: float
+  stage_report: dict  # stage -> {'share', 'accuracy', 'train_routed', ...}.
+
+
+def digest(*arrays) -> str:
+  """SHA-256 of arrays' bytes: identifies a component's training inputs, so
+  checkpoints trained on other features are never resumed."""
+  h = hashlib.sha256()
+  for a in arrays:
+    a = np.ascontiguousarray(a)
+    h.update(str((a.shape, a.dtype.str)).encode())
+    h.update(a.tobytes())
+  return h.hexdigest()
+
+
+def _check_features(data: dict, num_classes: int):
+  for s, (x, y) in data.items():
+    if x.ndim != 2 or y.shape != (x.shape[0],):
+      raise ValueError(f'{s}: need (N, D) features and (N,) labels, got '
+                       f'{x.shape} and {y.shape}')
+    if y.size and (y.min() < 0 or y.max() >= num_classes):
+      raise ValueError(f'{s}: labels outside [0, {num_classes})')
+
+
+def run_dlsa(config, *, train, val, test, num_classes: int, workdir: str,
+             checkpoint_every: int = 500, hooks=(),
+             log: Callable[[str], None] = logging.info) -> DLSAResult:
+  """Runs DLSA on frozen features.
+
+  Args:
+    config: the validated `config.dlsa` section (`dlsa_config()` with any
+      changes). `enabled` is for the caller; run_dlsa runs regardless.
+    train, val, test: (features (N, D) float32, labels (N,) int).
+    num_classes: C.
+    workdir: one folder per component (`flow_<s>`, `classifier_<s>`,
+      `classifier_final`) with its checkpoints and TensorBoard events.
+    checkpoint_every: steps between checkpoints of each component.
+    hooks: the loop's hooks, called as hook(name, step, state).
+    log: progress sink.
+  Returns:
+    DLSAResult; stage s < depth is the s-th cluster-aided classifier,
+    stage depth the final ordinary one. Every choice is made on val only.
+  """
+  t0 = time.time()
+  cfg = config
+  c = int(num_classes)
+  data = {s: (np.asarray(d[0], np.float32), np.asarray(d[1]).astype(np.int32))
+          for s, d in zip(_SPLITS, (train, val, test))}
+  _check_features(data, c)
+  if cfg.standardize:
+    # Stage-1 features are post-ReLU with arbitrary scale; a constant affine
+    # map only shifts log p, so routing is unaffected.
+    mu = data['train'][0].mean(0)
+    sd = data['train'][0].std(0)
+    sd = np.where(sd > 1e-6, sd, 1.0)  # Dead (constant) features stay 0.
+    data = {s: ((x - mu) / sd, y) for s, (x, y) in data.items()}
+  x_of = {s: d[0] for s, d in data.items()}
+  y_of = {s: d[1] for s, d in data.items()}
+  n_of = {s: y.size for s, y in y_of.items()}
+  depth = int(cfg.depth)
+  k = int(cfg.num_clusters)
+  base_fingerprint = {'dlsa': cfg.to_dict(), 'num_classes': c}
+  common = dict(num_classes=c, config=cfg, checkpoint_every=checkpoint_every,
+                hooks=hooks, log=log)
+
+  def component(name: str, index: int, *arrays) -> dict:
+    # Flows and classifiers each use seeds s and s + 1 (init, steps).
+    return dict(common, name=name, workdir=os.path.join(workdir, name),
+                seed=cfg.seed * 1000 + 2 * index,
+                fingerprint=dict(base_fingerprint, inputs=digest(*arrays)))
+
+  remaining = {s: np.ones(n_of[s], bool) for s in _SPLITS}
+  stage_of = {s: np.full(n_of[s], depth, np.int32) for s in _SPLITS}
+  probs = {s: np.zeros((n_of[s], c), np.float32) for s in _SPLITS}
+  info = {}
+  outs = None
+  for st in range(depth):
+    if outs is None or cfg.flow_per_stage:
+      tr, va = remaining['train'], remaining['val']
+      flow_inputs = (x_of['train'][tr], y_of['train'][tr], x_of['val'][va],
+                     y_of['val'][va])
+      model, variables, centers, _ = flow_training.train_flow(
+          *flow_inputs, pad_to=n_of['train'],
+          **component(f'flow_{st}', st, *flow_inputs))
+      outs = {s: flow_training.flow_evaluate(model, variables, centers,
+                                             x_of[s], int(cfg.eval_chunk))
+              for s in _SPLITS}
+    logp = {s: outs[s][0] for s in _SPLITS}
+    cluster = {s: outs[s][1] for s in _SPLITS}
+    routed_tr, thr = routing.route_stage(logp['train'], remaining['train'],
+                                         cfg.top_fraction)
+    routed = {'train': routed_tr}
+    for s in ('val', 'test'):
+      routed[s] = routing.route_by_threshold(logp[s], remaining[s], thr)
+    info[st] = {'threshold': thr, 'train_routed': int(routed_tr.sum())}
+    if not routed_tr.any():
+      log(f'stage {st}: no training samples left to route; skipped')
+      continue
+    prior = routing.cluster_prior_matrix(
+        cluster['train'][routed_tr], y_of['train'][routed_tr], k, c)
+
+    def inputs(s, mask, prior=prior):
+      x = x_of[s][mask]
+      z = outs[s][2][mask] if cfg.use_flow_latent else x
+      return x, np.concatenate([z, prior[cluster[s][mask]]], 1)
+
+    model_c = classifiers.ClusterAidedClassifier(c)
+    args = (inputs('train', routed_tr), y_of['train'][routed_tr],
+            inputs('val', routed['val']), y_of['val'][routed['val']])
+    params, offset, cinfo = classifiers.train_classifier(
+        model_c, *args, pad_train=n_of['train'], pad_val=n_of['val'],
+        **component(f'classifier_{st}', depth + st, *args[0], args[1],
+                    *args[2], args[3]))
+    info[st]['val_selection_accuracy'] = cinfo['val_accuracy']
+    for s in ('val', 'test'):
+      probs[s][routed[s]] = classifiers.predict_probs(
+          model_c, params, offset, inputs(s, routed[s]), cfg.eval_chunk)
+    for s in _SPLITS:
+      stage_of[s][routed[s]] = st
+      remaining[s] &= ~routed[s]
+
+  # Final ordinary classifier on whatever no stage took.
+  model_f = classifiers.LinearClassifier(c)
+  rem = remaining
+  args = ((x_of['train'][rem['train']],), y_of['train'][rem['train']],
+          (x_of['val'][rem['val']],), y_of['val'][rem['val']])
+  params, offset, cinfo = classifiers.train_classifier(
+      model_f, *args, balanced=cfg.final_balanced_softmax,
+      pad_train=n_of['train'], pad_val=n_of['val'],
+      **component('classifier_final', 2 * depth, args[0][0], args[1],
+                  args[2][0], args[3]))
+  for s in ('val', 'test'):
+    probs[s][rem[s]] = classifiers.predict_probs(
+        model_f, params, offset, (x_of[s][rem[s]],), cfg.eval_chunk)
+  info[depth] = {'threshold': -np.inf, 'train_routed': int(rem['train'].sum()),
+                 'val_selection_accuracy': cinfo['val_accuracy']}
+
+  def accuracy(s, mask):
+    if not mask.any():
+      return float('nan')
+    return float(np.mean(probs[s][mask].argmax(1) == y_of[s][mask]))
+
+  report = {}
+  for st in range(depth + 1):
+    on = {s: stage_of[s] == st for s in ('val', 'test')}
+    report[st] = {
+        'share': float(on['test'].mean()) if n_of['test'] else float('nan'),
+        'accuracy': accuracy('test', on['test']),
+        'train_routed': int((stage_of['train'] == st).sum()),
+        'val_share': float(on['val'].mean()) if n_of['val'] else float('nan'),
+        'val_accuracy': accuracy('val', on['val']),
+        'threshold': float(info.get(st, {}).get('threshold', np.inf)),
+    }
+  val_acc = accuracy('val', np.ones(n_of['val'], bool))
+  log(f'DLSA: val_acc={val_acc:.4f} in {time.time() - t0:.1f}s; stages: ' +
+      ', '.join(f'{st}: share={r["share"]:.3f} acc={r["accuracy"]:.4f}'
+                for st, r in report.items()))
+  return DLSAResult(test_probs=probs['test'], test_stage=stage_of['test'],
+                    val_accuracy=val_acc, stage_report=report)

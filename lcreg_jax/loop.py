@@ -1,0 +1,158 @@
+"""The training loop every trainer uses: stage 1, stage 2, and DLSA's flows
+and classifiers. It resumes, steps, logs, guards against NaN, evaluates for
+model selection and checkpoints, the same way for all of them.
+"""
+
+from typing import Any, Callable, Iterable, Iterator
+
+from absl import logging
+from clu import metric_writers
+from clu import periodic_actions
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lcreg_jax import checkpoints as checkpoints_lib
+from lcreg_jax import errors
+
+# hook(name, step, state), called after every step (tests use it to kill runs).
+Hook = Callable[[str, int, object], None]
+
+
+@flax.struct.dataclass
+class Selection:
+  """A training state and the best candidate on validation so far.
+
+  Kept as one state so that the loop checkpoints the choice with the
+  training, and a resumed run continues the same selection.
+  """
+  train: Any
+  best: Any
+  best_score: jax.Array   # float32 scalar; NaN when there is no validation
+  best_step: jax.Array    # int32 scalar
+
+  @classmethod
+  def start(cls, train, best, score: float = -np.inf) -> 'Selection':
+    return cls(train=train, best=best, best_score=jnp.float32(score),
+               best_step=jnp.int32(0))
+
+  def offer(self, step: int, candidate, score: float,
+            always: bool = False) -> 'Selection':
+    """Keeps `candidate` if it scores strictly better (the first best wins),
+    or unconditionally with `always` (no validation: the last one wins)."""
+    # Compared in the stored float32, so that an equal score never counts
+    # as better after the round trip through the state.
+    if always or np.float32(score) > np.float32(self.best_score):
+      return self.replace(best=candidate, best_score=jnp.float32(score),
+                          best_step=jnp.int32(step))
+    return self
+
+  def advance(self, train_step: Callable, *args) -> tuple['Selection', dict]:
+    """One step of the training state: `train_step(train, *args)`."""
+    train, metrics = train_step(self.train, *args)
+    return self.replace(train=train), metrics
+
+
+def step_keys(seed: int) -> Callable[[int], Iterator[jax.Array]]:
+  """`batches` for trainers that sample on the device: the PRNG key of
+  step s is fold_in(key(seed), s), whatever step a run resumes from."""
+  base = jax.random.PRNGKey(seed)
+
+  def batches(start: int):
+    step = start
+    while True:
+      step += 1
+      yield jax.random.fold_in(base, step)
+
+  return batches
+
+
+def _check_finite(metrics: dict, step: int, name: str, directory: str,
+                  last_saved: int | None, advice: str):
+  bad = {k: float(v) for k, v in metrics.items()
+         if k != 'params_finite' and not np.isfinite(v)}
+  if bad or not metrics.get('params_finite', True):
+    saved = (f'the last good checkpoint (step {last_saved}) in {directory} is '
+             'untouched' if last_saved else 'no checkpoint was written')
+    raise errors.NonFiniteLossError(
+        f'{name}: the loss or parameters became NaN/infinite at step {step} '
+        f'(non-finite: {bad or "parameters"}); training stopped and {saved}. '
+        f'{advice}')
+
+
+def fit(state, *, name: str, step_fn: Callable,
+        batches: Callable[[int], Iterator],
+        total_steps: int, checkpoints: checkpoints_lib.StageCheckpoints,
+        workdir: str, log_every: int, checkpoint_every: int,
+        evaluate_every: int = 0, evaluate_fn: Callable | None = None,
+        advice: str = 'Lower the learning rate.',
+        hooks: Iterable[Hook] = ()):
+  """Trains `state` to `total_steps`, resuming from the newest checkpoint.
+
+  Args:
+    state: the initial state (also the structure checkpoints restore into).
+    name: for logs, errors and hooks ('stage1', 'dlsa/flow_0', ...).
+    step_fn: `(state, batch) -> (state, metrics)`; metrics hold scalars and
+      `params_finite`.
+    batches: `start_step -> iterator` of the batches of steps start_step+1,
+      start_step+2, ... (so a resumed run reads what an uninterrupted one
+      would).
+    total_steps: the last step; a run whose checkpoint is there returns it.
+    checkpoints: where the state is saved every `checkpoint_every` steps and
+      at the end, after the finiteness check (a NaN never overwrites a good
+      checkpoint).
+    workdir: TensorBoard events of this run.
+    log_every: steps between metric summaries (and NaN checks).
+    evaluate_every, evaluate_fn: every `evaluate_every` steps and at the end,
+      `state, scores = evaluate_fn(step, state)` (model selection keeps its
+      choice inside the state, so it is checkpointed and resumes with it).
+    advice: what to try when the loss becomes non-finite.
+    hooks: called as hook(name, step, state) after every step.
+  Returns:
+    The state after `total_steps`.
+  """
+  start, state = checkpoints.restore_latest(state)
+  if start:
+    logging.info('%s: resumed from step %d of %d (%s).', name, start,
+                 total_steps, checkpoints.directory)
+  if start >= total_steps:
+    checkpoints.close()
+    return state
+  writer = metric_writers.create_default_writer(
+      workdir, just_logging=jax.process_index() > 0)
+  progress = periodic_actions.ReportProgress(num_train_steps=total_steps,
+                                             writer=writer)
+  data = iter(batches(start))
+  pending, last_saved = [], start or None
+  try:
+    for step in range(start + 1, total_steps + 1):
+      with jax.profiler.StepTraceAnnotation(name, step_num=step):
+        state, metrics = step_fn(state, next(data))
+      pending.append(metrics)
+      progress(step)
+      last = step == total_steps
+      save = step % checkpoint_every == 0 or last
+      evaluate = evaluate_fn is not None and (
+          step % evaluate_every == 0 or last)
+      if save or evaluate or step % log_every == 0:
+        host = jax.device_get(pending)
+        pending = []
+        for i, m in enumerate(host):
+          _check_finite(m, step - len(host) + 1 + i, name,
+                        checkpoints.directory, last_saved, advice)
+        writer.write_scalars(step, {
+            k: float(np.mean([m[k] for m in host])) for k in host[0]
+            if k != 'params_finite'})
+      if evaluate:
+        state, scores = evaluate_fn(step, state)
+        writer.write_scalars(step, scores)
+      if save:
+        checkpoints.save(step, state)
+        last_saved = step
+      for hook in hooks:
+        hook(name, step, state)
+  finally:
+    checkpoints.close()
+    writer.flush()
+  return state

@@ -1,0 +1,70 @@
+"""Classification losses: cross-entropy, mixup, label-aware smoothing
+(MiSLAS, DESIGN §3–4) and balanced softmax (DESIGN §6, §8)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+  """Mean softmax cross-entropy with integer labels."""
+  return optax.softmax_cross_entropy_with_integer_labels(
+      logits.astype(jnp.float32), labels).mean()
+
+
+def mixup_cross_entropy(logits, labels, partner_labels, lam) -> jax.Array:
+  """MiSLAS stage-1 loss: λ CE(ŷ, y) + (1-λ) CE(ŷ, y[perm])."""
+  return (lam * cross_entropy(logits, labels)
+          + (1.0 - lam) * cross_entropy(logits, partner_labels))
+
+
+def las_epsilons(class_counts, head: float, tail: float,
+                 shape: str = 'concave', power: float | None = None):
+  """Per-class smoothing ε_y from the class counts (DESIGN §4).
+
+  ε_1 (`head`) goes to the most frequent class, ε_K (`tail`) to the rarest.
+  With equal counts every class gets `head` (there is no tail to favour).
+  """
+  n = np.asarray(class_counts, np.float64)
+  span = n.max() - n.min()
+  r = (n - n.min()) / span if span > 0 else np.ones_like(n)
+  if shape == 'concave':
+    f = np.sin(np.pi * r / 2)
+  elif shape == 'linear':
+    f = r
+  elif shape == 'convex':
+    f = 1.0 - np.cos(np.pi * r / 2)
+  elif shape == 'exp':
+    if power is None:
+      raise ValueError("label-aware smoothing shape 'exp' needs a power p: "
+                       'set --config.stage2.las_power.')
+    f = r ** power
+  else:
+    raise ValueError(f'Unknown label-aware smoothing shape {shape!r}; use one '
+                     "of 'concave', 'linear', 'convex', 'exp'.")
+  return (tail + (head - tail) * f).astype(np.float32)
+
+
+def label_aware_smoothing(logits, labels, class_counts, head, tail,
+                          shape: str = 'concave', power=None) -> jax.Array:
+  """MiSLAS label-aware smoothing, mean over the batch.
+
+  loss = (1-ε_y)(-log p_y) + (ε_y / C) Σ_k (-log p_k).
+  """
+  eps = jnp.asarray(las_epsilons(class_counts, head, tail, shape, power))
+  logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+  e = eps[labels]
+  nll = -jnp.take_along_axis(logp, labels[:, None], axis=-1)[:, 0]
+  uniform = -logp.mean(-1)
+  return ((1.0 - e) * nll + e * uniform).mean()
+
+
+def balanced_softmax_loss(logits, labels, class_counts, tiny: float = 1e-12):
+  """Mean CE of softmax(logits + log(n_c + tiny)) (Ren et al., 2020).
+
+  `tiny` keeps classes that are absent from the counts finite: their adjusted
+  logit is ~log(tiny), so they take (almost) no softmax mass.
+  """
+  adj = logits + jnp.log(jnp.asarray(class_counts).astype(logits.dtype) + tiny)
+  return optax.softmax_cross_entropy_with_integer_labels(adj, labels).mean()

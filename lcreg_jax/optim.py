@@ -1,0 +1,62 @@
+"""Optimisers and learning-rate schedules of both stages (DESIGN §4, §5)."""
+
+import flax
+import jax.numpy as jnp
+import optax
+
+
+def sgd(schedule, momentum: float, weight_decay: float):
+  """torch-style SGD: decay added to the gradient before momentum."""
+  return optax.chain(optax.add_decayed_weights(weight_decay),
+                     optax.sgd(schedule, momentum=momentum))
+
+
+def stage1_schedule(cfg, steps_per_epoch: int, total_steps: int):
+  """Stage-1 learning rate: linear warm-up, then step or cosine decay."""
+  warmup = int(cfg.warmup_epochs * steps_per_epoch)
+  if cfg.schedule == 'step':
+    main = optax.piecewise_constant_schedule(
+        cfg.lr, {int(e * steps_per_epoch) - warmup: cfg.decay_factor
+                 for e in cfg.decay_epochs})
+  else:  # 'cosine' (the config is validated before this runs)
+    main = optax.cosine_decay_schedule(cfg.lr, max(total_steps - warmup, 1))
+  if not warmup:
+    return main
+  # Per iteration: lr · (1 + t) / warmup_steps.
+  warm = optax.linear_schedule(cfg.lr / warmup, cfg.lr, warmup - 1)
+  return optax.join_schedules([warm, main], [warmup])
+
+
+def per_epoch_cosine(base_lr: float, steps_per_epoch: int, epochs: int):
+  """MiSLAS stage 2: lr(e) = lr/2 (1 + cos(π e / E)), constant within an epoch."""
+  def schedule(step):
+    e = jnp.floor(step / steps_per_epoch)
+    return 0.5 * base_lr * (1 + jnp.cos(jnp.pi * e / epochs))
+  return schedule
+
+
+def head_param_labels(params):
+  """'classifier' for the head's Dense, 'scale' for LWS, 'frozen' else."""
+  flat = flax.traverse_util.flatten_dict(params)
+  labels = {}
+  for path in flat:
+    if path[0] == 'head' and path[-1] == 'scale':
+      labels[path] = 'scale'
+    elif path[0] == 'head':
+      labels[path] = 'classifier'
+    else:
+      labels[path] = 'frozen'
+  return flax.traverse_util.unflatten_dict(labels)
+
+
+def stage2_optimizer(cfg, steps_per_epoch: int, epochs: int):
+  """SGD on the head only: the classifier at lr × lr_factor, LWS at lr.
+
+  `cfg` is the resolved `config.stage2` (lr_factor filled in from the preset).
+  """
+  def opt(factor):
+    return sgd(per_epoch_cosine(cfg.lr * factor, steps_per_epoch, epochs),
+               cfg.momentum, cfg.weight_decay)
+  return optax.multi_transform(
+      {'classifier': opt(cfg.lr_factor), 'scale': opt(1.0),
+       'frozen': optax.set_to_zero()}, head_param_labels)

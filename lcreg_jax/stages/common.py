@@ -1,0 +1,91 @@
+"""What every stage shares: the run's context, the schedule length, the
+checkpoint fingerprint, training through the loop, and test evaluation."""
+
+import dataclasses
+import os
+
+from absl import logging
+import jax
+
+from lcreg_jax import checkpoints
+from lcreg_jax import loop
+from lcreg_jax import parallel
+from lcreg_jax.data import dataset as dataset_lib
+from lcreg_jax.data import samplers
+from lcreg_jax.evaluate import predict as predict_lib
+from lcreg_jax.evaluate import report
+
+
+@dataclasses.dataclass(frozen=True)
+class Context:
+  """One run: its resolved config, data, mesh, workdir and loop hooks."""
+  config: object
+  dataset: dataset_lib.Dataset
+  mesh: jax.sharding.Mesh
+  workdir: str
+  hooks: tuple[loop.Hook, ...] = ()
+
+  @property
+  def info(self) -> dataset_lib.DatasetInfo:
+    return self.dataset.info
+
+  def stage_dir(self, stage: str) -> str:
+    return os.path.join(self.workdir, stage)
+
+
+def schedule_length(stage_config, info) -> tuple[int, int]:
+  """(steps per epoch, total steps); `steps`, when set, wins over `epochs`."""
+  spe = samplers.steps_per_epoch(info.split_sizes['train'],
+                                 stage_config.batch_size)
+  total = stage_config.steps or int(round(stage_config.epochs * spe))
+  return spe, max(total, 1)
+
+
+def fingerprint(ctx: Context, stage: str) -> dict:
+  """What a stage's checkpoints are for; a resumed run must match it."""
+  return dict(stage=stage, num_classes=int(ctx.info.num_classes),
+              image_shape=list(ctx.info.image_shape),
+              model=ctx.config.model.to_dict())
+
+
+def fit(ctx: Context, stage: str, state, step, *, total_steps: int,
+        data_seed: int, sampler: str, samples_per_class: int = 4,
+        fingerprint_extra: dict | None = None, advice: str):
+  """Trains a stage of the backbone model through the shared loop."""
+  stage_config = ctx.config[stage]
+
+  def batches(start):
+    return ctx.dataset.train_batches(
+        global_batch_size=stage_config.batch_size,
+        sharding=parallel.batch_sharding(ctx.mesh), seed=data_seed,
+        start_step=start, sampler=sampler,
+        samples_per_class=samples_per_class)
+
+  logging.info('%s: %d steps, batch %d on %d devices.', stage, total_steps,
+               stage_config.batch_size, ctx.mesh.devices.size)
+  return loop.fit(
+      state, name=stage, step_fn=step, batches=batches,
+      total_steps=total_steps,
+      checkpoints=checkpoints.StageCheckpoints(
+          os.path.join(ctx.stage_dir(stage), 'checkpoints'),
+          dict(fingerprint(ctx, stage), **(fingerprint_extra or {}))),
+      workdir=ctx.stage_dir(stage), log_every=ctx.config.log_every,
+      checkpoint_every=ctx.config.checkpoint_every, advice=advice,
+      hooks=ctx.hooks)
+
+
+def predict(ctx: Context, state, split: str) -> dict:
+  """Logits, pooled features, labels (and latent usage) over a split."""
+  return predict_lib.predict(
+      state, ctx.dataset.eval_batches(
+          split, global_batch_size=ctx.config.eval.batch_size,
+          sharding=parallel.batch_sharding(ctx.mesh)), mesh=ctx.mesh)
+
+
+def evaluate(ctx: Context, state, stage: str) -> dict:
+  """Test metrics of a trained stage; writes its report and plots."""
+  pred = predict(ctx, state, 'test')
+  return report.write_stage_report(
+      ctx.stage_dir(stage), stage=stage, outputs=pred['logits'],
+      labels=pred['labels'], info=ctx.info, eval_config=ctx.config.eval,
+      latent_usage=pred.get('latent_usage'))

@@ -1,0 +1,35 @@
+"""Stage 1: LCReg on a MiSLAS mixup backbone (DESIGN §3, §5)."""
+
+import functools
+
+import jax
+
+from lcreg_jax import optim
+from lcreg_jax import parallel
+from lcreg_jax import train_state
+from lcreg_jax.models import network
+from lcreg_jax.stages import common
+from lcreg_jax.steps import stage1 as stage1_step
+
+
+def train(ctx: common.Context):
+  """Trains stage 1 (resuming if possible) and returns its final state."""
+  config = ctx.config
+  cfg = config.stage1
+  model = network.make_model(config.model, ctx.info.num_classes)
+  spe, total = common.schedule_length(cfg, ctx.info)
+  tx = optim.sgd(optim.stage1_schedule(cfg, spe, total), cfg.momentum,
+                 cfg.weight_decay)
+  state = train_state.create_train_state(
+      model, jax.random.key(config.seed), ctx.info.image_shape, tx,
+      config.model)
+  state = parallel.replicate(state, ctx.mesh)
+  hp = stage1_step.Stage1Hparams.from_config(config, total)
+  step = parallel.jit_step(functools.partial(stage1_step.train_step, hp=hp),
+                           ctx.mesh, state)
+  return common.fit(
+      ctx, 'stage1', state, step, total_steps=total, data_seed=config.seed,
+      sampler='shuffle',
+      advice='Lower the learning rate (--config.stage1.lr), check that the '
+             'inputs are normalised, or for LCReg try '
+             '--config.model.latent.recon_normalize=True.')

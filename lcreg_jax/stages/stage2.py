@@ -1,0 +1,103 @@
+"""Stage 2: MiSLAS classifier retraining on the frozen stage-1 model
+(DESIGN §4): LWS head, class-balanced sampling, label-aware smoothing,
+shift-BN."""
+
+import functools
+import os
+
+from absl import logging
+import flax
+import jax
+
+from lcreg_jax import checkpoints
+from lcreg_jax import errors
+from lcreg_jax import optim
+from lcreg_jax import parallel
+from lcreg_jax import train_state
+from lcreg_jax.config import presets
+from lcreg_jax.models import network
+from lcreg_jax.stages import common
+from lcreg_jax.steps import retrain
+
+
+def merge_stage1(params2, params1):
+  """Stage-2 params: stage-1 values wherever the paths exist (all but LWS)."""
+  flat1 = flax.traverse_util.flatten_dict(params1)
+  flat2 = flax.traverse_util.flatten_dict(params2)
+  missing = [p for p in flat1 if p not in flat2]
+  if missing:
+    raise errors.CheckpointError(
+        f'The stage-1 checkpoint has parameters this stage-2 model lacks '
+        f'(e.g. {"/".join(missing[0])}); stage 2 must use the stage-1 '
+        'model config.')
+  return flax.traverse_util.unflatten_dict(
+      {p: flat1.get(p, v) for p, v in flat2.items()})
+
+
+def load_stage1(ctx: common.Context):
+  """The final stage-1 state, from `stage2.init_from` or workdir/stage1."""
+  config = ctx.config
+  own = os.path.join(ctx.stage_dir('stage1'), 'checkpoints')
+  src = config.stage2.init_from or own
+  if not os.path.isdir(src):
+    raise errors.CheckpointError(
+        f'Stage 2 and DLSA need a stage-1 checkpoint but {src} does not '
+        'exist. Run stage 1 first (--config.stage1.enabled=True) or point '
+        '--config.stage2.init_from at a stage-1 checkpoints directory.')
+  model = network.make_model(config.model, ctx.info.num_classes)
+  # Same optimizer-state structure as stage 1 (values are irrelevant) so
+  # that the whole stage-1 tree restores.
+  tx = optim.sgd(lambda _: 0.0, config.stage1.momentum,
+                 config.stage1.weight_decay)
+  template = train_state.create_train_state(
+      model, jax.random.key(0), ctx.info.image_shape, tx, config.model)
+  template = parallel.replicate(template, ctx.mesh)
+  ckpt = checkpoints.StageCheckpoints(
+      src, common.fingerprint(ctx, 'stage1'), read_only=True)
+  try:
+    step, state = ckpt.restore_latest(template)
+  finally:
+    ckpt.close()
+  if not step:
+    raise errors.CheckpointError(
+        f'{src} holds no stage-1 checkpoint; run stage 1 first '
+        '(--config.stage1.enabled=True).')
+  _, total = common.schedule_length(config.stage1, ctx.info)
+  if step < total:
+    if src == own:
+      raise errors.CheckpointError(
+          f'Stage 1 in {src} stopped at step {step} of {total}; finish it '
+          'first by rerunning with --config.stage1.enabled=True (it resumes '
+          'from there).')
+    logging.warning('Stage-1 checkpoint %s is at step %d, fewer than the %d '
+                    'steps this config schedules; using it as it is.', src,
+                    step, total)
+  return state
+
+
+def train(ctx: common.Context, stage1_state):
+  """Retrains the classifier on the frozen stage-1 model; the final state."""
+  config = ctx.config
+  cfg = config.stage2
+  model = network.make_model(config.model, ctx.info.num_classes, lws=True)
+  spe, total = common.schedule_length(cfg, ctx.info)
+  epochs = max(int(round(total / spe)), 1)
+  tx = optim.stage2_optimizer(cfg, spe, epochs)
+  fresh = train_state.init_variables(model, jax.random.key(config.seed),
+                                     ctx.info.image_shape)
+  params = merge_stage1(fresh['params'], jax.device_get(stage1_state.params))
+  state = train_state.TrainState.create(
+      apply_fn=model.apply, params=params,
+      batch_stats=jax.device_get(stage1_state.batch_stats), tx=tx, cov={})
+  state = parallel.replicate(state, ctx.mesh)
+  hp = retrain.RetrainHparams.from_config(cfg, ctx.info.class_counts)
+  step = parallel.jit_step(functools.partial(retrain.retrain_step, hp=hp),
+                           ctx.mesh, state)
+  settings = {f: cfg[f] for f in presets.STAGE2_FIELDS}
+  logging.info('stage2: settings %s.', settings)
+  return common.fit(
+      ctx, 'stage2', state, step, total_steps=total,
+      data_seed=config.seed + 1, sampler='class_balanced',
+      samples_per_class=cfg.samples_per_class,
+      fingerprint_extra=dict(stage2_settings=settings),
+      advice='Lower the learning rate (--config.stage2.lr).')

@@ -1,0 +1,117 @@
+"""The stage-1 step: LCReg on a MiSLAS mixup backbone (DESIGN §3, eq. 7)."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from lcreg_jax import covariance
+from lcreg_jax import losses
+from lcreg_jax.train_state import all_finite
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage1Hparams:
+  """Static hyper-parameters of the stage-1 step (hashable for jit)."""
+  alpha: float
+  beta: float
+  gamma: float
+  mixup_alpha: float
+  isda_lambda0: float
+  total_steps: int
+  recon_normalize: bool
+  recon_temperature: float
+  explicit_latent_aug: bool
+  seed: int = 0
+
+  @classmethod
+  def from_config(cls, config, total_steps: int) -> 'Stage1Hparams':
+    """From the resolved config; without latents, α = β = 0 (plain MiSLAS)."""
+    s1, latent = config.stage1, config.model.latent
+    return cls(alpha=s1.alpha if latent.enabled else 0.0,
+               beta=s1.beta if latent.enabled else 0.0,
+               gamma=s1.gamma, mixup_alpha=s1.mixup_alpha,
+               isda_lambda0=s1.isda_lambda0, total_steps=total_steps,
+               recon_normalize=latent.recon_normalize,
+               recon_temperature=latent.recon_temperature,
+               explicit_latent_aug=latent.explicit_latent_aug,
+               seed=config.seed)
+
+
+def sample_latent_noise(rng, cov_state, lam, batch: int):
+  """ε ~ N(0, λ Σ_m) per image and latent, for the explicit variant."""
+  m, d = cov_state.mean.shape
+  n = jax.random.normal(rng, (batch, m, d))
+  if cov_state.cov.ndim == 2:
+    return n * jnp.sqrt(lam * cov_state.cov)[None]
+  chol = jnp.linalg.cholesky(lam * cov_state.cov + 1e-5 * jnp.eye(d))
+  return jnp.einsum('mde,bme->bmd', chol, n)
+
+
+def train_step(state, batch, *, hp: Stage1Hparams):
+  """One stage-1 step: L = α L_aug + β L_recon + γ L_cls (eq. 7).
+
+  The randomness (mixup λ and partner, explicit latent noise) is keyed on
+  (seed, step), so a resumed run repeats it exactly.
+  """
+  rng = jax.random.fold_in(jax.random.fold_in(jax.random.key(hp.seed), 1),
+                           state.step)
+  mix_rng, perm_rng, noise_rng = jax.random.split(rng, 3)
+  images, labels = batch['image'], batch['label']
+  bsz = images.shape[0]
+  if hp.mixup_alpha > 0:
+    lam_mix = jax.random.beta(mix_rng, hp.mixup_alpha, hp.mixup_alpha)
+  else:
+    lam_mix = jnp.float32(1.0)
+  perm = jax.random.permutation(perm_rng, bsz)
+  mixed = lam_mix * images + (1 - lam_mix) * images[perm]
+  isda_lam = hp.isda_lambda0 * state.step / hp.total_steps
+  has_latent = isinstance(state.cov, covariance.CovarianceState)
+
+  def loss_fn(params):
+    noise = None
+    if has_latent and hp.explicit_latent_aug:
+      noise = sample_latent_noise(noise_rng, state.cov, isda_lam, bsz)
+    out, mutated = state.apply_fn(
+        {'params': params, 'batch_stats': state.batch_stats}, mixed,
+        train=True, latent_noise=noise, mutable=['batch_stats'])
+    cls = losses.mixup_cross_entropy(out['logits'], labels, labels[perm],
+                                     lam_mix)
+    aux = dict(cls_loss=cls, batch_stats=mutated['batch_stats'],
+               cov=state.cov)
+    loss = hp.gamma * cls
+    if has_latent:
+      samples = out['latent_samples']                    # (B, M, D)
+      aux['cov'] = covariance.update_covariance_grouped(state.cov, samples)
+      # Python-level branches: with α = β = 0 the traced step is exactly
+      # the plain MiSLAS step (no zero-weighted terms in the graph).
+      if hp.beta:
+        rec = losses.reconstruction_loss(out['feature_map'],
+                                         out['reconstruction'],
+                                         hp.recon_normalize,
+                                         hp.recon_temperature)
+        aux['recon_loss'] = rec
+        loss += hp.beta * rec
+      if hp.alpha:
+        m = samples.shape[1]
+        g = out['latent_logits'].reshape(bsz * m, m)
+        latent_labels = jnp.tile(jnp.arange(m), bsz)
+        if not hp.explicit_latent_aug:
+          kernel = params['latent']['latent_classifier']['kernel']
+          g = losses.isda_augmented_logits(g, kernel, aux['cov'].cov,
+                                           latent_labels, isda_lam)
+        aug = losses.cross_entropy(g, latent_labels)
+        aux['aug_loss'] = aug
+        loss += hp.alpha * aug
+    acc = (out['logits'].argmax(-1) == labels).mean()
+    acc_p = (out['logits'].argmax(-1) == labels[perm]).mean()
+    aux['accuracy'] = lam_mix * acc + (1 - lam_mix) * acc_p
+    return loss, aux
+
+  (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  state = state.apply_gradients(grads=grads, batch_stats=aux.pop('batch_stats'),
+                                cov=aux.pop('cov'))
+  metrics = dict(loss=loss, grad_norm=optax.tree.norm(grads),
+                 params_finite=all_finite(state.params), **aux)
+  return state, metrics

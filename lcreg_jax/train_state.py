@@ -1,0 +1,40 @@
+"""The train state of both stages: parameters, BatchNorm statistics, the
+optimiser state and, for LCReg, the latent categories' running moments."""
+
+from typing import Any
+
+from flax.training import train_state
+import jax
+import jax.numpy as jnp
+
+from lcreg_jax import covariance
+
+
+class TrainState(train_state.TrainState):
+  batch_stats: Any
+  cov: Any  # covariance.CovarianceState of the latents, or {} without them
+
+
+def init_variables(model, rng, image_shape):
+  dummy = jnp.zeros((1, *image_shape), jnp.float32)
+  return model.init({'params': rng}, dummy, train=False)
+
+
+def create_train_state(model, rng, image_shape, tx, model_config=None):
+  """A fresh state; with a latent module, zero moments of its M latents."""
+  variables = init_variables(model, rng, image_shape)
+  cov = {}
+  if model.latent is not None:
+    d = variables['params']['head']['fc']['kernel'].shape[0]
+    cov = covariance.init_covariance(
+        model.latent.num_latents, d,
+        diagonal=model_config.latent.covariance == 'diagonal')
+  return TrainState.create(apply_fn=model.apply, params=variables['params'],
+                           batch_stats=variables.get('batch_stats', {}),
+                           tx=tx, cov=cov)
+
+
+def all_finite(tree) -> jax.Array:
+  """True iff every leaf of `tree` is finite (the loop's NaN guard)."""
+  leaves = jax.tree.leaves(tree)
+  return jnp.all(jnp.stack([jnp.isfinite(x).all() for x in leaves]))

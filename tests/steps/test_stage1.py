@@ -1,0 +1,111 @@
+"""The stage-1 step: α = β = 0 is exactly plain MiSLAS, 4 devices equal 1,
+and the explicit latent noise has covariance λ Σ."""
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from lcreg_jax import config as config_lib
+from lcreg_jax import covariance
+from lcreg_jax import optim
+from lcreg_jax import parallel
+from lcreg_jax import train_state
+from lcreg_jax.models import network
+from lcreg_jax.steps import stage1
+from tests import tiny
+
+
+def batch(n=16, size=8, seed=0):
+  rng = np.random.default_rng(seed)
+  return dict(image=jnp.asarray(rng.normal(size=(n, size, size, 1)),
+                                jnp.float32),
+              label=jnp.asarray(rng.integers(0, 10, n), jnp.int32))
+
+
+def _hp(cfg, total=10, **kw):
+  resolved = config_lib.resolve_and_validate(cfg, num_visible_devices=4)
+  return dataclasses.replace(
+      stage1.Stage1Hparams.from_config(resolved, total), **kw)
+
+
+def _run(cfg, mesh, hp, steps=1):
+  resolved = config_lib.resolve_and_validate(cfg, num_visible_devices=4)
+  model = network.make_model(resolved.model, 10)
+  state = train_state.create_train_state(
+      model, jax.random.key(0), (8, 8, 1), optim.sgd(0.1, 0.9, 5e-4),
+      resolved.model)
+  state = parallel.replicate(state, mesh)
+  step = parallel.jit_step(functools.partial(stage1.train_step, hp=hp), mesh,
+                           state)
+  for i in range(steps):
+    state, metrics = step(state, jax.device_put(
+        batch(seed=i), parallel.batch_sharding(mesh)))
+  return jax.device_get(state), jax.device_get(metrics)
+
+
+def test_zero_latent_weights_on_feature_path_equal_plain_step():
+  mesh = parallel.make_mesh(1)
+  cfg = tiny.tiny_config()
+  cfg.model.classify_on = 'feature'
+  latent_state, _ = _run(cfg, mesh, _hp(cfg, alpha=0.0, beta=0.0), 2)
+  cfg.model.latent.enabled = False
+  plain_state, _ = _run(cfg, mesh, _hp(cfg), 2)
+  for key in ('backbone', 'head'):
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6,
+                                                         atol=1e-7),
+                 latent_state.params[key], plain_state.params[key])
+  jax.tree.map(np.testing.assert_allclose, latent_state.batch_stats,
+               plain_state.batch_stats)
+  # And the latent losses, when switched on, do change the backbone.
+  cfg.model.latent.enabled = True
+  lcreg_state, metrics = _run(cfg, mesh, _hp(cfg), 2)
+  assert {'aug_loss', 'recon_loss'} <= set(metrics)
+  diff = jax.tree.map(lambda a, b: np.abs(a - b).max(),
+                      lcreg_state.params['backbone'],
+                      plain_state.params['backbone'])
+  assert max(jax.tree.leaves(diff)) > 1e-6
+
+
+def test_hparams_from_config_switch_latent_terms_off_without_latents():
+  cfg = tiny.tiny_config()
+  assert (_hp(cfg).alpha, _hp(cfg).beta) == (cfg.stage1.alpha,
+                                             cfg.stage1.beta)
+  cfg.model.latent.enabled = False
+  assert (_hp(cfg).alpha, _hp(cfg).beta) == (0.0, 0.0)
+
+
+@pytest.mark.parametrize('explicit,cov', [(False, 'full'), (True, 'diagonal')])
+def test_four_devices_match_one(explicit, cov):
+  assert len(jax.devices()) >= 4, 'conftest should give 4 CPU devices'
+  cfg = tiny.tiny_config()
+  cfg.model.latent.covariance = cov
+  hp = _hp(cfg, explicit_latent_aug=explicit)
+  s1, m1 = _run(cfg, parallel.make_mesh(1), hp, 2)
+  s4, m4 = _run(cfg, parallel.make_mesh(4), hp, 2)
+  close = functools.partial(np.testing.assert_allclose, rtol=2e-4, atol=2e-5)
+  jax.tree.map(close, s1.params, s4.params)
+  jax.tree.map(close, s1.batch_stats, s4.batch_stats)
+  jax.tree.map(close, s1.cov, s4.cov)
+  close(m1['loss'], m4['loss'])
+  # Moments cover the global batch: 16 images × 2 steps per latent.
+  np.testing.assert_array_equal(s4.cov.count, 32)
+
+
+@pytest.mark.parametrize('diagonal', [False, True])
+def test_explicit_latent_noise_has_covariance_lambda_sigma(diagonal):
+  rng = np.random.default_rng(5)
+  a = rng.normal(size=(2, 3, 3))
+  cov = np.einsum('mde,mfe->mdf', a, a)
+  state = covariance.init_covariance(2, 3, diagonal)
+  stored = np.stack([np.diag(c) if diagonal else c for c in cov])
+  state = state._replace(cov=jnp.asarray(stored, jnp.float32))
+  noise = np.asarray(stage1.sample_latent_noise(jax.random.key(0), state,
+                                                0.5, 100_000), np.float64)
+  for m in range(2):
+    emp = np.cov(noise[:, m], rowvar=False)
+    ref = 0.5 * (np.diag(np.diag(cov[m])) if diagonal else cov[m])
+    np.testing.assert_allclose(emp, ref, atol=0.05 * np.abs(ref).max())

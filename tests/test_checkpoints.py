@@ -1,0 +1,82 @@
+"""Checkpoints refuse another model's files and never harm them; damage is
+recognised as damage, not as a mismatch."""
+
+import json
+import os
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from lcreg_jax import checkpoints
+from lcreg_jax import errors
+from tests.test_loop import _digest
+
+
+def _write(directory, steps=(1, 2), value=1.0, fingerprint=None):
+  ckpt = checkpoints.StageCheckpoints(directory, fingerprint or {'m': 1})
+  for s in steps:
+    ckpt.save(s, {'w': jnp.full(3, value * s), 'b': jnp.zeros(2)})
+  ckpt.close()
+
+
+TARGET = {'w': jnp.zeros(3), 'b': jnp.zeros(2)}
+
+
+def test_restore_latest_and_empty_directory(tmp_path):
+  ckpt = checkpoints.StageCheckpoints(tmp_path / 'c', {'m': 1})
+  assert ckpt.restore_latest(TARGET) == (0, TARGET)
+  ckpt.close()
+  _write(tmp_path / 'c')
+  ckpt = checkpoints.StageCheckpoints(tmp_path / 'c', {'m': 1})
+  step, state = ckpt.restore_latest(TARGET)
+  ckpt.close()
+  assert step == 2 and np.array_equal(state['w'], [2.0, 2.0, 2.0])
+  assert json.load(open(tmp_path / 'c' / 'fingerprint.json')) == {'m': 1}
+
+
+def test_another_models_checkpoints_are_refused_untouched(tmp_path):
+  _write(tmp_path / 'c')
+  before = _digest(tmp_path / 'c')
+  with pytest.raises(errors.CheckpointError, match='differing entries: m'):
+    checkpoints.StageCheckpoints(tmp_path / 'c', {'m': 2})
+  assert _digest(tmp_path / 'c') == before
+
+
+def test_same_fingerprint_other_shapes_is_a_mismatch_not_damage(tmp_path):
+  _write(tmp_path / 'c')
+  before = _digest(tmp_path / 'c')
+  ckpt = checkpoints.StageCheckpoints(tmp_path / 'c', {'m': 1})
+  with pytest.raises(errors.CheckpointError, match='do not match this model'):
+    ckpt.restore_latest({'w': jnp.zeros(4), 'b': jnp.zeros(2)})
+  ckpt.close()
+  assert _digest(tmp_path / 'c') == before
+  assert not os.path.exists(f'{tmp_path}/c.corrupt')
+
+
+def test_unreadable_fingerprint_is_named(tmp_path):
+  _write(tmp_path / 'c')
+  (tmp_path / 'c' / 'fingerprint.json').write_text('{not json')
+  with pytest.raises(errors.CheckpointError, match='fingerprint.json'):
+    checkpoints.StageCheckpoints(tmp_path / 'c', {'m': 1})
+
+
+@pytest.mark.parametrize('damage', ['metadata', 'all_steps'])
+def test_damaged_steps(tmp_path, damage):
+  _write(tmp_path / 'c')
+  for step in ((2,) if damage == 'metadata' else (1, 2)):
+    (tmp_path / 'c' / str(step) / 'default' / '_METADATA').write_text('{x')
+  before = _digest(tmp_path / 'c')
+  # Reading another stage's checkpoints: stop, name the step, touch nothing.
+  ro = checkpoints.StageCheckpoints(tmp_path / 'c', {'m': 1}, read_only=True)
+  with pytest.raises(errors.CheckpointError, match=f'{tmp_path}/c/2 is dam'):
+    ro.restore_latest(TARGET)
+  ro.close()
+  assert _digest(tmp_path / 'c') == before
+  # Resuming one's own run: fall back to the newest good step, if any.
+  ckpt = checkpoints.StageCheckpoints(tmp_path / 'c', {'m': 1})
+  step, state = ckpt.restore_latest(TARGET)
+  ckpt.close()
+  assert step == (1 if damage == 'metadata' else 0)
+  assert len(os.listdir(f'{tmp_path}/c.corrupt')) == (
+      1 if damage == 'metadata' else 2)

@@ -1,0 +1,46 @@
+"""Learning-rate schedules of both stages, by hand."""
+
+import numpy as np
+
+from lcreg_jax import optim
+from tests import tiny
+
+
+def test_stage1_schedule_warmup_and_steps():
+  cfg = tiny.tiny_config().stage1
+  cfg.update(lr=0.1, warmup_epochs=2, decay_epochs=(4, 6), decay_factor=0.1,
+             schedule='step')
+  sched = optim.stage1_schedule(cfg, steps_per_epoch=10, total_steps=80)
+  # Warm-up per iteration: lr (1 + t) / warmup_steps over the first 20 steps.
+  np.testing.assert_allclose(sched(0), 0.1 / 20, rtol=1e-5)
+  np.testing.assert_allclose(sched(9), 0.1 * 10 / 20, rtol=1e-5)
+  np.testing.assert_allclose(sched(19), 0.1, rtol=1e-5)
+  np.testing.assert_allclose(sched(39), 0.1, rtol=1e-5)
+  np.testing.assert_allclose(sched(40), 0.01, rtol=1e-5)
+  np.testing.assert_allclose(sched(60), 0.001, rtol=1e-5)
+
+
+def test_stage1_cosine_schedule():
+  cfg = tiny.tiny_config().stage1
+  cfg.update(lr=0.1, warmup_epochs=0.0, schedule='cosine')
+  sched = optim.stage1_schedule(cfg, steps_per_epoch=10, total_steps=80)
+  for t in (0, 20, 40, 79):
+    np.testing.assert_allclose(sched(t), 0.05 * (1 + np.cos(np.pi * t / 80)),
+                               rtol=1e-5, atol=1e-7)
+
+
+def test_stage2_schedule_is_per_epoch_cosine():
+  sched = optim.per_epoch_cosine(0.1, steps_per_epoch=5, epochs=10)
+  for step in (0, 4, 5, 27, 49):
+    e = step // 5
+    np.testing.assert_allclose(sched(step),
+                               0.05 * (1 + np.cos(np.pi * e / 10)), rtol=1e-5)
+
+
+def test_head_param_labels():
+  params = {'backbone': {'conv': {'kernel': 0}},
+            'head': {'fc': {'kernel': 0, 'bias': 0}, 'scale': 0}}
+  assert optim.head_param_labels(params) == {
+      'backbone': {'conv': {'kernel': 'frozen'}},
+      'head': {'fc': {'kernel': 'classifier', 'bias': 'classifier'},
+               'scale': 'scale'}}
