@@ -1,6 +1,7 @@
 """The train state of both stages: parameters, BatchNorm statistics, the
 optimiser state and, for LCReg, the latent categories' running moments."""
 
+import functools
 from typing import Any
 
 from flax.training import train_state
@@ -16,8 +17,13 @@ class TrainState(train_state.TrainState):
 
 
 def init_variables(model, rng, image_shape):
+  """The model's initial variables for inputs of `image_shape`.
+
+  Jitted: run eagerly, every initialiser compiles its own small program.
+  """
   dummy = jnp.zeros((1, *image_shape), jnp.float32)
-  return model.init({'params': rng}, dummy, train=False)
+  return jax.jit(functools.partial(model.init, train=False))(
+      {'params': rng}, dummy)
 
 
 def create_train_state(model, rng, image_shape, tx, model_config=None):

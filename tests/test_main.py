@@ -7,7 +7,6 @@ import json
 import os
 import shutil
 import struct
-import subprocess
 import sys
 
 import numpy as np
@@ -16,17 +15,10 @@ import pytest
 from lcreg_jax import errors
 from lcreg_jax import main as main_lib
 from lcreg_jax import stages
+from tests import cli
 from tests import tiny
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _cli(*args):
-  """The real command, in a fresh process (1 CPU device)."""
-  env = dict(os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS='')
-  return subprocess.run(
-      [sys.executable, '-m', 'lcreg_jax.main', *args], cwd=ROOT, env=env,
-      capture_output=True, text=True, timeout=300)
+ROOT = cli.ROOT
 
 
 def _main(capsys, *args):
@@ -61,13 +53,9 @@ def _tree_digest(directory):
   return h.hexdigest()
 
 
-@pytest.fixture(scope='module')
-def finished(tmp_path_factory):
-  """A tiny run finished through the real command: (workdir, its output)."""
-  workdir = tmp_path_factory.mktemp('finished')
-  res = _cli('--config=tests/tiny.py', f'--workdir={workdir}')
-  assert res.returncode == 0, res.stderr[-3000:]
-  return workdir, res.stdout
+@pytest.fixture(name='finished')
+def finished_fixture(finished_run):
+  return finished_run
 
 
 def test_cli_run_prints_the_table_and_records_the_config(finished):
@@ -143,7 +131,7 @@ def test_workdir_that_is_a_file(tmp_path, capsys):
 
 
 def test_the_real_command_exits_non_zero_without_a_traceback(tmp_path):
-  res = _cli('--config=configs/default.py', f'--workdir={tmp_path}',
+  res = cli.run_cli('--config=configs/default.py', f'--workdir={tmp_path}',
              '--config.stage1.learning_rate=0.1')
   assert res.returncode == 2
   assert 'error: unknown config key: stage1.learning_rate' in res.stderr
@@ -157,8 +145,7 @@ def test_damaged_latest_checkpoint_resumes_from_the_previous_one(
   shutil.copytree(finished[0], workdir)
   final = workdir / 'stage1' / 'checkpoints' / '6' / 'default' / '_METADATA'
   final.write_text('{damaged')
-  code, err = _main(capsys, '--config=tests/tiny.py', f'--workdir={workdir}',
-                    '--config.num_devices=1')
+  code, err = _main(capsys, '--config=tests/tiny.py', f'--workdir={workdir}')
   assert code == 0, err
   # Steps 5 and 6 retrained from step 4 give the same stage-1 model: the
   # reports match the undamaged run's, and the damaged step is kept aside.

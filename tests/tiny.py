@@ -13,7 +13,9 @@ def tiny_config():
   c.model.latent.num_latents = 4
   c.stage1.update(steps=6, batch_size=16, warmup_epochs=0.1,
                   decay_epochs=(0.5,), lr=0.05)
-  c.stage2.update(steps=4, batch_size=16)
+  # shift_bn: the BatchNorm statistics change in stage 2 too, so resume
+  # must restore them.
+  c.stage2.update(steps=4, batch_size=16, shift_bn=True)
   c.log_every = 1
   c.checkpoint_every = 2
   c.eval.update(batch_size=64, plots=False)

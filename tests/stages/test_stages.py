@@ -6,6 +6,7 @@ import os
 
 import jax
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 
 from lcreg_jax import errors
@@ -19,38 +20,37 @@ class _Kill(Exception):
   pass
 
 
-def _final_params(workdir, kill_at=None):
-  captured = {}
-
-  def hook(stage, step, state):
-    if stage == 'stage2' and step == 4:
-      captured['params'] = jax.device_get(state.params)
-      captured['batch_stats'] = jax.device_get(state.batch_stats)
-    if (stage, step) == kill_at:
-      raise _Kill()
-
-  cfg = tiny.tiny_config()
-  cfg.stage2.shift_bn = True
-  rows = stages.train_and_evaluate(cfg, workdir, hooks=[hook])
-  return captured, rows
+def _final_checkpoint(workdir, stage):
+  """The arrays of a stage's final checkpoint, as saved."""
+  directory = os.path.join(workdir, stage, 'checkpoints')
+  step = max(int(p) for p in os.listdir(directory) if p.isdigit())
+  return ocp.StandardCheckpointer().restore(
+      os.path.join(directory, str(step), 'default'))
 
 
-def test_kill_and_resume_reaches_same_parameters(tmp_path):
-  ref, ref_rows = _final_params(str(tmp_path / 'ref'))
+def test_kill_anywhere_and_resume_reaches_the_same_checkpoints(
+    finished_run, tmp_path):
   work = str(tmp_path / 'killed')
   # Killed between checkpoints in stage 1 (resumes from step 2, replays 3),
-  # then killed in stage 2 right after a checkpoint.
+  # then in stage 2 right after a checkpoint.
   for kill in (('stage1', 3), ('stage2', 2)):
+    def hook(stage, step, state, kill=kill):
+      if (stage, step) == kill:
+        raise _Kill()
     with pytest.raises(_Kill):
-      _final_params(work, kill_at=kill)
-  got, rows = _final_params(work)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6,
-                                                       atol=1e-7),
-               got, ref)
-  assert rows['stage2']['top1'] == ref_rows['stage2']['top1']
-  # The resolved config is recorded once; a rerun with the same config
-  # leaves it alone.
-  config = json.load(open(tmp_path / 'killed' / 'config.json'))
+      stages.train_and_evaluate(tiny.tiny_config(), work, hooks=[hook])
+  rows = stages.train_and_evaluate(tiny.tiny_config(), work)
+  # The reference is the same config run uninterrupted by the real command.
+  reference = str(finished_run[0])
+  for stage in ('stage1', 'stage2'):
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7),
+        _final_checkpoint(work, stage), _final_checkpoint(reference, stage))
+    with open(os.path.join(reference, stage, 'report.json')) as f:
+      assert rows[stage]['top1'] == json.load(f)['top1']
+  # The resolved config is recorded once; reruns with the same config
+  # leave it alone.
+  config = json.load(open(os.path.join(work, 'config.json')))
   assert config['stage2']['shift_bn'] is True
   assert config['stage2']['las_head'] == 0.1      # from the cifar10 row
   assert [p for p in os.listdir(work) if p.startswith('config')] == [
