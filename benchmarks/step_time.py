@@ -20,9 +20,12 @@ import jax.numpy as jnp
 from ml_collections import config_flags
 import numpy as np
 
+from lcreg_jax import config as config_lib
+from lcreg_jax import optim
 from lcreg_jax import parallel
-from lcreg_jax import train
+from lcreg_jax import train_state
 from lcreg_jax.models import network
+from lcreg_jax.steps import stage1
 
 config_flags.DEFINE_config_file('config', 'configs/cifar10_lt.py',
                                 'Config whose model and stage1 are timed.')
@@ -33,42 +36,37 @@ FLAGS = flags.FLAGS
 
 
 def build(config, latent: bool, mesh):
-  """A compiled stage-1 step, its state, one batch and the rng."""
+  """A compiled stage-1 step, its state and one batch."""
   config = config.copy_and_resolve_references()
   config.model.latent.enabled = latent
   if not latent:
     config.model.classify_on = 'feature'
+  config = config_lib.resolve_and_validate(config)
   cfg, c = config.stage1, config.data
   shape = (c.image_size, c.image_size, c.channels)
   model = network.make_model(config.model, c.num_classes)
-  tx = train.sgd(0.01, cfg.momentum, cfg.weight_decay)
-  rng = jax.random.key(0)
-  state = parallel.replicate(
-      train.create_train_state(model, rng, shape, tx, config.model), mesh)
-  hp = train.Stage1Hparams(
-      alpha=cfg.alpha if latent else 0.0, beta=cfg.beta if latent else 0.0,
-      gamma=cfg.gamma, mixup_alpha=cfg.mixup_alpha,
-      isda_lambda0=cfg.isda_lambda0, total_steps=1000,
-      recon_normalize=config.model.latent.recon_normalize,
-      recon_temperature=config.model.latent.recon_temperature,
-      explicit_latent_aug=config.model.latent.explicit_latent_aug)
-  step = train.compile_step(functools.partial(train.train_step, hp=hp), mesh,
-                            state)
+  tx = optim.sgd(0.01, cfg.momentum, cfg.weight_decay)
+  state = parallel.replicate(train_state.create_train_state(
+      model, jax.random.key(0), shape, tx, config.model), mesh)
+  hp = stage1.Stage1Hparams.from_config(config, total_steps=1000)
+  step = parallel.jit_step(functools.partial(stage1.train_step, hp=hp), mesh,
+                           state)
   bs = cfg.batch_size
   batch = jax.device_put(
       dict(image=jnp.asarray(np.random.default_rng(0).normal(
           size=(bs, *shape)), jnp.float32),
            label=jnp.arange(bs, dtype=jnp.int32) % c.num_classes),
       parallel.batch_sharding(mesh))
-  return dict(step=step, state=state, batch=batch,
-              rng=parallel.replicate(rng, mesh), batch_size=bs)
+  return dict(step=step, state=state, batch=batch, batch_size=bs)
 
 
 def run_steps(m, n: int) -> float:
   """Seconds per step over n steps (the state is carried, as in training)."""
+  if n <= 0:
+    return 0.0
   t0 = time.perf_counter()
   for _ in range(n):
-    m['state'], metrics = m['step'](m['state'], m['batch'], m['rng'])
+    m['state'], metrics = m['step'](m['state'], m['batch'])
   jax.block_until_ready(metrics)
   return (time.perf_counter() - t0) / max(n, 1)
 
@@ -76,7 +74,7 @@ def run_steps(m, n: int) -> float:
 def main(argv):
   del argv
   config = FLAGS.config
-  mesh = parallel.make_mesh(config.num_devices)
+  mesh = parallel.make_mesh(config_lib.resolve_and_validate(config).num_devices)
   print(f'JAX {jax.__version__} on {jax.devices()[0].device_kind} ×'
         f'{mesh.devices.size}; {config.model.backbone}, batch '
         f'{config.stage1.batch_size}, {config.data.image_size}²×'

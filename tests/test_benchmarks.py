@@ -1,0 +1,39 @@
+"""The README's benchmark commands run from a checkout, as written there."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests import cli
+
+pytestmark = pytest.mark.slow
+
+
+def _run(*args):
+  return subprocess.run([sys.executable, *args], cwd=cli.ROOT,
+                        capture_output=True, text=True, timeout=600)
+
+
+def test_step_time_prints_both_models_and_their_ratio():
+  res = _run('benchmarks/step_time.py', '--config=tests/tiny.py',
+             '--steps=1', '--rounds=1', '--warmup=1')
+  assert res.returncode == 0, res.stderr[-2000:]
+  lines = res.stdout.splitlines()
+  assert any(l.startswith('plain ') and 'ms/step' in l for l in lines)
+  assert any(l.startswith('lcreg ') and 'ms/step' in l for l in lines)
+  ratio = float(lines[-1].split(':')[-1])
+  assert 0 < ratio < 100
+
+
+def test_collect_results_reads_the_reports(finished_run):
+  workdir = str(finished_run[0])
+  res = _run('benchmarks/collect_results.py', f'tiny={workdir},{workdir}')
+  assert res.returncode == 0, res.stderr
+  with open(os.path.join(workdir, 'stage2', 'report.json')) as f:
+    top1 = 100 * json.load(f)['top1']
+  row = next(l for l in res.stdout.splitlines() if '| stage2 |' in l)
+  # Two identical runs: mean = the value, std = 0.
+  assert f'| tiny | stage2 | 2 | {top1:.2f} ± 0.00 |' in row
