@@ -58,6 +58,7 @@ def finished_fixture(finished_run):
   return finished_run
 
 
+@pytest.mark.slow
 def test_cli_run_prints_the_table_and_records_the_config(finished):
   workdir, out = finished
   assert '| stage1 |' in out and '| stage2 |' in out
@@ -106,6 +107,7 @@ BAD_INPUTS = {
 }
 
 
+@pytest.mark.slow  # uses the finished run
 @pytest.mark.parametrize('case', sorted(BAD_INPUTS))
 def test_bad_input_stops_with_a_message_and_harms_nothing(
     case, finished, tmp_path, capsys):
@@ -139,6 +141,7 @@ def test_the_real_command_exits_non_zero_without_a_traceback(tmp_path):
   assert not os.listdir(tmp_path)
 
 
+@pytest.mark.slow
 def test_damaged_latest_checkpoint_resumes_from_the_previous_one(
     finished, tmp_path, capsys):
   workdir = tmp_path / 'copy'
@@ -202,6 +205,7 @@ def _copy_of_finished(finished, tmp_path):
   return workdir, ckpt_dir, _tree_digest(ckpt_dir)
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(finished, tmp_path):
   workdir, ckpt_dir, before = _copy_of_finished(finished, tmp_path)
   # Same model, longer schedule, absurd learning rate: it resumes from step
@@ -215,6 +219,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(finished, tmp_path):
   assert max(int(p) for p in os.listdir(ckpt_dir) if p.isdigit()) == 6
 
 
+@pytest.mark.slow
 def test_checkpoint_of_another_model_is_refused_and_untouched(
     finished, tmp_path):
   workdir, ckpt_dir, before = _copy_of_finished(finished, tmp_path)

@@ -9,6 +9,8 @@ import pytest
 from lcreg_jax.config.dlsa import dlsa_config
 from lcreg_jax.dlsa import DLSAResult, run_dlsa
 
+pytestmark = pytest.mark.slow
+
 
 def _long_tailed(rng, counts, means, scale=1.0):
   y = np.repeat(np.arange(len(counts)), counts)

@@ -47,6 +47,7 @@ def _run(cfg, mesh, hp, steps=1):
   return jax.device_get(state), jax.device_get(metrics)
 
 
+@pytest.mark.slow
 def test_zero_latent_weights_on_feature_path_equal_plain_step():
   mesh = parallel.make_mesh(1)
   cfg = tiny.tiny_config()
@@ -78,6 +79,7 @@ def test_hparams_from_config_switch_latent_terms_off_without_latents():
   assert (_hp(cfg).alpha, _hp(cfg).beta) == (0.0, 0.0)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('explicit,cov', [(False, 'full'), (True, 'diagonal')])
 def test_four_devices_match_one(explicit, cov):
   assert len(jax.devices()) >= 4, 'conftest should give 4 CPU devices'
