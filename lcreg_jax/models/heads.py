@@ -1,7 +1,6 @@
 """Classifier heads: the linear classifier and MiSLAS's learnable weight scaling."""
 
 import flax.linen as nn
-import jax.numpy as jnp
 
 
 class LinearHead(nn.Module):

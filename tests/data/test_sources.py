@@ -6,7 +6,6 @@ import os
 import pickle
 import struct
 
-import ml_collections
 import numpy as np
 import pytest
 

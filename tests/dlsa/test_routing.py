@@ -1,10 +1,7 @@
 """Likelihood routing and cluster priors, against hand-worked cases."""
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
-from scipy import special
 
 from lcreg_jax.dlsa import routing
 

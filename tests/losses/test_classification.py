@@ -1,6 +1,5 @@
 """Classification losses against NumPy/float64 references."""
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest

@@ -1,9 +1,7 @@
 """LCReg reconstruction loss (eq. 4) against hand-worked and NumPy values."""
 
-import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
 import scipy.special
 
 from lcreg_jax import losses

@@ -61,8 +61,10 @@ def test_zero_latent_weights_on_feature_path_equal_plain_step():
                  latent_state.params[key], plain_state.params[key])
   jax.tree.map(np.testing.assert_allclose, latent_state.batch_stats,
                plain_state.batch_stats)
-  # And the latent losses, when switched on, do change the backbone.
+  # And the latent losses, when switched on, do change the backbone (the
+  # default classification path: the same program as test_four_devices').
   cfg.model.latent.enabled = True
+  cfg.model.classify_on = 'sum'
   lcreg_state, metrics = _run(cfg, mesh, _hp(cfg), 2)
   assert {'aug_loss', 'recon_loss'} <= set(metrics)
   diff = jax.tree.map(lambda a, b: np.abs(a - b).max(),
