@@ -25,7 +25,3 @@ class CheckpointError(UserError):
 class NonFiniteLossError(UserError):
   """The loss or the parameters became NaN or infinite."""
 
-
-# Names used before the package had one error hierarchy.
-LCRegError = UserError
-CheckpointMismatchError = CheckpointError

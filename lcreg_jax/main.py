@@ -12,6 +12,10 @@ import difflib
 import os
 import sys
 
+# TensorFlow (tf.data, TensorBoard) logs its C++ start-up chatter at INFO;
+# it says nothing about the run. Set before anything imports TensorFlow.
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '1')
+
 from absl import app
 from absl import flags
 from absl import logging

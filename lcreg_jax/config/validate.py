@@ -207,8 +207,8 @@ def resolve_and_validate(config: ml_collections.ConfigDict,
     raise errors.ConfigError(
         f'the config has {len(problems)} invalid value'
         f'{"s" if len(problems) > 1 else ""}: ' + '; '.join(problems) +
-        '. Fix them in the config file or with --config.KEY=VALUE; nothing '
-        'was read or trained.')
+        f'. Fix {"them" if len(problems) > 1 else "it"} in the config file or '
+        'with --config.KEY=VALUE; nothing was read or trained.')
 
   resolved = config.copy_and_resolve_references()
   resolved.unlock()
