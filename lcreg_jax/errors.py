@@ -25,3 +25,7 @@ class CheckpointError(UserError):
 class NonFiniteLossError(UserError):
   """The loss or the parameters became NaN or infinite."""
 
+
+
+class WeightsError(UserError):
+  """Pretrained weights that are missing, unreadable or do not fit the model."""
