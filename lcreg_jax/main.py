@@ -25,7 +25,6 @@ from ml_collections import config_flags
 from lcreg_jax import config as config_lib
 from lcreg_jax.config import validate as config_validate
 from lcreg_jax import errors
-from lcreg_jax import stages
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Config file (configs/*.py).',
@@ -127,7 +126,11 @@ def main(argv):
   workdir = FLAGS.workdir or default_workdir()
   logging.info('workdir: %s', os.path.abspath(workdir))
   try:
-    stages.train_and_evaluate(FLAGS.config, workdir)
+    config = config_lib.resolve_and_validate(FLAGS.config)
+    # Imported once the config is known to be good, so that a mistake in it
+    # is reported in a second, without first loading TensorFlow and orbax.
+    from lcreg_jax import stages  # pylint: disable=g-import-not-at-top
+    stages.train_and_evaluate(config, workdir)
   except errors.UserError as e:
     # These explain themselves; a traceback would only bury the message.
     fail(str(e), code=1)

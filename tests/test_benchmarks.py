@@ -37,3 +37,13 @@ def test_collect_results_reads_the_reports(finished_run):
   row = next(l for l in res.stdout.splitlines() if '| stage2 |' in l)
   # Two identical runs: mean = the value, std = 0.
   assert f'| tiny | stage2 | 2 | {top1:.2f} ± 0.00 |' in row
+
+
+def test_state_size_counts_the_covariance():
+  res = _run('benchmarks/state_size.py', '--config=tests/tiny.py')
+  assert res.returncode == 0, res.stderr[-2000:]
+  # tests/tiny.py: M = 4 latents on ResNet-8 (D = 64): a full covariance is
+  # 4 × 64 × 64 float32 = 64 KiB, plus mean and count.
+  full = next(l for l in res.stdout.splitlines() if l.startswith('covariance=full'))
+  moments = float(full.split('latent_moments ')[1].split(' MiB')[0])
+  assert moments == round((4 * 64 * 64 + 4 * 64 + 4) * 4 / 2**20, 3)

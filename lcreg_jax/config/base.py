@@ -23,20 +23,38 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.data = ml_collections.ConfigDict(dict(
       name='',                # for reports; '' = derived from the source
-      source='digits',        # digits | idx | cifar10 | cifar100 | tfds
+      source='digits',        # digits | idx | cifar10 | cifar100 | tfds | list
       data_dir='',            # '' = the source's default location
       tfds_name='', tfds_data_dir='',
-      num_classes=10, image_size=8, channels=1,
+      # source=list: image files streamed from disk, named by list files
+      # ("relative/path label" per line, paths relative to image_root).
+      image_root='', train_list='', val_list='', test_list='',
+      check_files=True,       # list: check every file exists before training
+      on_bad_image='stop',    # list: stop | skip (and count) unreadable images
+      num_classes=10,
+      image_size=8,           # model input side (224 for ImageNet-scale data)
+      channels=1,
+      eval_resize=256,        # augment=imagenet: shorter side before the crop
+      # In-memory sources: the Cao et al. profile; 1 = as stored. List files
+      # define their own long tail, so source=list needs 1.
       imbalance_factor=10.0, lt_seed=0,
       digits_test_per_class=30,
       val_per_class=0,        # per-class validation images carved from train
-      augment='crop_flip',    # crop_flip | crop | flip | none
+      # crop_flip | crop | flip | none (CIFAR-style, any source) | imagenet
+      # (random-resized crop, flip, colour jitter; source=list)
+      augment='crop_flip',
       pad=4,
   ))
 
   c.model = ml_collections.ConfigDict(dict(
       backbone='resnet32', shortcut='A', dtype='float32',
       classify_on='sum',      # sum = GAP(F + F̂) | feature | reconstruction
+      # A torchvision-layout ResNet state dict (.safetensors, .npz; .pth
+      # with torch installed) for the backbone at the start of stage 1;
+      # '' = random initialisation. Entries matching a regex in
+      # pretrained_dont_load (e.g. 'params/backbone/stage4_block3/.*') keep
+      # their initial values.
+      pretrained_weights='', pretrained_dont_load=(),
   ))
   c.model.latent = ml_collections.ConfigDict(dict(
       enabled=True, num_latents=40,

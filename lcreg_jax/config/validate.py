@@ -7,6 +7,7 @@ rest of the package reads plain values.
 """
 
 import math
+import os
 from typing import Any, Callable
 
 import ml_collections
@@ -17,8 +18,9 @@ from lcreg_jax.config import presets
 from lcreg_jax.models import resnet
 
 CHOICES = {
-    'data.source': ('digits', 'idx', 'cifar10', 'cifar100', 'tfds'),
-    'data.augment': ('crop_flip', 'crop', 'flip', 'none'),
+    'data.source': ('digits', 'idx', 'cifar10', 'cifar100', 'tfds', 'list'),
+    'data.augment': ('crop_flip', 'crop', 'flip', 'none', 'imagenet'),
+    'data.on_bad_image': ('stop', 'skip'),
     'model.backbone': tuple(sorted(resnet.BACKBONES)),
     'model.shortcut': ('A', 'B'),
     'model.dtype': ('float32', 'bfloat16'),
@@ -63,6 +65,7 @@ RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     'log_every': _POSITIVE_INT, 'checkpoint_every': _POSITIVE_INT,
     'data.num_classes': _AT_LEAST_TWO, 'data.image_size': _POSITIVE_INT,
     'data.channels': _POSITIVE_INT, 'data.imbalance_factor': _AT_LEAST_ONE,
+    'data.eval_resize': _POSITIVE_INT,
     'data.lt_seed': _NONNEG_INT, 'data.digits_test_per_class': _POSITIVE_INT,
     'data.val_per_class': _NONNEG_INT, 'data.pad': _NONNEG_INT,
     'model.latent.num_latents': _POSITIVE_INT,
@@ -129,6 +132,36 @@ def _set(config, key: str, value):
   config[leaf] = value
 
 
+def _data_problems(data) -> list[str]:
+  """The data section's cross-checks (streamed list files vs in memory)."""
+  problems = []
+  lists = [k for k in ('image_root', 'train_list', 'val_list', 'test_list')
+           if data[k]]
+  if data.source == 'list':
+    missing = [k for k in ('train_list', 'test_list') if not data[k]]
+    if missing:
+      problems.append(
+          f'data.source=list needs data.{" and data.".join(missing)}')
+    if data.imbalance_factor != 1:
+      problems.append('data.source=list takes the long tail from the list '
+                      'files: leave data.imbalance_factor at 1')
+  elif lists:
+    problems.append(f'data.{", data.".join(lists)} set but data.source='
+                    f'{data.source!r}; set data.source=list to read list files')
+  if data.augment == 'imagenet':
+    if data.source != 'list':
+      problems.append('data.augment=imagenet decodes image files: it needs '
+                      'data.source=list')
+    if data.channels != 3:
+      problems.append('data.augment=imagenet makes RGB images: data.channels '
+                      'must be 3')
+    if (_int(data.eval_resize) and _int(data.image_size)
+        and data.eval_resize < data.image_size):
+      problems.append(f'data.eval_resize={data.eval_resize} is smaller than '
+                      f'data.image_size={data.image_size}, the centre crop')
+  return problems
+
+
 def _problems(config, flat: dict, optional: set[str]) -> list[str]:
   problems = []
   for key, choices in CHOICES.items():
@@ -143,6 +176,10 @@ def _problems(config, flat: dict, optional: set[str]) -> list[str]:
   if (_num(flat['eval.few_threshold']) and _num(flat['eval.many_threshold'])
       and flat['eval.few_threshold'] > flat['eval.many_threshold']):
     problems.append('eval.few_threshold must not exceed eval.many_threshold')
+  problems += _data_problems(config.data)
+  weights = config.model.pretrained_weights
+  if weights and not os.path.isfile(weights):
+    problems.append(f'model.pretrained_weights={weights!r} is not a file')
   if not (config.stage1.enabled or config.stage2.enabled
           or config.dlsa.enabled):
     problems.append('stage1.enabled, stage2.enabled and dlsa.enabled are all '

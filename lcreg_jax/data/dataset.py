@@ -3,7 +3,7 @@
 
 Nothing outside `data/` touches images: models, stages and evaluation get the
 class counts, image shape and split sizes from `info`, and batches from
-`train_batches` / `eval_batches`. How the images are stored (in memory today,
+`train_batches` / `eval_batches`. How the images are stored (in memory, or
 streamed from files for ImageNet-scale data) stays behind this interface.
 """
 
@@ -13,8 +13,11 @@ from typing import Iterator
 import numpy as np
 
 from lcreg_jax.data import augment
+from lcreg_jax.data import imagenet_augment
+from lcreg_jax.data import listfile
 from lcreg_jax.data import pipeline
 from lcreg_jax.data import sources
+from lcreg_jax.data import streaming
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,6 +72,119 @@ class Dataset:
         mean=self._mean, std=self._std)
 
 
-def load(data_config) -> Dataset:
-  """Reads the configured source and applies the long-tailed protocol (DESIGN §1)."""
+def _info(name, num_classes, image_shape, splits) -> DatasetInfo:
+  return DatasetInfo(
+      name=name, num_classes=num_classes, image_shape=tuple(int(d) for d in image_shape),
+      class_counts=np.bincount(splits['train'].labels, minlength=num_classes).astype(np.int64),
+      split_sizes={s: int(len(split.labels)) for s, split in splits.items()})
+
+
+class FileDataset:
+  """Image files named by list files, streamed (`data.source='list'`).
+
+  With `data.augment='imagenet'` the MiSLAS ImageNet recipe (DESIGN §5):
+  random-resized crop, flip, colour jitter for training; resize to
+  `eval_resize` and centre crop for evaluation; ImageNet mean/std. With the
+  CIFAR-style augmentations (small images of one size, e.g. a data set
+  written out as PNG files) the images are decoded at their size and
+  augmented exactly like the in-memory pipeline's, normalised with the
+  training split's statistics.
+  """
+
+  def __init__(self, splits: dict, data_config, name: str):
+    self._splits = splits
+    self._config = cfg = data_config
+    self.info = _info(name, cfg.num_classes, (cfg.image_size, cfg.image_size, cfg.channels),
+                      splits)
+    if cfg.augment == 'imagenet':
+      self._train_fn = lambda global_batch_size: (
+          lambda tf, encoded, seed, position: imagenet_augment.train_image(
+              tf, encoded, imagenet_augment.example_seed(tf, seed, position),
+              size=cfg.image_size))
+      self._eval_fn = lambda tf, encoded, seed, position: imagenet_augment.eval_image(
+          tf, encoded, resize=cfg.eval_resize, size=cfg.image_size)
+    else:
+      self._train_fn, self._eval_fn = self._small_image_fns()
+
+  def _decode(self, tf, encoded):
+    """uint8 (H, W, C) at the configured size; another size is a clear error."""
+    cfg = self._config
+    image = tf.io.decode_image(encoded, channels=cfg.channels, expand_animations=False)
+    tf.debugging.assert_equal(
+        tf.shape(image)[:2], [cfg.image_size, cfg.image_size],
+        message=f'image size is not {cfg.image_size}x{cfg.image_size} (data.image_size)')
+    return tf.ensure_shape(image, (cfg.image_size, cfg.image_size, cfg.channels))
+
+  def _small_image_fns(self):
+    cfg = self._config
+    tf = pipeline.import_tf()
+    train = self._splits['train']
+    # One decoding pass for the statistics, computed as the in-memory path does.
+    images = streaming.decode_all(train.paths, self._decode, on_bad_image=cfg.on_bad_image,
+                                  where=train.list_path)
+    mean, std = augment.normalization_stats(images)
+    mean_t, std_t = tf.constant(mean), tf.constant(std)
+
+    def normalise(image):
+      return (tf.cast(image, tf.float32) / 255.0 - mean_t) / std_t
+
+    def train_fn(global_batch_size):
+      # The CIFAR-style draws are made per global batch (augment.crop_flip).
+      def example(tf, encoded, seed, position):
+        image = augment.crop_flip_example(
+            tf, self._decode(tf, encoded), seed=seed, position=position,
+            global_batch_size=global_batch_size, augment=cfg.augment, pad=cfg.pad)
+        return normalise(image)
+      return example
+
+    def eval_fn(tf, encoded, seed, position):
+      del seed, position
+      return normalise(self._decode(tf, encoded))
+
+    return train_fn, eval_fn
+
+  def train_batches(self, *, global_batch_size: int, sharding, seed: int, start_step: int,
+                    sampler: str = 'shuffle', samples_per_class: int = 4) -> Iterator[dict]:
+    """Augmented training batches from global step `start_step` on, endlessly."""
+    split = self._splits['train']
+    return streaming.make_train_iterator(
+        split.paths, split.labels, global_batch_size=global_batch_size, sharding=sharding,
+        seed=seed, start_step=start_step, sampler=sampler,
+        samples_per_class=samples_per_class, example_fn=self._train_fn(global_batch_size),
+        on_bad_image=self._config.on_bad_image, where=split.list_path)
+
+  def eval_batches(self, split: str, *, global_batch_size: int, sharding) -> Iterator[dict]:
+    """One in-order, unaugmented pass over `split` with a padding mask."""
+    data = self._splits[split]
+    return streaming.make_eval_iterator(
+        data.paths, data.labels, global_batch_size=global_batch_size, sharding=sharding,
+        example_fn=self._eval_fn, where=data.list_path)
+
+
+def _load_lists(cfg) -> FileDataset:
+  read = lambda path: listfile.read_list(path, cfg.image_root, cfg.num_classes,
+                                         check_files=cfg.check_files)
+  splits = {'train': read(cfg.train_list), 'test': read(cfg.test_list)}
+  if cfg.val_list:
+    splits['val'] = read(cfg.val_list)
+  elif cfg.val_per_class > 0:
+    train = splits['train']
+    rest, val = sources.carve_val(sources.Split(train.paths, train.labels), cfg.num_classes,
+                                  cfg.val_per_class)
+    splits['train'] = listfile.ListSplit(rest.images, rest.labels, train.list_path)
+    splits['val'] = listfile.ListSplit(val.images, val.labels, train.list_path)
+  counts = np.bincount(splits['train'].labels, minlength=cfg.num_classes)
+  if (counts == 0).any():
+    raise sources.DataError(
+        f'classes {np.flatnonzero(counts == 0).tolist()[:10]} have no training images in '
+        f'{cfg.train_list}; set --config.data.num_classes to the number of classes the '
+        'list has, or fix the list.')
+  return FileDataset(splits, cfg, cfg.name or 'list')
+
+
+def load(data_config):
+  """The configured data set: in memory (digits, IDX, CIFAR, TFDS) or streamed
+  from image files named by list files (`source='list'`)."""
+  if data_config.source == 'list':
+    return _load_lists(data_config)
   return Dataset(sources.load_dataset(data_config), data_config)

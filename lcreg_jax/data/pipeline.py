@@ -54,7 +54,7 @@ def local_rows(sharding, global_batch_size: int) -> np.ndarray:
   return np.array(sorted(rows), np.int64)
 
 
-def _to_global(sharding, local: np.ndarray, global_batch_size: int) -> jax.Array:
+def to_global(sharding, local: np.ndarray, global_batch_size: int) -> jax.Array:
   return jax.make_array_from_process_local_data(
       sharding, local, (global_batch_size,) + local.shape[1:])
 
@@ -79,9 +79,9 @@ def make_train_iterator(images, labels, *, global_batch_size, sharding, seed, st
 
   The batch yielded first is the one of global step `start_step`.
   """
-  if augment not in augment_lib.AUGMENTATIONS:
-    raise ValueError(f"unknown augment {augment!r}; use 'crop_flip', 'crop', 'flip' or "
-                     "'none'.")
+  if augment not in augment_lib.AUGMENTATIONS or augment == "imagenet":
+    raise ValueError(f"unknown augment {augment!r} for in-memory images; use 'crop_flip', "
+                     "'crop', 'flip' or 'none'.")
   if sampler not in samplers.SAMPLERS:
     raise ValueError(f"unknown sampler {sampler!r}; use 'shuffle' or 'class_balanced'.")
   images, labels, mean, std = _check_inputs(images, labels, mean, std)
@@ -115,8 +115,8 @@ def make_train_iterator(images, labels, *, global_batch_size, sharding, seed, st
             .map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
             .prefetch(tf.data.AUTOTUNE))
       for image, label in ds.as_numpy_iterator():
-        yield {"image": _to_global(sharding, image, batch),
-               "label": _to_global(sharding, label, batch)}
+        yield {"image": to_global(sharding, image, batch),
+               "label": to_global(sharding, label, batch)}
       epoch, first = epoch + 1, 0
 
   return batches()
@@ -137,8 +137,8 @@ def make_eval_iterator(images, labels, *, global_batch_size, sharding, mean,
       image = np.zeros((len(rows),) + images.shape[1:], np.float32)
       image[real] = (images[index[real]].astype(np.float32) / np.float32(255.0) - mean) / std
       label = np.where(real, labels[np.minimum(index, n - 1)], 0).astype(np.int32)
-      yield {"image": _to_global(sharding, image, batch),
-             "label": _to_global(sharding, label, batch),
-             "mask": _to_global(sharding, real.astype(np.float32), batch)}
+      yield {"image": to_global(sharding, image, batch),
+             "label": to_global(sharding, label, batch),
+             "mask": to_global(sharding, real.astype(np.float32), batch)}
 
   return batches()

@@ -20,10 +20,12 @@ class BasicBlock(nn.Module):
   strides: int = 1
   shortcut: str = 'A'
   norm: Any = nn.BatchNorm
+  dtype: Any = jnp.float32    # computation; parameters stay float32
 
   @nn.compact
   def __call__(self, x):
-    conv = functools.partial(nn.Conv, use_bias=False, kernel_init=conv_init)
+    conv = functools.partial(nn.Conv, use_bias=False, kernel_init=conv_init,
+                             dtype=self.dtype)
     y = conv(self.filters, (3, 3), self.strides, padding=1)(x)
     y = nn.relu(self.norm()(y))
     y = conv(self.filters, (3, 3), padding=1)(y)
@@ -48,10 +50,12 @@ class BottleneckBlock(nn.Module):
   strides: int = 1
   shortcut: str = 'B'
   norm: Any = nn.BatchNorm
+  dtype: Any = jnp.float32    # computation; parameters stay float32
 
   @nn.compact
   def __call__(self, x):
-    conv = functools.partial(nn.Conv, use_bias=False, kernel_init=conv_init)
+    conv = functools.partial(nn.Conv, use_bias=False, kernel_init=conv_init,
+                             dtype=self.dtype)
     y = nn.relu(self.norm()(conv(self.filters, (1, 1))(x)))
     y = nn.relu(self.norm()(conv(self.filters, (3, 3), self.strides,
                                  padding=1)(y)))
@@ -94,7 +98,7 @@ class ResNet(nn.Module):
       for j in range(size):
         strides = 2 if i > 0 and j == 0 else 1
         x = block_cls(width, strides, shortcut=self.shortcut, norm=norm,
-                      name=f'stage{i + 1}_block{j + 1}')(x)
+                      dtype=self.dtype, name=f'stage{i + 1}_block{j + 1}')(x)
     return x.astype(jnp.float32)
 
 

@@ -2,28 +2,42 @@
 
 import functools
 
+from absl import logging
 import jax
 
 from lcreg_jax import optim
 from lcreg_jax import parallel
 from lcreg_jax import train_state
 from lcreg_jax.models import network
+from lcreg_jax.models import pretrained
 from lcreg_jax.stages import common
 from lcreg_jax.steps import stage1 as stage1_step
+
+
+def initial_state(config, info, tx):
+  """The state stage 1 starts from: random, or with a pretrained backbone."""
+  model = network.make_model(config.model, info.num_classes)
+  state = train_state.create_train_state(
+      model, jax.random.key(config.seed), info.image_shape, tx, config.model)
+  weights = config.model.pretrained_weights
+  if weights:
+    loaded = pretrained.load_torchvision_resnet(
+        {'params': state.params, 'batch_stats': state.batch_stats}, weights,
+        dont_load=config.model.pretrained_dont_load)
+    logging.info('stage1: backbone initialised from %s.', weights)
+    state = state.replace(params=loaded['params'],
+                          batch_stats=loaded['batch_stats'])
+  return state
 
 
 def train(ctx: common.Context):
   """Trains stage 1 (resuming if possible) and returns its final state."""
   config = ctx.config
   cfg = config.stage1
-  model = network.make_model(config.model, ctx.info.num_classes)
   spe, total = common.schedule_length(cfg, ctx.info)
   tx = optim.sgd(optim.stage1_schedule(cfg, spe, total), cfg.momentum,
                  cfg.weight_decay)
-  state = train_state.create_train_state(
-      model, jax.random.key(config.seed), ctx.info.image_shape, tx,
-      config.model)
-  state = parallel.replicate(state, ctx.mesh)
+  state = parallel.replicate(initial_state(config, ctx.info, tx), ctx.mesh)
   hp = stage1_step.Stage1Hparams.from_config(config, total)
   step = parallel.jit_step(functools.partial(stage1_step.train_step, hp=hp),
                            ctx.mesh, state)

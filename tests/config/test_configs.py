@@ -46,3 +46,29 @@ def test_cifar_configs_pick_a_stage2_row_for_each_imbalance(path, imbalance):
   # The paper's M per data set (DESIGN §5).
   assert config.model.latent.num_latents == (
       50 if config.data.num_classes == 100 else 40)
+
+
+# DESIGN §5 stage-1 recipes and §4 stage-2 rows of the ImageNet-scale sets.
+RECIPES = {
+    'imagenet_lt.py': dict(backbone='resnet50', M=100, epochs=180, wd=5e-4,
+                           wd2=5e-4, classes=1000, preset='imagenet_lt'),
+    'inat2018.py': dict(backbone='resnet50', M=200, epochs=200, wd=1e-4,
+                        wd2=1e-4, classes=8142, preset='inat2018'),
+}
+
+
+@pytest.mark.parametrize('name', sorted(RECIPES))
+def test_imagenet_scale_recipes(name):
+  r = RECIPES[name]
+  c = _load(os.path.join(ROOT, 'configs', name))
+  assert (c.model.backbone, c.model.latent.num_latents) == (r['backbone'],
+                                                            r['M'])
+  s1 = c.stage1
+  assert (s1.epochs, s1.batch_size, s1.lr, s1.weight_decay, s1.schedule,
+          s1.warmup_epochs, s1.mixup_alpha) == (r['epochs'], 256, 0.1, r['wd'],
+                                                'cosine', 0.0, 0.2)
+  assert (c.stage2.preset, c.stage2.batch_size, c.stage2.weight_decay) == (
+      r['preset'], 256, r['wd2'])
+  d = c.data
+  assert (d.source, d.augment, d.image_size, d.eval_resize, d.num_classes) == (
+      'list', 'imagenet', 224, 256, r['classes'])

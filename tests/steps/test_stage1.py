@@ -113,3 +113,23 @@ def test_explicit_latent_noise_has_covariance_lambda_sigma(diagonal):
     emp = np.cov(noise[:, m], rowvar=False)
     ref = 0.5 * (np.diag(np.diag(cov[m])) if diagonal else cov[m])
     np.testing.assert_allclose(emp, ref, atol=0.05 * np.abs(ref).max())
+
+
+@pytest.mark.slow
+def test_bfloat16_convolutions_with_float32_state():
+  cfg = tiny.tiny_config()
+  cfg.model.dtype = 'bfloat16'
+  mesh = parallel.make_mesh(1)
+  state, metrics = _run(cfg, mesh, _hp(cfg), 2)
+  assert np.isfinite(metrics['loss'])
+  for tree in (state.params, state.batch_stats, state.cov):
+    assert {x.dtype for x in jax.tree.leaves(tree)} == {np.dtype('float32')}
+  # The convolutions themselves run in bfloat16.
+  resolved = config_lib.resolve_and_validate(cfg, num_visible_devices=4)
+  model = network.make_model(resolved.model, 10)
+  jaxpr = str(jax.make_jaxpr(lambda v, x: model.apply(v, x, train=False))(
+      jax.device_get(dict(params=state.params, batch_stats=state.batch_stats)),
+      batch()['image']))
+  assert 'conv_general_dilated' in jaxpr
+  conv_lines = [l for l in jaxpr.splitlines() if 'conv_general_dilated' in l]
+  assert all('bf16' in l for l in conv_lines)

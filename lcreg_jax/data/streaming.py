@@ -1,0 +1,196 @@
+"""Streaming input for image files: only paths and labels in memory, images
+read, decoded and augmented in tf.data as they are needed.
+
+The sample order is `samplers.epoch_order`, the same as the in-memory
+pipeline's, and every random draw of an image is keyed on (seed, global
+sample position), so a killed run resumes with exactly the batches an
+uninterrupted one would see, on any number of processes.
+
+A file that cannot be read or decoded either stops the run with a message
+naming it (`on_bad_image='stop'`), or is skipped and counted
+(`'skip'`; the batches after it then shift by one sample, so exact resume
+holds only while no file is bad).
+"""
+
+from typing import Callable, Iterator
+
+from absl import logging
+import numpy as np
+
+from lcreg_jax.data import pipeline
+from lcreg_jax.data import samplers
+from lcreg_jax.errors import DataError
+
+# example_fn(tf, encoded_bytes, seed, position) -> float32 image (H, W, C),
+# normalised; `position` is the global sample position (int64 scalar).
+ExampleFn = Callable
+
+# How far past the last delivered sample the search for a bad file goes.
+_SEARCH = 4096
+
+
+def _find_bad_file(tf, example_fn, paths, candidates, seed):
+  """The first of `candidates` (indices into paths) that fails, and why."""
+  for index in candidates[:_SEARCH]:
+    try:
+      example_fn(tf, tf.io.read_file(paths[index]), tf.constant(seed, tf.int64),
+                 tf.constant(0, tf.int64))
+    except tf.errors.OpError as e:
+      return paths[index], e.message.splitlines()[0][:200]
+  return None, None
+
+
+def _bad_file_error(tf, example_fn, paths, candidates, seed, error, where, fix):
+  path, why = _find_bad_file(tf, example_fn, paths, candidates, seed)
+  if path is None:
+    path, why = 'one of the images', error.message.splitlines()[0][:300]
+  return DataError(f'{where}: cannot read or decode {path} ({why}). Replace or '
+                   f'remove the file (and its line in the list){fix}.')
+
+
+def make_train_iterator(paths, labels, *, global_batch_size: int, sharding, seed: int,
+                        start_step: int = 0, sampler: str = 'shuffle',
+                        samples_per_class: int = 4, example_fn: ExampleFn,
+                        on_bad_image: str = 'stop', where: str = 'training images'
+                        ) -> Iterator[dict]:
+  """Endless global batches {'image', 'label'} from global step `start_step` on."""
+  if on_bad_image not in ('stop', 'skip'):
+    raise ValueError(f"on_bad_image must be 'stop' or 'skip', got {on_bad_image!r}")
+  tf = pipeline.import_tf()
+  paths, labels = np.asarray(paths), np.asarray(labels, np.int32)
+  batch = global_batch_size
+  rows = pipeline.local_rows(sharding, batch)
+  local = len(rows)
+  spe = samplers.steps_per_epoch(len(labels), batch)
+  paths_t, labels_t = tf.constant(paths), tf.constant(labels)
+  seed_t = tf.constant(seed, tf.int64)
+
+  def load(index, position):
+    image = example_fn(tf, tf.io.read_file(tf.gather(paths_t, index)), seed_t, position)
+    return image, tf.gather(labels_t, index), position
+
+  def epoch_data(epoch, first):
+    order = samplers.epoch_order(labels, epoch, seed=seed, sampler=sampler,
+                                 samples_per_class=samples_per_class, length=spe * batch)
+    order = order.reshape(spe, batch)[first:, rows].reshape(-1)
+    steps = epoch * spe + np.arange(first, spe, dtype=np.int64)
+    positions = (steps[:, None] * batch + rows[None]).reshape(-1)
+    return order, positions
+
+  def batches():
+    epoch, first = divmod(start_step, spe)
+    carry, skipped = None, 0
+    while True:
+      order, positions = epoch_data(epoch, first)
+      ds = tf.data.Dataset.from_tensor_slices((order, positions)).map(
+          load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+      if on_bad_image == 'skip':
+        ds = ds.ignore_errors()
+      ds = ds.batch(local).prefetch(tf.data.AUTOTUNE)
+      seen = 0
+      try:
+        for image, label, position in ds.as_numpy_iterator():
+          if on_bad_image == 'skip':
+            # Samples that never arrive were skipped: count them by position.
+            lost = int(np.searchsorted(positions, position[-1]) + 1 - seen - len(position))
+            if lost:
+              skipped += lost
+              logging.warning('%s: skipped %d unreadable image(s), %d so far.', where,
+                              lost, skipped)
+            seen += len(position) + lost
+            if carry is not None:
+              image = np.concatenate([carry[0], image])
+              label = np.concatenate([carry[1], label])
+              carry = None
+            while len(label) >= local:
+              yield {'image': pipeline.to_global(sharding, image[:local], batch),
+                     'label': pipeline.to_global(sharding, label[:local], batch)}
+              image, label = image[local:], label[local:]
+            if len(label):
+              carry = (image, label)
+          else:
+            seen += len(position)
+            yield {'image': pipeline.to_global(sharding, image, batch),
+                   'label': pipeline.to_global(sharding, label, batch)}
+      except tf.errors.OpError as e:
+        raise _bad_file_error(
+            tf, example_fn, paths, order[seen:], seed, e, where,
+            ', or set --config.data.on_bad_image=skip to train on without it '
+            '(skipped images are counted in the log)') from e
+      if on_bad_image == 'skip' and seen < len(positions):
+        skipped += len(positions) - seen
+        logging.warning('%s: skipped %d unreadable image(s), %d so far.', where,
+                        len(positions) - seen, skipped)
+      epoch, first = epoch + 1, 0
+
+  return batches()
+
+
+def decode_all(paths, decode_fn, *, on_bad_image: str = 'stop',
+               where: str = 'images') -> np.ndarray:
+  """All images stacked, for one pass such as normalisation statistics.
+
+  `decode_fn(tf, encoded)` -> uint8 image of a fixed shape. A bad file stops
+  with its name, or is left out and counted with on_bad_image='skip'.
+  """
+  tf = pipeline.import_tf()
+  paths = np.asarray(paths)
+  ds = tf.data.Dataset.from_tensor_slices(paths).map(
+      lambda p: decode_fn(tf, tf.io.read_file(p)),
+      num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  if on_bad_image == 'skip':
+    ds = ds.ignore_errors()
+  try:
+    images = list(ds.as_numpy_iterator())
+  except tf.errors.OpError as e:
+    example = lambda tf, encoded, seed, position: decode_fn(tf, encoded)
+    raise _bad_file_error(tf, example, paths, np.arange(len(paths)), 0, e, where,
+                          ', or set --config.data.on_bad_image=skip') from e
+  if len(images) < len(paths):
+    logging.warning('%s: skipped %d unreadable image(s).', where, len(paths) - len(images))
+  return np.stack(images)
+
+
+def make_eval_iterator(paths, labels, *, global_batch_size: int, sharding,
+                       example_fn: ExampleFn, where: str = 'evaluation images'
+                       ) -> Iterator[dict]:
+  """One in-order pass {'image', 'label', 'mask'}; padding rows have mask 0.
+
+  Every image must be readable: a bad one stops with its name, since an
+  evaluation that leaves examples out would not be comparable.
+  """
+  tf = pipeline.import_tf()
+  paths, labels = np.asarray(paths), np.asarray(labels, np.int32)
+  batch = global_batch_size
+  rows = pipeline.local_rows(sharding, batch)
+  n = len(labels)
+  starts = np.arange(0, n, batch)
+  index = (starts[:, None] + rows[None]).reshape(-1)
+  real = index < n
+  index = np.minimum(index, n - 1)   # padding rows read a real file, masked out
+  paths_t = tf.constant(paths)
+
+  def load(i):
+    return example_fn(tf, tf.io.read_file(tf.gather(paths_t, i)),
+                      tf.constant(0, tf.int64), tf.constant(0, tf.int64))
+
+  def batches():
+    ds = (tf.data.Dataset.from_tensor_slices(index)
+          .map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+          .batch(len(rows)).prefetch(tf.data.AUTOTUNE))
+    done = 0
+    try:
+      for step, image in enumerate(ds.as_numpy_iterator()):
+        sel = slice(step * len(rows), (step + 1) * len(rows))
+        mask = real[sel].astype(np.float32)
+        done = sel.stop
+        yield {'image': pipeline.to_global(sharding, image * mask[:, None, None, None],
+                                           batch),
+               'label': pipeline.to_global(sharding, np.where(real[sel], labels[index[sel]],
+                                                              0).astype(np.int32), batch),
+               'mask': pipeline.to_global(sharding, mask, batch)}
+    except tf.errors.OpError as e:
+      raise _bad_file_error(tf, example_fn, paths, index[done:], 0, e, where,
+                            ': evaluation needs every image') from e
+
+  return batches()
