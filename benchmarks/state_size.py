@@ -34,7 +34,7 @@ def nbytes(tree) -> int:
 def state_shapes(config):
   d = config.data
   model = network.make_model(config.model, d.num_classes)
-  tx = optim.sgd(0.1, config.stage1.momentum, config.stage1.weight_decay)
+  tx = optim.stage1_optimizer(config, 0.1)
   return jax.eval_shape(lambda: train_state.create_train_state(
       model, jax.random.key(0), (d.image_size, d.image_size, d.channels), tx,
       config.model))

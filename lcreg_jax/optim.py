@@ -4,6 +4,8 @@ import flax
 import jax.numpy as jnp
 import optax
 
+from lcreg_jax.models import resnet
+
 
 def sgd(schedule, momentum: float, weight_decay: float):
   """torch-style SGD: decay added to the gradient before momentum."""
@@ -25,6 +27,26 @@ def stage1_schedule(cfg, steps_per_epoch: int, total_steps: int):
   # Per iteration: lr · (1 + t) / warmup_steps.
   warm = optax.linear_schedule(cfg.lr / warmup, cfg.lr, warmup - 1)
   return optax.join_schedules([warm, main], [warmup])
+
+
+def stage1_optimizer(config, schedule):
+  """Stage-1 SGD; with `model.trainable_blocks` the frozen part of the
+  backbone gets no update at all (no weight decay, no momentum)."""
+  s1 = config.stage1
+  tx = sgd(schedule, s1.momentum, s1.weight_decay)
+  k = config.model.trainable_blocks
+  blocks = resnet.block_names(config.model.backbone)
+  if k is None or k >= len(blocks):   # nothing is frozen (see resnet.ResNet)
+    return tx
+  trainable = set(blocks[-k:])
+
+  def labels(params):
+    flat = flax.traverse_util.flatten_dict(params)
+    return flax.traverse_util.unflatten_dict({
+        p: 'frozen' if p[0] == 'backbone' and p[1] not in trainable else 'train'
+        for p in flat})
+  return optax.multi_transform({'train': tx, 'frozen': optax.set_to_zero()},
+                               labels)
 
 
 def per_epoch_cosine(base_lr: float, steps_per_epoch: int, epochs: int):

@@ -55,6 +55,10 @@ def base_config() -> ml_collections.ConfigDict:
       # pretrained_dont_load (e.g. 'params/backbone/stage4_block3/.*') keep
       # their initial values.
       pretrained_weights='', pretrained_dont_load=(),
+      # None: the whole backbone learns. k: only its last k residual blocks
+      # do; the stem and earlier blocks are frozen (no gradient, BatchNorm in
+      # inference mode), as for Places-LT's ImageNet trunk.
+      trainable_blocks=placeholder(int),
   ))
   c.model.latent = ml_collections.ConfigDict(dict(
       enabled=True, num_latents=40,

@@ -69,6 +69,7 @@ RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     'data.lt_seed': _NONNEG_INT, 'data.digits_test_per_class': _POSITIVE_INT,
     'data.val_per_class': _NONNEG_INT, 'data.pad': _NONNEG_INT,
     'model.latent.num_latents': _POSITIVE_INT,
+    'model.trainable_blocks': _POSITIVE_INT,
     'model.latent.similarity_scale': _POSITIVE,
     'model.latent.tau_assign': _POSITIVE,
     'model.latent.recon_temperature': _POSITIVE,
@@ -177,6 +178,12 @@ def _problems(config, flat: dict, optional: set[str]) -> list[str]:
       and flat['eval.few_threshold'] > flat['eval.many_threshold']):
     problems.append('eval.few_threshold must not exceed eval.many_threshold')
   problems += _data_problems(config.data)
+  blocks = config.model.trainable_blocks
+  if (_int(blocks) and config.model.backbone in resnet.BACKBONES
+      and blocks > len(resnet.block_names(config.model.backbone))):
+    problems.append(
+        f'model.trainable_blocks={blocks} but {config.model.backbone} has '
+        f'{len(resnet.block_names(config.model.backbone))} blocks')
   weights = config.model.pretrained_weights
   if weights and not os.path.isfile(weights):
     problems.append(f'model.pretrained_weights={weights!r} is not a file')

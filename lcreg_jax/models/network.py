@@ -44,7 +44,8 @@ def make_model(model_config, num_classes: int, lws: bool = False):
   dtype = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}[
       model_config.dtype]
   backbone = resnet.make_backbone(model_config.backbone, model_config.shortcut,
-                                  dtype=dtype)
+                                  dtype=dtype,
+                                  trainable_blocks=model_config.trainable_blocks)
   module = None
   if model_config.latent.enabled:
     module = latent_lib.LatentCategories(

@@ -10,6 +10,7 @@ import functools
 from typing import Any, Sequence
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 conv_init = nn.initializers.kaiming_normal()
@@ -69,37 +70,62 @@ class BottleneckBlock(nn.Module):
 
 
 class ResNet(nn.Module):
-  """Returns the (B, H, W, D) feature map of the last stage."""
+  """Returns the (B, H, W, D) feature map of the last stage.
+
+  With `trainable_blocks` = k, only the last k residual blocks learn: the stem
+  and the blocks before them run in inference mode (BatchNorm with its
+  running statistics) and pass no gradient, as MiSLAS trains Places-LT on a
+  frozen ImageNet trunk. None: everything learns.
+  """
   stage_sizes: Sequence[int]
   block: str = 'basic'
   widths: Sequence[int] = (16, 32, 64)
   stem: str = 'cifar'
   shortcut: str = 'A'
   dtype: Any = jnp.float32
+  trainable_blocks: int | None = None
 
   @nn.compact
   def __call__(self, x, train: bool = True):
-    norm = functools.partial(nn.BatchNorm, use_running_average=not train,
-                             momentum=0.9, epsilon=1e-5, dtype=self.dtype)
+    first_trainable = (0 if self.trainable_blocks is None else
+                       sum(self.stage_sizes) - self.trainable_blocks)
+    frozen = first_trainable > 0
+    norm = functools.partial(nn.BatchNorm, momentum=0.9, epsilon=1e-5,
+                             dtype=self.dtype)
+    stem_norm = functools.partial(norm, use_running_average=frozen or not train)
     x = x.astype(self.dtype)
     if self.stem == 'cifar':
       x = nn.Conv(self.widths[0], (3, 3), padding=1, use_bias=False,
                   kernel_init=conv_init, dtype=self.dtype)(x)
-      x = nn.relu(norm()(x))
+      x = nn.relu(stem_norm()(x))
     elif self.stem == 'imagenet':
       x = nn.Conv(64, (7, 7), 2, padding=3, use_bias=False,
                   kernel_init=conv_init, dtype=self.dtype)(x)
-      x = nn.relu(norm()(x))
+      x = nn.relu(stem_norm()(x))
       x = nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
     else:
       raise ValueError(f"Unknown stem {self.stem!r}; use 'cifar' or 'imagenet'.")
     block_cls = {'basic': BasicBlock, 'bottleneck': BottleneckBlock}[self.block]
+    index = 0
     for i, (size, width) in enumerate(zip(self.stage_sizes, self.widths)):
       for j in range(size):
+        if index == first_trainable and frozen:
+          # Nothing flows back into the frozen trunk: XLA skips its backward.
+          x = jax.lax.stop_gradient(x)
         strides = 2 if i > 0 and j == 0 else 1
-        x = block_cls(width, strides, shortcut=self.shortcut, norm=norm,
+        block_norm = functools.partial(
+            norm, use_running_average=index < first_trainable or not train)
+        x = block_cls(width, strides, shortcut=self.shortcut, norm=block_norm,
                       dtype=self.dtype, name=f'stage{i + 1}_block{j + 1}')(x)
+        index += 1
     return x.astype(jnp.float32)
+
+
+def block_names(name: str) -> list[str]:
+  """The residual blocks of a backbone, in order ('stage1_block1', ...)."""
+  return [f'stage{i + 1}_block{j + 1}'
+          for i, size in enumerate(BACKBONES[name]['stage_sizes'])
+          for j in range(size)]
 
 
 BACKBONES = {
@@ -123,10 +149,11 @@ def feature_dim(name: str) -> int:
   return spec['widths'][-1] * (4 if spec['block'] == 'bottleneck' else 1)
 
 
-def make_backbone(name: str, shortcut: str = 'A', dtype=jnp.float32) -> ResNet:
+def make_backbone(name: str, shortcut: str = 'A', dtype=jnp.float32,
+                  trainable_blocks: int | None = None) -> ResNet:
   if name not in BACKBONES:
     raise ValueError(f'Unknown backbone {name!r}; choose one of '
                      f'{sorted(BACKBONES)} with --config.model.backbone.')
   kwargs = dict(BACKBONES[name])
   kwargs.setdefault('shortcut', shortcut)
-  return ResNet(dtype=dtype, **kwargs)
+  return ResNet(dtype=dtype, trainable_blocks=trainable_blocks, **kwargs)

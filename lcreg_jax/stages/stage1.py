@@ -20,6 +20,10 @@ def initial_state(config, info, tx):
   state = train_state.create_train_state(
       model, jax.random.key(config.seed), info.image_shape, tx, config.model)
   weights = config.model.pretrained_weights
+  if config.model.trainable_blocks is not None and not weights:
+    logging.warning('stage1: model.trainable_blocks=%d freezes a randomly '
+                    'initialised trunk; set model.pretrained_weights to start '
+                    'from trained weights.', config.model.trainable_blocks)
   if weights:
     loaded = pretrained.load_torchvision_resnet(
         {'params': state.params, 'batch_stats': state.batch_stats}, weights,
@@ -35,8 +39,7 @@ def train(ctx: common.Context):
   config = ctx.config
   cfg = config.stage1
   spe, total = common.schedule_length(cfg, ctx.info)
-  tx = optim.sgd(optim.stage1_schedule(cfg, spe, total), cfg.momentum,
-                 cfg.weight_decay)
+  tx = optim.stage1_optimizer(config, optim.stage1_schedule(cfg, spe, total))
   state = parallel.replicate(initial_state(config, ctx.info, tx), ctx.mesh)
   hp = stage1_step.Stage1Hparams.from_config(config, total)
   step = parallel.jit_step(functools.partial(stage1_step.train_step, hp=hp),

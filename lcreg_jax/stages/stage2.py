@@ -47,8 +47,7 @@ def load_stage1(ctx: common.Context):
   model = network.make_model(config.model, ctx.info.num_classes)
   # Same optimizer-state structure as stage 1 (values are irrelevant) so
   # that the whole stage-1 tree restores.
-  tx = optim.sgd(lambda _: 0.0, config.stage1.momentum,
-                 config.stage1.weight_decay)
+  tx = optim.stage1_optimizer(config, lambda _: 0.0)
   template = train_state.create_train_state(
       model, jax.random.key(0), ctx.info.image_shape, tx, config.model)
   template = parallel.replicate(template, ctx.mesh)

@@ -27,10 +27,12 @@ def test_config_file_resolves_and_has_only_base_keys(path):
   config = _load(path)
   resolved = config_lib.resolve_and_validate(config, num_visible_devices=1)
   # No placeholder is left for the run to interpret, except steps (which
-  # defer to epochs) and the clip that may be switched off.
+  # defer to epochs), the power only las_shape=exp reads, and
+  # trainable_blocks (None: the whole backbone learns).
   flat = config_lib.validate.flatten(resolved)
   unresolved = {k for k, v in flat.items() if v is None}
-  assert unresolved <= {'stage1.steps', 'stage2.steps', 'stage2.las_power'}
+  assert unresolved <= {'stage1.steps', 'stage2.steps', 'stage2.las_power',
+                        'model.trainable_blocks'}
   assert resolved.num_devices == 1
 
 
@@ -54,6 +56,8 @@ RECIPES = {
                            wd2=5e-4, classes=1000, preset='imagenet_lt'),
     'inat2018.py': dict(backbone='resnet50', M=200, epochs=200, wd=1e-4,
                         wd2=1e-4, classes=8142, preset='inat2018'),
+    'places_lt.py': dict(backbone='resnet152', M=100, epochs=90, wd=5e-4,
+                         wd2=5e-4, classes=365, preset='places_lt'),
 }
 
 
@@ -72,3 +76,13 @@ def test_imagenet_scale_recipes(name):
   d = c.data
   assert (d.source, d.augment, d.image_size, d.eval_resize, d.num_classes) == (
       'list', 'imagenet', 224, 256, r['classes'])
+
+
+def test_places_lt_trains_only_a_fresh_last_block():
+  c = _load(os.path.join(ROOT, 'configs', 'places_lt.py'))
+  assert c.model.trainable_blocks == 1
+  # The block that trains is the one the weight import leaves fresh.
+  from lcreg_jax.models import resnet  # pylint: disable=g-import-not-at-top
+  last = resnet.block_names('resnet152')[-1]
+  assert c.model.pretrained_dont_load == (
+      f'params/backbone/{last}/.*', f'batch_stats/backbone/{last}/.*')

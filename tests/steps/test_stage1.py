@@ -133,3 +133,41 @@ def test_bfloat16_convolutions_with_float32_state():
   assert 'conv_general_dilated' in jaxpr
   conv_lines = [l for l in jaxpr.splitlines() if 'conv_general_dilated' in l]
   assert all('bf16' in l for l in conv_lines)
+
+
+@pytest.mark.slow
+def test_frozen_trunk_trains_only_the_last_block():
+  """model.trainable_blocks=1 on ResNet-8 (3 blocks): the stem and the first
+  two blocks keep their parameters and BN statistics bit for bit (no
+  gradient, no weight decay, inference-mode BN); the last block, the latent
+  module and the head learn."""
+  cfg = tiny.tiny_config()
+  cfg.model.trainable_blocks = 1
+  config = config_lib.resolve_and_validate(cfg, num_visible_devices=4)
+  model = network.make_model(config.model, 10)
+  tx = optim.stage1_optimizer(config, 0.1)
+  state = train_state.create_train_state(model, jax.random.key(0), (8, 8, 1),
+                                         tx, config.model)
+  mesh = parallel.make_mesh(1)
+  state = parallel.replicate(state, mesh)
+  before = jax.device_get(state)
+  step = parallel.jit_step(functools.partial(stage1.train_step, hp=_hp(cfg)),
+                           mesh, state)
+  for i in range(2):
+    state, metrics = step(state, jax.device_put(
+        batch(seed=i), parallel.batch_sharding(mesh)))
+  after = jax.device_get(state)
+  assert np.isfinite(metrics['loss'])
+  same = lambda a, b: all(np.array_equal(x, y) for x, y in zip(
+      jax.tree.leaves(a), jax.tree.leaves(b)))
+  for name in ('Conv_0', 'BatchNorm_0', 'stage1_block1', 'stage2_block1'):
+    assert same(before.params['backbone'][name], after.params['backbone'][name])
+    if name in before.batch_stats['backbone']:
+      assert same(before.batch_stats['backbone'][name],
+                  after.batch_stats['backbone'][name]), name
+  assert not same(before.params['backbone']['stage3_block1'],
+                  after.params['backbone']['stage3_block1'])
+  assert not same(before.batch_stats['backbone']['stage3_block1'],
+                  after.batch_stats['backbone']['stage3_block1'])
+  for key in ('latent', 'head'):
+    assert not same(before.params[key], after.params[key])

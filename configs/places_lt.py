@@ -1,0 +1,45 @@
+"""Places-LT (Liu et al. 2019 lists), MiSLAS's recipe + LCReg with M = 100
+(DESIGN §1, §2, §4, §5).
+
+As MiSLAS: torchvision's ImageNet ResNet-152 is the trunk, frozen (no
+gradient, BatchNorm in inference mode) except its last bottleneck block,
+which starts fresh and trains with the latent module and the classifier.
+Give the ImageNet weights as a torchvision-layout state dict:
+  --config.model.pretrained_weights=/data/weights/resnet152.npz
+(without them the frozen trunk is random, with a warning). Images stream
+from disk: data.image_root is the Places365 folder the lists' paths start
+from, the lists OLTR's Places_LT_{train,val,test}.txt.
+"""
+
+from lcreg_jax import config
+
+
+def get_config():
+  c = config.base_config()
+  d = c.data
+  d.name = 'places_lt'
+  d.source = 'list'
+  d.image_root = 'data/places365'
+  d.train_list = 'data/Places_LT/Places_LT_train.txt'
+  d.val_list = 'data/Places_LT/Places_LT_val.txt'
+  d.test_list = 'data/Places_LT/Places_LT_test.txt'
+  d.num_classes, d.image_size, d.channels = 365, 224, 3
+  d.imbalance_factor = 1.0
+  d.augment = 'imagenet'
+  m = c.model
+  m.backbone = 'resnet152'
+  m.trainable_blocks = 1
+  m.pretrained_dont_load = ('params/backbone/stage4_block3/.*',
+                            'batch_stats/backbone/stage4_block3/.*')
+  m.latent.num_latents = 100
+  # Full covariance at D = 2048 does not fit beside ResNet-152 on 16 GB
+  # (README, "Memory"): diagonal.
+  m.latent.covariance = 'diagonal'
+  c.stage1.update(epochs=90.0, batch_size=256, lr=0.1, weight_decay=5e-4,
+                  schedule='cosine', warmup_epochs=0.0, mixup_alpha=0.2)
+  c.stage2.update(preset='places_lt', epochs=10.0, batch_size=256,
+                  weight_decay=5e-4)
+  c.eval.batch_size = 256
+  c.log_every = 100
+  c.checkpoint_every = 1000
+  return c
