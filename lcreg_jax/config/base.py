@@ -36,7 +36,8 @@ def base_config() -> ml_collections.ConfigDict:
       channels=1,
       eval_resize=256,        # augment=imagenet: shorter side before the crop
       # In-memory sources: the Cao et al. profile; 1 = as stored. List files
-      # define their own long tail, so source=list needs 1.
+      # are the long tail themselves: for source=list the factor only names
+      # the data set and picks the CIFAR presets' stage-2 row.
       imbalance_factor=10.0, lt_seed=0,
       digits_test_per_class=30,
       val_per_class=0,        # per-class validation images carved from train

@@ -143,9 +143,6 @@ def _data_problems(data) -> list[str]:
     if missing:
       problems.append(
           f'data.source=list needs data.{" and data.".join(missing)}')
-    if data.imbalance_factor != 1:
-      problems.append('data.source=list takes the long tail from the list '
-                      'files: leave data.imbalance_factor at 1')
   elif lists:
     problems.append(f'data.{", data.".join(lists)} set but data.source='
                     f'{data.source!r}; set data.source=list to read list files')

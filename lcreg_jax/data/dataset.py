@@ -179,7 +179,10 @@ def _load_lists(cfg) -> FileDataset:
         f'classes {np.flatnonzero(counts == 0).tolist()[:10]} have no training images in '
         f'{cfg.train_list}; set --config.data.num_classes to the number of classes the '
         'list has, or fix the list.')
-  return FileDataset(splits, cfg, cfg.name or 'list')
+  name = cfg.name or 'list'
+  if cfg.imbalance_factor > 1:
+    name = f'{name}-lt{cfg.imbalance_factor:g}'
+  return FileDataset(splits, cfg, name)
 
 
 def load(data_config):

@@ -26,7 +26,7 @@ def digits_as_files(tmp_path_factory):
   memory = tiny.tiny_config().data
   arrays = sources.load_dataset(memory)
   files = memory.copy_and_resolve_references()
-  files.update(source='list', image_root=str(root), imbalance_factor=1.0,
+  files.update(source='list', image_root=str(root),
                train_list=image_tree.write_tree(root, arrays.train.images,
                                                 arrays.train.labels, 'train.txt'),
                test_list=image_tree.write_tree(root, arrays.test.images,
