@@ -51,9 +51,18 @@ def _bad_file_error(tf, example_fn, paths, candidates, seed, error, where, fix):
 def make_train_iterator(paths, labels, *, global_batch_size: int, sharding, seed: int,
                         start_step: int = 0, sampler: str = 'shuffle',
                         samples_per_class: int = 4, example_fn: ExampleFn,
-                        on_bad_image: str = 'stop', where: str = 'training images'
-                        ) -> Iterator[dict]:
-  """Endless global batches {'image', 'label'} from global step `start_step` on."""
+                        on_bad_image: str = 'stop', where: str = 'training images',
+                        threads: int | None = None) -> Iterator[dict]:
+  """Endless global batches {'image', 'label'} from global step `start_step` on.
+
+  `threads`: None (default) leaves tf.data's thread use as it is (its shared
+  pool, AUTOTUNE map parallelism). An int runs each epoch's pipeline on a
+  private pool of that many threads, with every op single-threaded
+  (`tf.data.Options().threading`: private_threadpool_size=threads,
+  max_intra_op_parallelism=1), e.g. to compare with a loader of as many worker
+  processes (benchmarks/input_throughput.py). The batches are the same either
+  way; only the speed changes.
+  """
   if on_bad_image not in ('stop', 'skip'):
     raise ValueError(f"on_bad_image must be 'stop' or 'skip', got {on_bad_image!r}")
   tf = pipeline.import_tf()
@@ -87,6 +96,11 @@ def make_train_iterator(paths, labels, *, global_batch_size: int, sharding, seed
       if on_bad_image == 'skip':
         ds = ds.ignore_errors()
       ds = ds.batch(local).prefetch(tf.data.AUTOTUNE)
+      if threads is not None:
+        options = tf.data.Options()
+        options.threading.private_threadpool_size = threads
+        options.threading.max_intra_op_parallelism = 1
+        ds = ds.with_options(options)
       seen = 0
       try:
         for image, label, position in ds.as_numpy_iterator():
