@@ -90,8 +90,9 @@ def base_config() -> ml_collections.ConfigDict:
       init_from='',           # '' = <workdir>/stage1/checkpoints
       epochs=10.0,
       steps=placeholder(int),
-      batch_size=128,
-      lr=0.1, momentum=0.9, weight_decay=5e-4,
+      batch_size=placeholder(int),       # None: the preset row's
+      lr=0.1, momentum=0.9,
+      weight_decay=placeholder(float),   # None: the preset row's
       samples_per_class=4,
       preset='cifar10',       # row of DESIGN §4, with data.imbalance_factor
       # None: the value of the preset row; set, it overrides the row.

@@ -238,12 +238,18 @@ def resolve_and_validate(config: ml_collections.ConfigDict,
     if devices > num_visible_devices:
       problems.append(f'num_devices={devices} but only {num_visible_devices} '
                       'devices are visible (leave it unset to use them all)')
+    row = (presets.stage2_row(config.stage2.preset, config.data.imbalance_factor)
+           if _num(flat['data.imbalance_factor']) else None)
     for key in ('stage1.batch_size', 'stage2.batch_size', 'eval.batch_size'):
-      if _int(flat[key]) and flat[key] >= 1 and flat[key] % devices:
+      value = flat[key]
+      if value is None and key == 'stage2.batch_size' and row is not None:
+        value = row['batch_size']
+      if _int(value) and value >= 1 and value % devices:
+        source = '' if flat[key] is not None else ' (from the stage-2 preset)'
         problems.append(
-            f'{key}={flat[key]} is not divisible by the {devices} devices '
+            f'{key}={value}{source} is not divisible by the {devices} devices '
             f'of the mesh (use a multiple of {devices}, e.g. '
-            f'{max(devices, flat[key] // devices * devices)})')
+            f'{max(devices, value // devices * devices)})')
   if problems:
     raise errors.ConfigError(
         f'the config has {len(problems)} invalid value'

@@ -71,7 +71,9 @@ def test_imagenet_scale_recipes(name):
   assert (s1.epochs, s1.batch_size, s1.lr, s1.weight_decay, s1.schedule,
           s1.warmup_epochs, s1.mixup_alpha) == (r['epochs'], 256, 0.1, r['wd'],
                                                 'cosine', 0.0, 0.2)
-  assert (c.stage2.preset, c.stage2.batch_size, c.stage2.weight_decay) == (
+  # Stage 2's batch and weight decay come from the preset row.
+  resolved = config_lib.resolve_and_validate(c, num_visible_devices=1).stage2
+  assert (resolved.preset, resolved.batch_size, resolved.weight_decay) == (
       r['preset'], 256, r['wd2'])
   d = c.data
   assert (d.source, d.augment, d.image_size, d.eval_resize, d.num_classes) == (

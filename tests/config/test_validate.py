@@ -76,6 +76,9 @@ def test_batch_sizes_must_divide_over_the_devices():
   msg = _problems(stage1__batch_size=6)
   assert 'stage1.batch_size=6 is not divisible by the 4 devices' in msg
   assert 'num_devices=8 but only 4' in _problems(num_devices=8)
+  # A batch size taken from the preset row is checked too (128 over 3 devices).
+  msg = _problems(num_devices=3, stage1__batch_size=6, eval__batch_size=6)
+  assert 'stage2.batch_size=128 (from the stage-2 preset) is not divisible' in msg
 
 
 def test_cross_checks():
@@ -121,7 +124,12 @@ def test_placeholders_resolve_once():
 
 def test_preset_rows_follow_the_design_table():
   assert presets.stage2_row('cifar100', 100) == dict(
-      las_head=0.4, las_tail=0.1, shift_bn=True, lr_factor=0.2)
+      las_head=0.4, las_tail=0.1, shift_bn=True, lr_factor=0.2, weight_decay=2e-4,
+      batch_size=128)
+  # MiSLAS's stage-2 weight decay and batch size per data set.
+  assert [(presets.stage2_row(p, 1)['weight_decay'], presets.stage2_row(p, 1)['batch_size'])
+          for p in ('imagenet_lt', 'inat2018', 'places_lt')] == [
+              (5e-4, 256), (1e-4, 256), (5e-4, 256)]
   assert presets.stage2_row('cifar10', 50)['las_head'] == 0.2
   assert presets.stage2_row('imagenet_lt', 123)['lr_factor'] == 0.05
   assert presets.stage2_row('cifar10', 20) is None
