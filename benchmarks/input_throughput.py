@@ -176,10 +176,11 @@ def run_ours(folder: str, list_path: str) -> dict:
   samples = (warmup + timed) * batch
   sharding = parallel.batch_sharding(parallel.make_mesh(1))
   batches = streaming.make_train_iterator(
-      np.resize(split.paths, samples), np.resize(split.labels, samples),
+      split.reader.subset(np.resize(np.arange(len(split.labels)), samples)),
+      np.resize(split.labels, samples),
       global_batch_size=batch, sharding=sharding, seed=FLAGS.seed, start_step=0,
       example_fn=data._train_fn(batch),  # pylint: disable=protected-access
-      on_bad_image=cfg.on_bad_image, where=split.list_path, threads=FLAGS.workers)
+      on_bad_image=cfg.on_bad_image, where=split.where, threads=FLAGS.workers)
   start = time.perf_counter()
   t0, cpu0 = start, time.process_time()
   for step in range(warmup + timed):

@@ -7,6 +7,15 @@ folder the lists' paths start from (train/..., val/...) and the lists at
 OLTR's ImageNet_LT_{train,val,test}.txt, e.g.
   --config.data.image_root=/data/imagenet
   --config.data.train_list=/data/ImageNet_LT/ImageNet_LT_train.txt
+
+Or from a prepared TFDS build (ArrayRecord; `tfds build imagenet_lt
+--manual_dir=RAW --file_format=array_record`), streamed by index:
+  --config.data.source=tfds_stream --config.data.tfds_name=imagenet_lt
+  --config.data.tfds_data_dir=/data/tfds --config.data.image_root=
+  --config.data.train_list= --config.data.val_list= --config.data.test_list=
+  --config.data.tfds_val_split=validation
+(the build's splits: train, validation = the 20-per-class ImageNet-LT val,
+test = the 50,000 ILSVRC-12 validation images).
 """
 
 from lcreg_jax import config

@@ -5,6 +5,12 @@ set, as in the papers.
 Images stream from disk: data.image_root is the folder the lists' paths
 start from (train_val2018/...), the lists are iNaturalist18_train.txt and
 iNaturalist18_val.txt (as distributed with Decoupling/MiSLAS).
+
+Or from a prepared TFDS build (ArrayRecord), streamed by index; its labelled
+validation split is the test set:
+  --config.data.source=tfds_stream --config.data.tfds_name=i_naturalist2018
+  --config.data.tfds_data_dir=/data/tfds --config.data.tfds_test_split=validation
+  --config.data.image_root= --config.data.train_list= --config.data.test_list=
 """
 
 from lcreg_jax import config

@@ -9,6 +9,13 @@ Give the ImageNet weights as a torchvision-layout state dict:
 (without them the frozen trunk is random, with a warning). Images stream
 from disk: data.image_root is the Places365 folder the lists' paths start
 from, the lists OLTR's Places_LT_{train,val,test}.txt.
+
+Or from a prepared places365_small TFDS build (ArrayRecord) whose records
+the Places-LT lists pick by file name (train and val from its train split,
+test from its validation split):
+  --config.data.source=tfds_stream --config.data.tfds_name=places365_small
+  --config.data.tfds_data_dir=/data/tfds --config.data.image_root=
+  --config.data.tfds_val_split=train --config.data.tfds_test_split=validation
 """
 
 from lcreg_jax import config

@@ -50,7 +50,7 @@ def test_a_thread_limit_gives_the_same_batches(tmp_path):
 
   def batches(**kw):
     it = streaming.make_train_iterator(
-        split.paths, split.labels, global_batch_size=4,
+        split.reader, split.labels, global_batch_size=4,
         sharding=parallel.batch_sharding(parallel.make_mesh(1)), seed=5,
         example_fn=data._train_fn(4), **kw)  # pylint: disable=protected-access
     # 4 steps: across the boundary of the 3-step epoch.

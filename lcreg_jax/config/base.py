@@ -23,11 +23,17 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.data = ml_collections.ConfigDict(dict(
       name='',                # for reports; '' = derived from the source
-      source='digits',        # digits | idx | cifar10 | cifar100 | tfds | list
+      # digits | idx | cifar10 | cifar100 | tfds (in memory) | list |
+      # tfds_stream (a prepared TFDS build, ArrayRecord, streamed by index)
+      source='digits',
       data_dir='',            # '' = the source's default location
       tfds_name='', tfds_data_dir='',
+      # The build's splits for training / validation ('' = none) / test.
+      tfds_train_split='train', tfds_val_split='', tfds_test_split='test',
       # source=list: image files streamed from disk, named by list files
       # ("relative/path label" per line, paths relative to image_root).
+      # source=tfds_stream: lists, where given, pick the build's records by
+      # file name (Places-LT from places365_small).
       image_root='', train_list='', val_list='', test_list='',
       check_files=True,       # list: check every file exists before training
       on_bad_image='stop',    # list: stop | skip (and count) unreadable images

@@ -18,7 +18,8 @@ from lcreg_jax.config import presets
 from lcreg_jax.models import resnet
 
 CHOICES = {
-    'data.source': ('digits', 'idx', 'cifar10', 'cifar100', 'tfds', 'list'),
+    'data.source': ('digits', 'idx', 'cifar10', 'cifar100', 'tfds', 'list',
+                    'tfds_stream'),
     'data.augment': ('crop_flip', 'crop', 'flip', 'none', 'imagenet'),
     'data.on_bad_image': ('stop', 'skip'),
     'model.backbone': tuple(sorted(resnet.BACKBONES)),
@@ -143,13 +144,26 @@ def _data_problems(data) -> list[str]:
     if missing:
       problems.append(
           f'data.source=list needs data.{" and data.".join(missing)}')
+  elif data.source == 'tfds_stream':
+    if data.image_root:
+      problems.append('data.image_root is set but data.source=tfds_stream reads '
+                      'the images from the TFDS build; leave it empty')
+    if data.val_list and not data.tfds_val_split:
+      problems.append('data.val_list is set but data.tfds_val_split is empty: '
+                      'name the build split the list picks its images from')
   elif lists:
     problems.append(f'data.{", data.".join(lists)} set but data.source='
                     f'{data.source!r}; set data.source=list to read list files')
+  if data.source in ('tfds', 'tfds_stream'):
+    missing = [k for k in ('tfds_name', 'tfds_train_split', 'tfds_test_split')
+               if not data[k]]
+    if missing:
+      problems.append(f'data.source={data.source} needs data.'
+                      f'{" and data.".join(missing)}')
   if data.augment == 'imagenet':
-    if data.source != 'list':
+    if data.source not in ('list', 'tfds_stream'):
       problems.append('data.augment=imagenet decodes image files: it needs '
-                      'data.source=list')
+                      'data.source=list or tfds_stream')
     if data.channels != 3:
       problems.append('data.augment=imagenet makes RGB images: data.channels '
                       'must be 3')

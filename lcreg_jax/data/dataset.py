@@ -16,8 +16,10 @@ from lcreg_jax.data import augment
 from lcreg_jax.data import imagenet_augment
 from lcreg_jax.data import listfile
 from lcreg_jax.data import pipeline
+from lcreg_jax.data import readers
 from lcreg_jax.data import sources
 from lcreg_jax.data import streaming
+from lcreg_jax.data import tfds_builds
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,7 +82,10 @@ def _info(name, num_classes, image_shape, splits) -> DatasetInfo:
 
 
 class FileDataset:
-  """Image files named by list files, streamed (`data.source='list'`).
+  """Encoded images streamed from image files named by list files
+  (`data.source='list'`) or from a prepared TFDS build
+  (`data.source='tfds_stream'`); `splits` maps split names to
+  `readers.StreamSplit`.
 
   With `data.augment='imagenet'` the MiSLAS ImageNet recipe (DESIGN §5):
   random-resized crop, flip, colour jitter for training; resize to
@@ -120,8 +125,8 @@ class FileDataset:
     tf = pipeline.import_tf()
     train = self._splits['train']
     # One decoding pass for the statistics, computed as the in-memory path does.
-    images = streaming.decode_all(train.paths, self._decode, on_bad_image=cfg.on_bad_image,
-                                  where=train.list_path)
+    images = streaming.decode_all(train.reader, self._decode, on_bad_image=cfg.on_bad_image,
+                                  where=train.where)
     mean, std = augment.normalization_stats(images)
     mean_t, std_t = tf.constant(mean), tf.constant(std)
 
@@ -148,38 +153,64 @@ class FileDataset:
     """Augmented training batches from global step `start_step` on, endlessly."""
     split = self._splits['train']
     return streaming.make_train_iterator(
-        split.paths, split.labels, global_batch_size=global_batch_size, sharding=sharding,
+        split.reader, split.labels, global_batch_size=global_batch_size, sharding=sharding,
         seed=seed, start_step=start_step, sampler=sampler,
         samples_per_class=samples_per_class, example_fn=self._train_fn(global_batch_size),
-        on_bad_image=self._config.on_bad_image, where=split.list_path)
+        on_bad_image=self._config.on_bad_image, where=split.where)
 
   def eval_batches(self, split: str, *, global_batch_size: int, sharding) -> Iterator[dict]:
     """One in-order, unaugmented pass over `split` with a padding mask."""
     data = self._splits[split]
     return streaming.make_eval_iterator(
-        data.paths, data.labels, global_batch_size=global_batch_size, sharding=sharding,
-        example_fn=self._eval_fn, where=data.list_path)
+        data.reader, data.labels, global_batch_size=global_batch_size, sharding=sharding,
+        example_fn=self._eval_fn, where=data.where)
 
 
-def _load_lists(cfg) -> FileDataset:
-  read = lambda path: listfile.read_list(path, cfg.image_root, cfg.num_classes,
-                                         check_files=cfg.check_files)
-  splits = {'train': read(cfg.train_list), 'test': read(cfg.test_list)}
+def _read_list(cfg, path):
+  return listfile.read_list(path, cfg.image_root, cfg.num_classes,
+                            check_files=cfg.check_files and cfg.source == 'list')
+
+
+def _list_splits(cfg) -> dict:
+  """source=list: the list files' images as files."""
+  def split(path):
+    parsed = _read_list(cfg, path)
+    return readers.StreamSplit(readers.FileReader(parsed.paths), parsed.labels, path)
+  splits = {'train': split(cfg.train_list), 'test': split(cfg.test_list)}
   if cfg.val_list:
-    splits['val'] = read(cfg.val_list)
-  elif cfg.val_per_class > 0:
+    splits['val'] = split(cfg.val_list)
+  return splits
+
+
+def _tfds_splits(cfg) -> dict:
+  """source=tfds_stream: the build's splits, or the list files' images in them."""
+  builder = tfds_builds.open_builder(cfg.tfds_name, cfg.tfds_data_dir)
+  wanted = {'train': (cfg.tfds_train_split, cfg.train_list),
+            'test': (cfg.tfds_test_split, cfg.test_list)}
+  if cfg.tfds_val_split:
+    wanted['val'] = (cfg.tfds_val_split, cfg.val_list)
+  return {name: tfds_builds.load_split(builder, split, cfg.num_classes,
+                                       _read_list(cfg, path) if path else None)
+          for name, (split, path) in wanted.items()}
+
+
+def _load_streamed(cfg) -> FileDataset:
+  splits = _list_splits(cfg) if cfg.source == 'list' else _tfds_splits(cfg)
+  if 'val' not in splits and cfg.val_per_class > 0:
     train = splits['train']
-    rest, val = sources.carve_val(sources.Split(train.paths, train.labels), cfg.num_classes,
-                                  cfg.val_per_class)
-    splits['train'] = listfile.ListSplit(rest.images, rest.labels, train.list_path)
-    splits['val'] = listfile.ListSplit(val.images, val.labels, train.list_path)
+    rest, val = sources.carve_val(sources.Split(np.arange(len(train.labels)), train.labels),
+                                  cfg.num_classes, cfg.val_per_class)
+    splits['train'] = readers.StreamSplit(train.reader.subset(rest.images), rest.labels,
+                                          train.where)
+    splits['val'] = readers.StreamSplit(train.reader.subset(val.images), val.labels,
+                                        train.where)
   counts = np.bincount(splits['train'].labels, minlength=cfg.num_classes)
   if (counts == 0).any():
     raise sources.DataError(
         f'classes {np.flatnonzero(counts == 0).tolist()[:10]} have no training images in '
-        f'{cfg.train_list}; set --config.data.num_classes to the number of classes the '
-        'list has, or fix the list.')
-  name = cfg.name or 'list'
+        f'{splits["train"].where}; set --config.data.num_classes to the number of classes '
+        'the data has, or fix the list.')
+  name = cfg.name or ('list' if cfg.source == 'list' else cfg.tfds_name)
   if cfg.imbalance_factor > 1:
     name = f'{name}-lt{cfg.imbalance_factor:g}'
   return FileDataset(splits, cfg, name)
@@ -187,7 +218,8 @@ def _load_lists(cfg) -> FileDataset:
 
 def load(data_config):
   """The configured data set: in memory (digits, IDX, CIFAR, TFDS) or streamed
-  from image files named by list files (`source='list'`)."""
-  if data_config.source == 'list':
-    return _load_lists(data_config)
+  from image files named by list files (`source='list'`) or from a prepared
+  TFDS build (`source='tfds_stream'`)."""
+  if data_config.source in ('list', 'tfds_stream'):
+    return _load_streamed(data_config)
   return Dataset(sources.load_dataset(data_config), data_config)

@@ -258,7 +258,7 @@ def _read_tfds(cfg):
   data_dir = cfg.tfds_data_dir or tfds.core.constants.DATA_DIR
   where = f"TFDS {cfg.tfds_name!r} in {data_dir}"
   splits = []
-  for split in ("train", "test"):
+  for split in (cfg.tfds_train_split, cfg.tfds_test_split):
     try:
       ds = tfds.load(cfg.tfds_name, split=split, data_dir=cfg.tfds_data_dir or None,
                      download=False)

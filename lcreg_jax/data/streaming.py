@@ -1,5 +1,6 @@
-"""Streaming input for image files: only paths and labels in memory, images
-read, decoded and augmented in tf.data as they are needed.
+"""Streaming input for large image sets: only labels and a reader (image
+files, or a TFDS build's records; `readers.py`) in memory, images read,
+decoded and augmented in tf.data as they are needed.
 
 The sample order is `samplers.epoch_order`, the same as the in-memory
 pipeline's, and every random draw of an image is keyed on (seed, global
@@ -18,6 +19,7 @@ from absl import logging
 import numpy as np
 
 from lcreg_jax.data import pipeline
+from lcreg_jax.data import readers
 from lcreg_jax.data import samplers
 from lcreg_jax.errors import DataError
 
@@ -29,31 +31,33 @@ ExampleFn = Callable
 _SEARCH = 4096
 
 
-def _find_bad_file(tf, example_fn, paths, candidates, seed):
-  """The first of `candidates` (indices into paths) that fails, and why."""
+def _find_bad_file(tf, example_fn, reader, candidates, seed):
+  """The first of `candidates` (example indices) that fails, and why."""
   for index in candidates[:_SEARCH]:
     try:
-      example_fn(tf, tf.io.read_file(paths[index]), tf.constant(seed, tf.int64),
-                 tf.constant(0, tf.int64))
+      example_fn(tf, reader.read(tf, tf.constant(index, tf.int64)),
+                 tf.constant(seed, tf.int64), tf.constant(0, tf.int64))
     except tf.errors.OpError as e:
-      return paths[index], e.message.splitlines()[0][:200]
+      return reader.name(int(index)), e.message.splitlines()[0][:200]
   return None, None
 
 
-def _bad_file_error(tf, example_fn, paths, candidates, seed, error, where, fix):
-  path, why = _find_bad_file(tf, example_fn, paths, candidates, seed)
+def _bad_file_error(tf, example_fn, reader, candidates, seed, error, where, fix):
+  path, why = _find_bad_file(tf, example_fn, reader, candidates, seed)
   if path is None:
     path, why = 'one of the images', error.message.splitlines()[0][:300]
   return DataError(f'{where}: cannot read or decode {path} ({why}). Replace or '
                    f'remove the file (and its line in the list){fix}.')
 
 
-def make_train_iterator(paths, labels, *, global_batch_size: int, sharding, seed: int,
+def make_train_iterator(images, labels, *, global_batch_size: int, sharding, seed: int,
                         start_step: int = 0, sampler: str = 'shuffle',
                         samples_per_class: int = 4, example_fn: ExampleFn,
                         on_bad_image: str = 'stop', where: str = 'training images',
                         threads: int | None = None) -> Iterator[dict]:
   """Endless global batches {'image', 'label'} from global step `start_step` on.
+
+  `images`: a `readers.Reader`, or an array of image file paths.
 
   `threads`: None (default) leaves tf.data's thread use as it is (its shared
   pool, AUTOTUNE map parallelism). An int runs each epoch's pipeline on a
@@ -66,16 +70,16 @@ def make_train_iterator(paths, labels, *, global_batch_size: int, sharding, seed
   if on_bad_image not in ('stop', 'skip'):
     raise ValueError(f"on_bad_image must be 'stop' or 'skip', got {on_bad_image!r}")
   tf = pipeline.import_tf()
-  paths, labels = np.asarray(paths), np.asarray(labels, np.int32)
+  reader, labels = readers.as_reader(images), np.asarray(labels, np.int32)
   batch = global_batch_size
   rows = pipeline.local_rows(sharding, batch)
   local = len(rows)
   spe = samplers.steps_per_epoch(len(labels), batch)
-  paths_t, labels_t = tf.constant(paths), tf.constant(labels)
+  labels_t = tf.constant(labels)
   seed_t = tf.constant(seed, tf.int64)
 
   def load(index, position):
-    image = example_fn(tf, tf.io.read_file(tf.gather(paths_t, index)), seed_t, position)
+    image = example_fn(tf, reader.read(tf, index), seed_t, position)
     return image, tf.gather(labels_t, index), position
 
   def epoch_data(epoch, first):
@@ -128,7 +132,7 @@ def make_train_iterator(paths, labels, *, global_batch_size: int, sharding, seed
                    'label': pipeline.to_global(sharding, label, batch)}
       except tf.errors.OpError as e:
         raise _bad_file_error(
-            tf, example_fn, paths, order[seen:], seed, e, where,
+            tf, example_fn, reader, order[seen:], seed, e, where,
             ', or set --config.data.on_bad_image=skip to train on without it '
             '(skipped images are counted in the log)') from e
       if on_bad_image == 'skip' and seen < len(positions):
@@ -140,32 +144,33 @@ def make_train_iterator(paths, labels, *, global_batch_size: int, sharding, seed
   return batches()
 
 
-def decode_all(paths, decode_fn, *, on_bad_image: str = 'stop',
+def decode_all(images, decode_fn, *, on_bad_image: str = 'stop',
                where: str = 'images') -> np.ndarray:
   """All images stacked, for one pass such as normalisation statistics.
 
-  `decode_fn(tf, encoded)` -> uint8 image of a fixed shape. A bad file stops
-  with its name, or is left out and counted with on_bad_image='skip'.
+  `images`: a reader or an array of paths. `decode_fn(tf, encoded)` -> uint8
+  image of a fixed shape. A bad file stops with its name, or is left out and
+  counted with on_bad_image='skip'.
   """
   tf = pipeline.import_tf()
-  paths = np.asarray(paths)
-  ds = tf.data.Dataset.from_tensor_slices(paths).map(
-      lambda p: decode_fn(tf, tf.io.read_file(p)),
+  reader = readers.as_reader(images)
+  ds = tf.data.Dataset.range(len(reader)).map(
+      lambda i: decode_fn(tf, reader.read(tf, i)),
       num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   if on_bad_image == 'skip':
     ds = ds.ignore_errors()
   try:
-    images = list(ds.as_numpy_iterator())
+    decoded = list(ds.as_numpy_iterator())
   except tf.errors.OpError as e:
     example = lambda tf, encoded, seed, position: decode_fn(tf, encoded)
-    raise _bad_file_error(tf, example, paths, np.arange(len(paths)), 0, e, where,
+    raise _bad_file_error(tf, example, reader, np.arange(len(reader)), 0, e, where,
                           ', or set --config.data.on_bad_image=skip') from e
-  if len(images) < len(paths):
-    logging.warning('%s: skipped %d unreadable image(s).', where, len(paths) - len(images))
-  return np.stack(images)
+  if len(decoded) < len(reader):
+    logging.warning('%s: skipped %d unreadable image(s).', where, len(reader) - len(decoded))
+  return np.stack(decoded)
 
 
-def make_eval_iterator(paths, labels, *, global_batch_size: int, sharding,
+def make_eval_iterator(images, labels, *, global_batch_size: int, sharding,
                        example_fn: ExampleFn, where: str = 'evaluation images'
                        ) -> Iterator[dict]:
   """One in-order pass {'image', 'label', 'mask'}; padding rows have mask 0.
@@ -174,7 +179,7 @@ def make_eval_iterator(paths, labels, *, global_batch_size: int, sharding,
   evaluation that leaves examples out would not be comparable.
   """
   tf = pipeline.import_tf()
-  paths, labels = np.asarray(paths), np.asarray(labels, np.int32)
+  reader, labels = readers.as_reader(images), np.asarray(labels, np.int32)
   batch = global_batch_size
   rows = pipeline.local_rows(sharding, batch)
   n = len(labels)
@@ -182,10 +187,9 @@ def make_eval_iterator(paths, labels, *, global_batch_size: int, sharding,
   index = (starts[:, None] + rows[None]).reshape(-1)
   real = index < n
   index = np.minimum(index, n - 1)   # padding rows read a real file, masked out
-  paths_t = tf.constant(paths)
 
   def load(i):
-    return example_fn(tf, tf.io.read_file(tf.gather(paths_t, i)),
+    return example_fn(tf, reader.read(tf, i),
                       tf.constant(0, tf.int64), tf.constant(0, tf.int64))
 
   def batches():
@@ -204,7 +208,7 @@ def make_eval_iterator(paths, labels, *, global_batch_size: int, sharding,
                                                               0).astype(np.int32), batch),
                'mask': pipeline.to_global(sharding, mask, batch)}
     except tf.errors.OpError as e:
-      raise _bad_file_error(tf, example_fn, paths, index[done:], 0, e, where,
+      raise _bad_file_error(tf, example_fn, reader, index[done:], 0, e, where,
                             ': evaluation needs every image') from e
 
   return batches()

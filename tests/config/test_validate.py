@@ -90,6 +90,16 @@ def test_cross_checks():
   msg = _problems(data__imbalance_factor=20.0)
   assert 'no row for data.imbalance_factor=20' in msg
   assert 'stage2.las_head' in msg
+  # Streaming from a TFDS build.
+  msg = _problems(data__source='tfds_stream', data__image_root='x', data__val_list='v.txt')
+  assert 'data.source=tfds_stream needs data.tfds_name' in msg
+  assert 'data.image_root is set but data.source=tfds_stream' in msg
+  assert 'data.tfds_val_split is empty' in msg
+  assert 'needs data.source=list or tfds_stream' in _problems(
+      data__source='tfds', data__tfds_name='cifar10', data__augment='imagenet',
+      data__channels=3)
+  assert 'needs data.tfds_test_split' in _problems(
+      data__source='tfds', data__tfds_name='cifar10', data__tfds_test_split='')
 
 
 def test_unknown_and_missing_keys_are_rejected():
