@@ -28,6 +28,41 @@ def test_step_time_prints_both_models_and_their_ratio():
   assert 0 < ratio < 100
 
 
+def test_step_time_times_plain_full_and_diagonal_in_one_run():
+  res = _run('benchmarks/step_time.py', '--config=tests/tiny.py',
+             '--variants=plain,full,diagonal', '--batch=4',
+             '--steps=1', '--rounds=1', '--warmup=0')
+  assert res.returncode == 0, res.stderr[-2000:]
+  lines = res.stdout.splitlines()
+  assert 'batch 4,' in lines[0]
+  state = {}
+  for name in ('plain', 'full', 'diagonal'):
+    line = next(l for l in lines if l.startswith(name + ' '))
+    assert 'ms/step' in line and 'images/s' in line
+    assert 'peak device memory n/a on CPU' in line
+    state[name] = int(line.split(' state ')[1].split(' bytes')[0])
+    moments = int(line.split('latent moments ')[1].split(')')[0])
+    assert (moments == 0) == (name == 'plain')
+  # tests/tiny.py: M = 4 latents on ResNet-8 (D = 64), float32. The two
+  # LCReg states differ only in the covariance: M × D × D vs M × D.
+  m, d = 4, 64
+  assert state['full'] - state['diagonal'] == (m * d * d - m * d) * 4
+  assert state['plain'] < state['diagonal']
+  table = [l for l in lines if l.startswith('| ')]
+  assert [r.split(' | ')[0] for r in table[1:]] == [
+      '| plain', '| full', '| diagonal']
+  assert lines[-2].startswith('ratio full/plain step time: ')
+  assert lines[-1].startswith('ratio diagonal/plain step time: ')
+  assert all(0 < float(l.split(':')[-1]) < 100 for l in lines[-2:])
+
+
+def test_step_time_rejects_an_unknown_variant():
+  res = _run('benchmarks/step_time.py', '--config=tests/tiny.py',
+             '--variants=plain,diag', '--steps=1', '--rounds=1')
+  assert res.returncode != 0
+  assert 'diag' in res.stderr and 'diagonal' in res.stderr
+
+
 def test_collect_results_reads_the_reports(finished_run):
   workdir = str(finished_run[0])
   res = _run('benchmarks/collect_results.py', f'tiny={workdir},{workdir}')
