@@ -119,8 +119,12 @@ def main(argv):
   # Orbax logs every checkpoint step at INFO; keep the log about training.
   logging.get_absl_handler().addFilter(
       lambda record: '/orbax/' not in record.pathname)
-  if FLAGS.distributed:
-    jax.distributed.initialize()
+  try:
+    if FLAGS.distributed:
+      from lcreg_jax import distributed  # pylint: disable=g-import-not-at-top
+      distributed.initialize()
+  except errors.UserError as e:
+    fail(str(e))
   logging.info('JAX %s, process %d/%d, devices: %s', jax.__version__,
                jax.process_index(), jax.process_count(), jax.devices())
   workdir = FLAGS.workdir or default_workdir()
