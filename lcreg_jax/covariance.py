@@ -11,6 +11,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import Mesh, PartitionSpec as P
 
 
 class CovarianceState(NamedTuple):
@@ -82,14 +83,8 @@ def update_covariance(state: CovarianceState, features: jax.Array,
   return _merge(state, *batch_moments(features, labels, num_classes, diagonal))
 
 
-def update_covariance_grouped(state: CovarianceState,
-                              features: jax.Array) -> CovarianceState:
-  """Same update for a class-balanced batch laid out as (B, C, D).
-
-  LCReg's latent samples come exactly B per latent category; using that
-  layout avoids the (B·C, C, D) one-hot expansion of the general path.
-  """
-  features = jax.lax.stop_gradient(features).astype(jnp.float32)
+def _grouped_update(state: CovarianceState,
+                    features: jax.Array) -> CovarianceState:
   n = features.shape[0]
   b_mean = features.mean(0)
   centred = features - b_mean[None]
@@ -99,3 +94,24 @@ def update_covariance_grouped(state: CovarianceState,
     b_cov = jnp.einsum('bcd,bce->cde', centred, centred) / n
   b_count = jnp.full(state.count.shape, n, jnp.float32)
   return _merge(state, b_count, b_mean, b_cov)
+
+
+def update_covariance_grouped(state: CovarianceState, features: jax.Array,
+                              mesh: Mesh | None = None) -> CovarianceState:
+  """Same update for a class-balanced batch laid out as (B, C, D).
+
+  LCReg's latent samples come exactly B per latent category; using that
+  layout avoids the (B·C, C, D) one-hot expansion of the general path.
+
+  With `mesh`, the state is split along C over the mesh's 'data' axis
+  (`parallel.state_sharding`): the batch is re-split from rows of images to
+  columns of classes (an all-to-all of B × C × D), and each device merges
+  the moments of its own classes over the whole batch. No C × D × D array
+  crosses devices, and none is formed whole on one.
+  """
+  features = jax.lax.stop_gradient(features).astype(jnp.float32)
+  if mesh is None:
+    return _grouped_update(state, features)
+  return jax.shard_map(_grouped_update, mesh=mesh,
+                       in_specs=(P('data'), P(None, 'data')),
+                       out_specs=P('data'))(state, features)

@@ -18,6 +18,10 @@ def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0
   c.num_devices = placeholder(int)   # None: every visible device
+  # Split the latent moments (M × D × D) along M over the devices (DESIGN
+  # §9). None: when the covariance is full, there is more than one device
+  # and they divide M (JAX shards evenly only); otherwise replicated.
+  c.shard_covariance = placeholder(bool)
   c.log_every = 50                   # steps between metric writes / NaN checks
   c.checkpoint_every = 500           # steps between checkpoints (and at the end)
 

@@ -264,6 +264,17 @@ def resolve_and_validate(config: ml_collections.ConfigDict,
             f'{key}={value}{source} is not divisible by the {devices} devices '
             f'of the mesh (use a multiple of {devices}, e.g. '
             f'{max(devices, value // devices * devices)})')
+    latent = config.model.latent
+    if (config.shard_covariance and latent.enabled
+        and _int(latent.num_latents) and latent.num_latents % devices):
+      m = latent.num_latents
+      problems.append(
+          f'shard_covariance=True splits the latent moments along M over the '
+          f'{devices} devices, but model.latent.num_latents={m} is not '
+          f'divisible by {devices} (JAX shards evenly only); use a multiple '
+          f'of {devices} (e.g. {max(devices, m // devices * devices)} or '
+          f'{-(-m // devices) * devices}), or leave shard_covariance unset '
+          'to replicate them')
   if problems:
     raise errors.ConfigError(
         f'the config has {len(problems)} invalid value'
@@ -274,6 +285,13 @@ def resolve_and_validate(config: ml_collections.ConfigDict,
   resolved = config.copy_and_resolve_references()
   resolved.unlock()
   resolved.num_devices = devices
+  latent = resolved.model.latent
+  if resolved.shard_covariance is None:   # see base.py
+    resolved.shard_covariance = bool(
+        latent.covariance == 'full' and devices > 1
+        and latent.num_latents % devices == 0)
+  resolved.shard_covariance = bool(resolved.shard_covariance
+                                   and latent.enabled)
   dim = resnet.feature_dim(config.model.backbone)
   if resolved.model.latent.similarity_scale is None:
     resolved.model.latent.similarity_scale = 1.0 / math.sqrt(dim)

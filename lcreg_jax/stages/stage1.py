@@ -34,16 +34,39 @@ def initial_state(config, info, tx):
   return state
 
 
+def log_covariance_layout(config, mesh):
+  """Says where the latent moments live, and why a full covariance is
+  replicated on a mesh of several devices."""
+  latent, n = config.model.latent, mesh.size
+  if not latent.enabled:
+    return
+  m = latent.num_latents
+  if config.shard_covariance:
+    logging.info('stage1: latent moments split along M over %d devices '
+                 '(%d of the %d latents each).', n, m // n, m)
+  elif latent.covariance == 'full' and n > 1:
+    why = (f'M = {m} is not divisible by the {n} devices and JAX shards '
+           f'evenly only; model.latent.num_latents={-(-m // n) * n} (or '
+           f'another multiple of {n}) would split it'
+           if m % n else 'shard_covariance=False')
+    logging.warning('stage1: the full M x D x D latent covariance is '
+                    'replicated on each of the %d devices (%s).', n, why)
+
+
 def train(ctx: common.Context):
   """Trains stage 1 (resuming if possible) and returns its final state."""
   config = ctx.config
   cfg = config.stage1
   spe, total = common.schedule_length(cfg, ctx.info)
   tx = optim.stage1_optimizer(config, optim.stage1_schedule(cfg, spe, total))
-  state = parallel.replicate(initial_state(config, ctx.info, tx), ctx.mesh)
+  shard = config.shard_covariance
+  log_covariance_layout(config, ctx.mesh)
+  state = parallel.place(initial_state(config, ctx.info, tx), ctx.mesh, shard)
   hp = stage1_step.Stage1Hparams.from_config(config, total)
-  step = parallel.jit_step(functools.partial(stage1_step.train_step, hp=hp),
-                           ctx.mesh, state)
+  step = parallel.jit_step(
+      functools.partial(stage1_step.train_step, hp=hp,
+                        cov_mesh=ctx.mesh if shard else None),
+      ctx.mesh, state, shard)
   return common.fit(
       ctx, 'stage1', state, step, total_steps=total, data_seed=config.seed,
       sampler='shuffle',

@@ -50,7 +50,8 @@ def load_stage1(ctx: common.Context):
   tx = optim.stage1_optimizer(config, lambda _: 0.0)
   template = train_state.create_train_state(
       model, jax.random.key(0), ctx.info.image_shape, tx, config.model)
-  template = parallel.replicate(template, ctx.mesh)
+  # Stage 1's layout, so that the moments restore without a gather.
+  template = parallel.place(template, ctx.mesh, config.shard_covariance)
   ckpt = checkpoints.StageCheckpoints(
       src, common.fingerprint(ctx, 'stage1'), read_only=True)
   try:

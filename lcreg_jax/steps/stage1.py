@@ -4,6 +4,7 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
 import optax
 
 from lcreg_jax import covariance
@@ -39,21 +40,36 @@ class Stage1Hparams:
                seed=config.seed)
 
 
-def sample_latent_noise(rng, cov_state, lam, batch: int):
-  """ε ~ N(0, λ Σ_m) per image and latent, for the explicit variant."""
-  m, d = cov_state.mean.shape
-  n = jax.random.normal(rng, (batch, m, d))
-  if cov_state.cov.ndim == 2:
-    return n * jnp.sqrt(lam * cov_state.cov)[None]
-  chol = jnp.linalg.cholesky(lam * cov_state.cov + 1e-5 * jnp.eye(d))
+def _scale_noise(cov, lam, n):
+  if cov.ndim == 2:
+    return n * jnp.sqrt(lam * cov)[None]
+  chol = jnp.linalg.cholesky(lam * cov + 1e-5 * jnp.eye(cov.shape[-1]))
   return jnp.einsum('mde,bme->bmd', chol, n)
 
 
-def train_step(state, batch, *, hp: Stage1Hparams):
+def sample_latent_noise(rng, cov_state, lam, batch: int, mesh=None):
+  """ε ~ N(0, λ Σ_m) per image and latent, for the explicit variant.
+
+  With `mesh` (the moments split along M, `parallel.state_sharding`), each
+  device factors its own latents' covariances; the draws are the same.
+  """
+  m, d = cov_state.mean.shape
+  n = jax.random.normal(rng, (batch, m, d))
+  if mesh is None:
+    return _scale_noise(cov_state.cov, lam, n)
+  return jax.shard_map(_scale_noise, mesh=mesh,
+                       in_specs=(P('data'), P(), P(None, 'data')),
+                       out_specs=P(None, 'data'))(cov_state.cov, lam, n)
+
+
+def train_step(state, batch, *, hp: Stage1Hparams, cov_mesh=None):
   """One stage-1 step: L = α L_aug + β L_recon + γ L_cls (eq. 7).
 
   The randomness (mixup λ and partner, explicit latent noise) is keyed on
-  (seed, step), so a resumed run repeats it exactly.
+  (seed, step), so a resumed run repeats it exactly. `cov_mesh`: the mesh
+  when the latent moments are split along M over it (`parallel.jit_step`
+  with `shard_covariance`); their update, the σ² table and the explicit
+  noise then work on each device's latents, with the same results.
   """
   rng = jax.random.fold_in(jax.random.fold_in(jax.random.key(hp.seed), 1),
                            state.step)
@@ -72,7 +88,8 @@ def train_step(state, batch, *, hp: Stage1Hparams):
   def loss_fn(params):
     noise = None
     if has_latent and hp.explicit_latent_aug:
-      noise = sample_latent_noise(noise_rng, state.cov, isda_lam, bsz)
+      noise = sample_latent_noise(noise_rng, state.cov, isda_lam, bsz,
+                                  cov_mesh)
     out, mutated = state.apply_fn(
         {'params': params, 'batch_stats': state.batch_stats}, mixed,
         train=True, latent_noise=noise, mutable=['batch_stats'])
@@ -83,7 +100,8 @@ def train_step(state, batch, *, hp: Stage1Hparams):
     loss = hp.gamma * cls
     if has_latent:
       samples = out['latent_samples']                    # (B, M, D)
-      aux['cov'] = covariance.update_covariance_grouped(state.cov, samples)
+      aux['cov'] = covariance.update_covariance_grouped(state.cov, samples,
+                                                        cov_mesh)
       # Python-level branches: with α = β = 0 the traced step is exactly
       # the plain MiSLAS step (no zero-weighted terms in the graph).
       if hp.beta:
@@ -100,7 +118,8 @@ def train_step(state, batch, *, hp: Stage1Hparams):
         if not hp.explicit_latent_aug:
           kernel = params['latent']['latent_classifier']['kernel']
           g = losses.isda_augmented_logits(g, kernel, aux['cov'].cov,
-                                           latent_labels, isda_lam)
+                                           latent_labels, isda_lam,
+                                           mesh=cov_mesh)
         aug = losses.cross_entropy(g, latent_labels)
         aux['aug_loss'] = aug
         loss += hp.alpha * aug
