@@ -159,5 +159,8 @@ class StageCheckpoints:
     self.manager.save(step, args=ocp.args.StandardSave(state), force=force)
 
   def close(self):
-    self.manager.wait_until_finished()
-    self.manager.close()
+    """Waits for the last save to be on disk; a second call does nothing."""
+    if self.manager is not None:
+      self.manager.wait_until_finished()
+      self.manager.close()
+      self.manager = None

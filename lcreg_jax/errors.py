@@ -26,6 +26,9 @@ class NonFiniteLossError(UserError):
   """The loss or the parameters became NaN or infinite."""
 
 
-
 class WeightsError(UserError):
   """Pretrained weights that are missing, unreadable or do not fit the model."""
+
+
+class Preempted(UserError):
+  """SIGTERM arrived; a checkpoint was saved at the step the message names."""

@@ -15,6 +15,7 @@ import numpy as np
 
 from lcreg_jax import checkpoints as checkpoints_lib
 from lcreg_jax import errors
+from lcreg_jax import preemption
 
 # hook(name, step, state), called after every step (tests use it to kill runs).
 Hook = Callable[[str, int, object], None]
@@ -119,6 +120,10 @@ def fit(state, *, name: str, step_fn: Callable,
   if start >= total_steps:
     checkpoints.close()
     return state
+  if preemption.requested():   # the signal came between stages
+    checkpoints.close()
+    raise preemption.Preempted(preemption.stopped_message(name, start,
+                                                          checkpoints.directory))
   writer = metric_writers.create_default_writer(
       workdir, just_logging=jax.process_index() > 0)
   progress = periodic_actions.ReportProgress(num_train_steps=total_steps,
@@ -132,7 +137,8 @@ def fit(state, *, name: str, step_fn: Callable,
       pending.append(metrics)
       progress(step)
       last = step == total_steps
-      save = step % checkpoint_every == 0 or last
+      stop = preemption.reached(step)
+      save = step % checkpoint_every == 0 or last or stop
       evaluate = evaluate_fn is not None and (
           step % evaluate_every == 0 or last)
       if save or evaluate or step % log_every == 0:
@@ -150,6 +156,10 @@ def fit(state, *, name: str, step_fn: Callable,
       if save:
         checkpoints.save(step, state)
         last_saved = step
+      if stop and not last:
+        checkpoints.close()   # waits until the checkpoint is on disk
+        raise preemption.Preempted(preemption.stopped_message(
+            name, step, checkpoints.directory))
       for hook in hooks:
         hook(name, step, state)
   finally:

@@ -133,9 +133,16 @@ def main(argv):
     config = config_lib.resolve_and_validate(FLAGS.config)
     # Imported once the config is known to be good, so that a mistake in it
     # is reported in a second, without first loading TensorFlow and orbax.
+    from lcreg_jax import preemption  # pylint: disable=g-import-not-at-top
     from lcreg_jax import stages  # pylint: disable=g-import-not-at-top
+    preemption.install()
     stages.train_and_evaluate(config, workdir)
   except errors.UserError as e:
+    if isinstance(e, errors.Preempted):
+      # 128 + SIGTERM, as if the signal had ended the process: schedulers
+      # that restart failed jobs (SLURM --requeue, Kubernetes) start it again.
+      print(f'\n{e}\n', file=sys.stderr, flush=True)
+      sys.exit(143)
     # These explain themselves; a traceback would only bury the message.
     fail(str(e), code=1)
 

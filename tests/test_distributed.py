@@ -16,6 +16,7 @@ import pytest
 
 from lcreg_jax import distributed
 from lcreg_jax import errors
+from tests import cli
 from tests.cli import ROOT
 from tests.cli import run_cli
 
@@ -54,19 +55,6 @@ def launch(workdir, *args, processes=2, devices_each=2, timeout=500):
   return results
 
 
-def _params(stage_dir):
-  step = max(int(os.path.basename(d)) for d in glob.glob(f'{stage_dir}/checkpoints/[0-9]*'))
-  path = os.path.join(stage_dir, 'checkpoints', str(step), 'default')
-  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-  with ocp.StandardCheckpointer() as checkpointer:
-    meta = checkpointer.metadata(path)
-    meta = getattr(meta, 'item_metadata', meta)
-    target = jax.tree.map(
-        lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), meta)
-    state = checkpointer.restore(path, target)
-  return step, state['params']
-
-
 @pytest.mark.slow
 def test_two_processes_train_and_evaluate_like_one(finished_run, tmp_path):
   one, _ = finished_run            # tests/tiny.py, 1 process × 4 devices
@@ -83,7 +71,7 @@ def test_two_processes_train_and_evaluate_like_one(finished_run, tmp_path):
     np.testing.assert_allclose(b['nll'], a['nll'], rtol=1e-5)
     # Same global batches, same updates: the parameters agree to float32
     # round-off (the cross-process all-reduce sums in another order).
-    (step_a, pa), (step_b, pb) = _params(one / stage), _params(two / stage)
+    (step_a, pa), (step_b, pb) = cli.final_params(one / stage), cli.final_params(two / stage)
     assert step_a == step_b
     for x, y in zip(jax.tree.leaves(pa), jax.tree.leaves(pb), strict=True):
       np.testing.assert_allclose(np.asarray(y), np.asarray(x), rtol=2e-4, atol=2e-5)
