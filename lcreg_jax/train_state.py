@@ -7,6 +7,7 @@ from typing import Any
 from flax.training import train_state
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from lcreg_jax import covariance
 
@@ -32,9 +33,13 @@ def create_train_state(model, rng, image_shape, tx, model_config=None):
   cov = {}
   if model.latent is not None:
     d = variables['params']['head']['fc']['kernel'].shape[0]
-    cov = covariance.init_covariance(
-        model.latent.num_latents, d,
-        diagonal=model_config.latent.covariance == 'diagonal')
+    shapes = jax.eval_shape(functools.partial(
+        covariance.init_covariance, model.latent.num_latents, d,
+        diagonal=model_config.latent.covariance == 'diagonal'))
+    # Zeros on the host, whose pages the OS maps only when written: placing
+    # the state (`parallel.place`) then gives each device its own rows, and
+    # a split M × D × D covariance is never whole on one device.
+    cov = jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), shapes)
   return TrainState.create(apply_fn=model.apply, params=variables['params'],
                            batch_stats=variables.get('batch_stats', {}),
                            tx=tx, cov=cov)

@@ -74,6 +74,10 @@ def _assert_split(arr, mesh, rows):
 def test_state_sharding_splits_only_the_latent_moments():
   mesh = _mesh()
   state = _state(_config())
+  # Fresh moments are host zeros, so that placing them puts only each
+  # device's rows on it (never the whole M × D × D on the default device).
+  assert all(isinstance(x, np.ndarray) and not isinstance(x, jax.Array)
+             for x in state.cov)
   placed = parallel.place(state, mesh, shard_covariance=True)
   for leaf in placed.cov:
     _assert_split(leaf, mesh, M)
