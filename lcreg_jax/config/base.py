@@ -91,6 +91,11 @@ def base_config() -> ml_collections.ConfigDict:
       schedule='step',        # step | cosine
       warmup_epochs=5.0, decay_epochs=(160.0, 180.0), decay_factor=0.1,
       mixup_alpha=1.0,        # 0: no mixup
+      # global: partners from the whole global batch (as one process of
+      # MiSLAS mixes its batch); per_device: from the same device's rows (as
+      # DistributedDataParallel processes do, and big_vision), which avoids
+      # gathering the batch across devices and hosts.
+      mixup_partners='global',
       alpha=0.1, beta=0.1, gamma=1.0,   # eq. 7 weights of aug, recon, cls
       isda_lambda0=0.5,
   ))

@@ -22,6 +22,7 @@ CHOICES = {
                     'tfds_stream'),
     'data.augment': ('crop_flip', 'crop', 'flip', 'none', 'imagenet'),
     'data.on_bad_image': ('stop', 'skip'),
+    'stage1.mixup_partners': ('global', 'per_device'),
     'model.backbone': tuple(sorted(resnet.BACKBONES)),
     'model.shortcut': ('A', 'B'),
     'model.dtype': ('float32', 'bfloat16'),

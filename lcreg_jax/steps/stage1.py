@@ -25,6 +25,11 @@ class Stage1Hparams:
   recon_temperature: float
   explicit_latent_aug: bool
   seed: int = 0
+  # 1: mixup partners from a permutation of the whole global batch. n: from
+  # a permutation within each of n blocks of consecutive rows, the rows of
+  # each device (stage1.mixup_partners=per_device), so no device needs
+  # another's images.
+  mixup_groups: int = 1
 
   @classmethod
   def from_config(cls, config, total_steps: int) -> 'Stage1Hparams':
@@ -37,7 +42,29 @@ class Stage1Hparams:
                recon_normalize=latent.recon_normalize,
                recon_temperature=latent.recon_temperature,
                explicit_latent_aug=latent.explicit_latent_aug,
-               seed=config.seed)
+               seed=config.seed,
+               mixup_groups=(config.num_devices
+                             if s1.mixup_partners == 'per_device' else 1))
+
+
+def mixup_partners(rng, batch: int, groups: int = 1) -> jax.Array:
+  """(groups, batch // groups) partner rows, local to each group: row j of
+  group g is mixed with row g * (batch // groups) + partners[g, j]. One group
+  is a permutation of the whole batch."""
+  rows = batch // groups
+  if groups == 1:
+    return jax.random.permutation(rng, batch)[None]
+  return jax.vmap(lambda k: jax.random.permutation(k, rows))(
+      jax.random.split(rng, groups))
+
+
+def take_partners(x: jax.Array, partners: jax.Array) -> jax.Array:
+  """x[partner of each row], as a gather inside each group of rows: with the
+  groups on the devices that hold them, XLA needs no collective."""
+  groups, rows = partners.shape
+  grouped = x.reshape((groups, rows) + x.shape[1:])
+  index = partners.reshape(partners.shape + (1,) * (x.ndim - 1))
+  return jnp.take_along_axis(grouped, index, axis=1).reshape(x.shape)
 
 
 def _scale_noise(cov, lam, n):
@@ -80,8 +107,8 @@ def train_step(state, batch, *, hp: Stage1Hparams, cov_mesh=None):
     lam_mix = jax.random.beta(mix_rng, hp.mixup_alpha, hp.mixup_alpha)
   else:
     lam_mix = jnp.float32(1.0)
-  perm = jax.random.permutation(perm_rng, bsz)
-  mixed = lam_mix * images + (1 - lam_mix) * images[perm]
+  partners = mixup_partners(perm_rng, bsz, hp.mixup_groups)
+  mixed = lam_mix * images + (1 - lam_mix) * take_partners(images, partners)
   isda_lam = hp.isda_lambda0 * state.step / hp.total_steps
   has_latent = isinstance(state.cov, covariance.CovarianceState)
 
@@ -93,7 +120,8 @@ def train_step(state, batch, *, hp: Stage1Hparams, cov_mesh=None):
     out, mutated = state.apply_fn(
         {'params': params, 'batch_stats': state.batch_stats}, mixed,
         train=True, latent_noise=noise, mutable=['batch_stats'])
-    cls = losses.mixup_cross_entropy(out['logits'], labels, labels[perm],
+    partner_labels = take_partners(labels, partners)
+    cls = losses.mixup_cross_entropy(out['logits'], labels, partner_labels,
                                      lam_mix)
     aux = dict(cls_loss=cls, batch_stats=mutated['batch_stats'],
                cov=state.cov)
@@ -124,7 +152,7 @@ def train_step(state, batch, *, hp: Stage1Hparams, cov_mesh=None):
         aux['aug_loss'] = aug
         loss += hp.alpha * aug
     acc = (out['logits'].argmax(-1) == labels).mean()
-    acc_p = (out['logits'].argmax(-1) == labels[perm]).mean()
+    acc_p = (out['logits'].argmax(-1) == partner_labels).mean()
     aux['accuracy'] = lam_mix * acc + (1 - lam_mix) * acc_p
     return loss, aux
 

@@ -178,3 +178,57 @@ def test_frozen_trunk_trains_only_the_last_block():
                   after.batch_stats['backbone']['stage3_block1'])
   for key in ('latent', 'head'):
     assert not same(before.params[key], after.params[key])
+
+
+def test_per_device_mixup_partners_stay_on_their_device():
+  rng = jax.random.key(3)
+  partners = np.asarray(stage1.mixup_partners(rng, 16, 4))
+  assert partners.shape == (4, 4)
+  for row in partners:      # a permutation of each device's 4 rows
+    assert sorted(row.tolist()) == [0, 1, 2, 3]
+  assert len({tuple(r) for r in partners.tolist()}) > 1   # drawn per device
+  x = np.arange(16.0)[:, None] * np.ones((1, 3))
+  mixed = np.asarray(stage1.take_partners(jnp.asarray(x), jnp.asarray(partners)))
+  expected = x[(np.arange(4)[:, None] * 4 + partners).reshape(-1)]
+  np.testing.assert_array_equal(mixed, expected)
+  # One group: a permutation of the whole batch, the global partner.
+  whole = np.asarray(stage1.mixup_partners(rng, 16, 1))
+  assert whole.shape == (1, 16) and sorted(whole[0].tolist()) == list(range(16))
+  np.testing.assert_array_equal(
+      np.asarray(stage1.take_partners(jnp.asarray(x), jnp.asarray(whole))), x[whole[0]])
+
+
+def _gathered_bytes(cfg, hp, mesh, n=16):
+  """Bytes of all-gather results in the compiled 4-device step."""
+  resolved = config_lib.resolve_and_validate(cfg, num_visible_devices=4)
+  model = network.make_model(resolved.model, 10)
+  tx = optim.stage1_optimizer(resolved, optim.stage1_schedule(
+      resolved.stage1, STEPS_PER_EPOCH, TOTAL))
+  state = parallel.replicate(train_state.create_train_state(
+      model, jax.random.key(0), (8, 8, 1), tx, resolved.model), mesh)
+  step = parallel.jit_step(functools.partial(stage1.train_step, hp=hp), mesh, state)
+  text = step.lower(state, jax.device_put(batch(n), parallel.batch_sharding(mesh))
+                    ).compile().as_text()
+  total = 0
+  for line in text.splitlines():
+    if ' all-gather(' in line or ' all-gather-start(' in line:
+      shape = line.split('=', 1)[1].split('all-gather')[0]
+      dims = shape[shape.index('[') + 1:shape.index(']')]
+      total += 4 * int(np.prod([int(d) for d in dims.split(',') if d]))
+  return total
+
+
+@pytest.mark.slow
+def test_per_device_mixup_gathers_no_images():
+  """Global partners gather the whole batch of images onto every device;
+  per-device partners gather nothing image-sized."""
+  mesh = parallel.make_mesh(4)
+  cfg = tiny.tiny_config()
+  cfg.model.latent.enabled = False
+  image_bytes = 16 * 8 * 8 * 1 * 4
+  global_bytes = _gathered_bytes(cfg, _hp(cfg), mesh)
+  cfg.stage1.mixup_partners = 'per_device'
+  hp = _hp(cfg)
+  assert hp.mixup_groups == 4
+  per_device_bytes = _gathered_bytes(cfg, hp, mesh)
+  assert global_bytes >= image_bytes > per_device_bytes
