@@ -12,8 +12,8 @@ Or from a prepared TFDS build (ArrayRecord; `tfds build imagenet_lt
 --manual_dir=RAW --file_format=array_record`), streamed by index:
   --config.data.source=tfds_stream --config.data.tfds_name=imagenet_lt
   --config.data.tfds_data_dir=/data/tfds --config.data.image_root=
-  --config.data.train_list= --config.data.val_list= --config.data.test_list=
-  --config.data.tfds_val_split=validation
+  --config.data.train_list= --config.data.test_list=
+  [--config.data.tfds_val_split=validation]
 (the build's splits: train, validation = the 20-per-class ImageNet-LT val,
 test = the 50,000 ILSVRC-12 validation images).
 """
@@ -28,7 +28,10 @@ def get_config():
   d.source = 'list'
   d.image_root = 'data/imagenet'
   d.train_list = 'data/ImageNet_LT/ImageNet_LT_train.txt'
-  d.val_list = 'data/ImageNet_LT/ImageNet_LT_val.txt'
+  # The 20-per-class validation list is optional (DLSA selects on it; without
+  # it DLSA carves its validation images from the training set):
+  # --config.data.val_list=data/ImageNet_LT/ImageNet_LT_val.txt
+  d.val_list = ''
   d.test_list = 'data/ImageNet_LT/ImageNet_LT_test.txt'
   d.num_classes, d.image_size, d.channels = 1000, 224, 3
   d.imbalance_factor = 1.0          # the lists are the long tail

@@ -15,7 +15,8 @@ the Places-LT lists pick by file name (train and val from its train split,
 test from its validation split):
   --config.data.source=tfds_stream --config.data.tfds_name=places365_small
   --config.data.tfds_data_dir=/data/tfds --config.data.image_root=
-  --config.data.tfds_val_split=train --config.data.tfds_test_split=validation
+  --config.data.tfds_test_split=validation
+  [--config.data.val_list=.../Places_LT_val.txt --config.data.tfds_val_split=train]
 """
 
 from lcreg_jax import config
@@ -28,7 +29,9 @@ def get_config():
   d.source = 'list'
   d.image_root = 'data/places365'
   d.train_list = 'data/Places_LT/Places_LT_train.txt'
-  d.val_list = 'data/Places_LT/Places_LT_val.txt'
+  # Optional, as for ImageNet-LT:
+  # --config.data.val_list=data/Places_LT/Places_LT_val.txt
+  d.val_list = ''
   d.test_list = 'data/Places_LT/Places_LT_test.txt'
   d.num_classes, d.image_size, d.channels = 365, 224, 3
   d.imbalance_factor = 1.0
