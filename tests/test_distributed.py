@@ -5,9 +5,12 @@ the launch settings `--distributed` reads from the environment."""
 import glob
 import json
 import os
+import re
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import jax
 import numpy as np
@@ -27,32 +30,43 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-def launch(workdir, *args, processes=2, devices_each=2, timeout=500):
-  """`python -m lcreg_jax.main --distributed` as `processes` processes; their
-  (returncode, stdout, stderr). Output goes to files: a process blocked on a
-  full pipe would stall the collectives of the others."""
+def start(workdir, *args, processes=2, devices_each=2):
+  """`python -m lcreg_jax.main --distributed` as `processes` processes:
+  [(Popen, stdout file, stderr file)]. Output goes to files: a process
+  blocked on a full pipe would stall the collectives of the others."""
   env = dict(os.environ, JAX_COORDINATOR_ADDRESS=f'localhost:{_free_port()}',
              JAX_NUM_PROCESSES=str(processes), XLA_FLAGS=(
                  f'--xla_force_host_platform_device_count={devices_each} '
                  '--xla_backend_optimization_level=0'))
-  logs, procs = [], []
+  running = []
   for i in range(processes):
     out, err = (open(f'{workdir}.p{i}.{s}', 'w+') for s in ('out', 'err'))
-    logs.append((out, err))
-    procs.append(subprocess.Popen(
+    running.append((subprocess.Popen(
         [sys.executable, '-m', 'lcreg_jax.main', '--distributed', f'--workdir={workdir}',
-         *args], cwd=ROOT, env=dict(env, JAX_PROCESS_ID=str(i)), stdout=out, stderr=err))
+         *args], cwd=ROOT, env=dict(env, JAX_PROCESS_ID=str(i)), stdout=out, stderr=err),
+                    out, err))
+  return running
+
+
+def finish(running, timeout=500):
+  """Each process's (returncode, stdout, stderr)."""
   results = []
   try:
-    for p, (out, err) in zip(procs, logs):
+    for p, out, err in running:
       code = p.wait(timeout=timeout)
       out.seek(0)
       err.seek(0)
       results.append((code, out.read(), err.read()))
   finally:
-    for p in procs:
+    for p, out, err in running:
       p.kill()
+      out.close()
+      err.close()
   return results
+
+
+def launch(workdir, *args, **kw):
+  return finish(start(workdir, *args, **kw))
 
 
 @pytest.mark.slow
@@ -80,6 +94,39 @@ def test_two_processes_train_and_evaluate_like_one(finished_run, tmp_path):
   assert '| stage1 |' in results[0][1] and '| stage1 |' not in results[1][1]
   assert json.load(open(two / 'summary.json')).keys() == json.load(
       open(one / 'summary.json')).keys()
+
+
+@pytest.mark.slow
+def test_sigterm_stops_both_processes_at_one_step_and_they_resume(tmp_path):
+  """SIGTERM to both processes (as a scheduler sends it): JAX's preemption
+  service makes them agree on a step, both save it and exit 143, and the
+  same command resumes from it."""
+  work = tmp_path / 'work'
+  args = ('--config=tests/tiny.py', '--config.stage1.steps=60',
+          '--config.stage2.enabled=False', '--config.checkpoint_every=1000',
+          '--config.log_every=1')
+  running = start(str(work), *args)
+  deadline = time.time() + 300
+  while '] [5] ' not in open(running[0][2].name).read():      # step 5 logged
+    assert all(p.poll() is None for p, _, _ in running) and time.time() < deadline
+    time.sleep(0.2)
+  for p, _, _ in running:
+    p.send_signal(signal.SIGTERM)
+  results = finish(running, timeout=120)
+  steps = set()
+  for code, _, err in results:
+    assert code == 143, err[-3000:]
+    found = re.search(r'stopped by SIGTERM \(preemption\) at step (\d+) of stage1', err)
+    assert found, err[-3000:]
+    steps.add(int(found.group(1)))
+  assert len(steps) == 1 and 5 <= min(steps) < 60
+  step = steps.pop()
+  assert os.path.isdir(work / 'stage1' / 'checkpoints' / str(step))
+  resumed = launch(str(work), *args)
+  for code, _, err in resumed:
+    assert code == 0, err[-3000:]
+    assert f'resumed from step {step} of 60' in err
+  assert cli.final_params(work / 'stage1')[0] == 60
 
 
 @pytest.mark.parametrize('env,message', [
