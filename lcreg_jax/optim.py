@@ -14,7 +14,12 @@ def sgd(schedule, momentum: float, weight_decay: float):
 
 
 def stage1_schedule(cfg, steps_per_epoch: int, total_steps: int):
-  """Stage-1 learning rate: linear warm-up, then step or cosine decay."""
+  """Stage-1 learning rate: warm-up, then step or cosine decay.
+
+  MiSLAS sets the lr once per epoch: lr·(e + 1)/W in warm-up epochs
+  e = 0..W-1 (0.02, 0.04, ..., 0.1 for lr 0.1, W = 5), the step decays at
+  epoch boundaries; `warmup='per_iteration'` ramps it linearly per step.
+  """
   warmup = int(cfg.warmup_epochs * steps_per_epoch)
   if cfg.schedule == 'step':
     main = optax.piecewise_constant_schedule(
@@ -24,8 +29,13 @@ def stage1_schedule(cfg, steps_per_epoch: int, total_steps: int):
     main = optax.cosine_decay_schedule(cfg.lr, max(total_steps - warmup, 1))
   if not warmup:
     return main
-  # Per iteration: lr · (1 + t) / warmup_steps.
-  warm = optax.linear_schedule(cfg.lr / warmup, cfg.lr, warmup - 1)
+  if cfg.warmup == 'per_epoch':
+    epochs = int(cfg.warmup_epochs)
+
+    def warm(step):
+      return cfg.lr * (jnp.floor(step / steps_per_epoch) + 1) / epochs
+  else:  # per_iteration: lr · (1 + t) / warmup_steps
+    warm = optax.linear_schedule(cfg.lr / warmup, cfg.lr, warmup - 1)
   return optax.join_schedules([warm, main], [warmup])
 
 

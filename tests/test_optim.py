@@ -6,10 +6,25 @@ from lcreg_jax import optim
 from tests import tiny
 
 
-def test_stage1_schedule_warmup_and_steps():
+def test_stage1_warmup_per_epoch_as_mislas():
+  """MiSLAS: lr·(e + 1)/5 set once per epoch for e = 0..4, ×0.1 from epoch
+  160, ×0.01 from epoch 180 (counting from 0)."""
+  cfg = tiny.tiny_config().stage1
+  cfg.update(lr=0.1, warmup_epochs=5.0, decay_epochs=(160.0, 180.0),
+             decay_factor=0.1, schedule='step', warmup='per_epoch')
+  spe = 7
+  sched = optim.stage1_schedule(cfg, steps_per_epoch=spe, total_steps=200 * spe)
+  expected = {0: 0.02, 1: 0.04, 2: 0.06, 3: 0.08, 4: 0.1, 5: 0.1, 159: 0.1,
+              160: 0.01, 179: 0.01, 180: 0.001, 199: 0.001}
+  for epoch, lr in expected.items():
+    for step in (epoch * spe, epoch * spe + spe - 1):   # constant within the epoch
+      np.testing.assert_allclose(sched(step), lr, rtol=1e-5, err_msg=f'epoch {epoch}')
+
+
+def test_stage1_schedule_warmup_per_iteration_and_steps():
   cfg = tiny.tiny_config().stage1
   cfg.update(lr=0.1, warmup_epochs=2, decay_epochs=(4, 6), decay_factor=0.1,
-             schedule='step')
+             schedule='step', warmup='per_iteration')
   sched = optim.stage1_schedule(cfg, steps_per_epoch=10, total_steps=80)
   # Warm-up per iteration: lr (1 + t) / warmup_steps over the first 20 steps.
   np.testing.assert_allclose(sched(0), 0.1 / 20, rtol=1e-5)

@@ -90,6 +90,10 @@ def base_config() -> ml_collections.ConfigDict:
       lr=0.1, momentum=0.9, weight_decay=2e-4,
       schedule='step',        # step | cosine
       warmup_epochs=5.0, decay_epochs=(160.0, 180.0), decay_factor=0.1,
+      # per_epoch (MiSLAS): lr·(e + 1)/warmup_epochs, set at the start of
+      # epoch e (a whole number of warm-up epochs); per_iteration: linear in
+      # the step, lr·(t + 1)/warmup_steps (any fraction of an epoch).
+      warmup='per_epoch',
       mixup_alpha=1.0,        # 0: no mixup
       # global: partners from the whole global batch (as one process of
       # MiSLAS mixes its batch); per_device: from the same device's rows (as

@@ -23,6 +23,7 @@ CHOICES = {
     'data.augment': ('crop_flip', 'crop', 'flip', 'none', 'imagenet'),
     'data.on_bad_image': ('stop', 'skip'),
     'stage1.mixup_partners': ('global', 'per_device'),
+    'stage1.warmup': ('per_epoch', 'per_iteration'),
     'model.backbone': tuple(sorted(resnet.BACKBONES)),
     'model.shortcut': ('A', 'B'),
     'model.dtype': ('float32', 'bfloat16'),
@@ -203,6 +204,12 @@ def _problems(config, flat: dict, optional: set[str]) -> list[str]:
           or config.dlsa.enabled):
     problems.append('stage1.enabled, stage2.enabled and dlsa.enabled are all '
                     'False, so there is nothing to run')
+  warmup = flat['stage1.warmup_epochs']
+  if (flat['stage1.warmup'] == 'per_epoch' and _num(warmup) and warmup > 0
+      and warmup != int(warmup)):
+    problems.append(f'stage1.warmup=per_epoch steps the lr once per epoch, so '
+                    f'stage1.warmup_epochs={warmup:g} must be a whole number; use '
+                    'stage1.warmup=per_iteration for a fractional warm-up')
   if flat['stage2.las_shape'] == 'exp' and flat['stage2.las_power'] is None:
     problems.append('stage2.las_shape=exp needs stage2.las_power (> 0)')
   if config.stage2.enabled and flat['stage2.preset'] in (

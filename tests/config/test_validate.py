@@ -83,6 +83,8 @@ def test_batch_sizes_must_divide_over_the_devices():
 
 def test_cross_checks():
   assert 'stage2.las_power' in _problems(stage2__las_shape='exp')
+  assert 'stage1.warmup_epochs=0.5 must be a whole number' in _problems(
+      stage1__warmup_epochs=0.5)
   assert 'nothing to run' in _problems(stage1__enabled=False,
                                        stage2__enabled=False)
   assert 'few_threshold' in _problems(eval__few_threshold=200)
