@@ -20,8 +20,9 @@ normalise with the ImageNet mean/std, batched by --batch_size (256):
 
   ours: `streaming.make_train_iterator` with the example function of a
     `FileDataset` (data.source='list', data.augment='imagenet', i.e.
-    `imagenet_augment.train_image` seeded by `example_seed`; JPEGs decoded
-    only inside the crop window), delivering global jax.Arrays on a 1-device
+    `imagenet_augment.TrainAugment`: random parameters drawn per batch in
+    NumPy, the view per example; JPEGs decoded only inside the crop window),
+    delivering global jax.Arrays on a 1-device
     mesh; tf.data on a private pool of --workers threads, each op
     single-threaded (`threads=` of make_train_iterator).
   reference: benchmarks/torch_reference_loader.py, run with --torch_python in

@@ -102,10 +102,10 @@ class FileDataset:
     self.info = _info(name, cfg.num_classes, (cfg.image_size, cfg.image_size, cfg.channels),
                       splits)
     if cfg.augment == 'imagenet':
-      self._train_fn = lambda global_batch_size: (
-          lambda tf, encoded, seed, position: imagenet_augment.train_image(
-              tf, encoded, imagenet_augment.example_seed(tf, seed, position),
-              size=cfg.image_size))
+      # Random parameters drawn per batch in NumPy, the view per example
+      # (streaming.DrawnAugment).
+      self._train_fn = lambda global_batch_size: imagenet_augment.TrainAugment(
+          size=cfg.image_size)
       self._eval_fn = lambda tf, encoded, seed, position: imagenet_augment.eval_image(
           tf, encoded, resize=cfg.eval_resize, size=cfg.image_size)
     else:

@@ -2,14 +2,24 @@
 
 Training: random-resized crop (area U(0.08, 1), log-uniform aspect in (3/4, 4/3), 10
 attempts, then a centre crop) resized to 224, horizontal flip p = 1/2, colour jitter
-(brightness, contrast, saturation 0.4; hue 0) and ImageNet normalisation. Evaluation: shorter
-side to 256, centre crop 224, normalisation.
+(brightness, contrast, saturation 0.4; hue 0, in a uniformly random order, clipping to [0, 1]
+after each) and ImageNet normalisation. Evaluation: shorter side to 256, centre crop 224,
+normalisation.
 
-Every random draw is a stateless function of a per-example seed (an int32 or int64 [2] tensor,
-see `example_seed`), so an image's augmentation depends only on (global seed, global sample
-position): not on the process count, tf.data parallelism or the step a run resumed from. The
-functions work per example on encoded bytes, inside `tf.data.Dataset.map` (graph mode) or
-eagerly; they receive the TensorFlow module from the caller, who imports it with GPUs hidden
+Every random number of a training view comes from `train_params`, a NumPy function of (global
+seed, global sample positions), vectorised over a batch of positions: a counter-based hash
+(SplitMix64's finaliser chained over seed, position, draw index) mapped to uniforms, then to
+torchvision's distributions. So an image's augmentation depends only on (seed, position): not
+on the process count, tf.data parallelism, the batch it falls in or the step a run resumed
+from. The image work (`train_view`) runs per example in a tf.data map, given the example's
+row of parameters: read, fused decode-and-crop of the window (whose acceptance rule, which
+needs the image's size, is vectorised over the attempts), antialiased bilinear resize, flip,
+colour jitter (on the resize's 0..255 scale) and normalisation. `TrainAugment` bundles both
+for `streaming.make_train_iterator`; `train_image` is one view from (seed, position).
+Flip, jitter and normalisation stay per example: measured on whole [256, 224, 224, 3]
+batches (vectorised with per-example parameters) they cost about twice as much per image,
+being memory-bound on tensors far larger than the cache, not op-overhead-bound. The functions
+receive the TensorFlow module from the caller, who imports it with GPUs hidden
 (`pipeline.import_tf`).
 
 Deviations from torchvision on PIL images, which MiSLAS uses: JPEG decoding is bit-identical
@@ -17,33 +27,57 @@ to PIL's (both libjpeg-turbo with the accurate IDCT), but resizing is TensorFlow
 with antialias, PIL's triangle filter kept in float where PIL rounds to uint8 after each of
 its two passes, and colour jitter works in float on [0, 1] with the ITU-R 601 grey
 (0.299, 0.587, 0.114), as torchvision's tensor path does, where PIL's ImageEnhance rounds to
-uint8 and rounds the contrast mean to an integer grey level. The random streams are TF's
-Philox, not torch's, so the distributions match but not the individual draws.
+uint8 and rounds the contrast mean to an integer grey level. The random streams are our
+hash's, not torch's, so the distributions match but not the individual draws.
 """
 
 import math
+from typing import NamedTuple
+
+import numpy as np
 
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 GRAY_WEIGHTS = (0.299, 0.587, 0.114)
-# Folded into the global seed by `example_seed`, so that these draws never share a key with
-# other users of the same global seed (e.g. augment.crop_flip keys on [seed, step]).
-_EXAMPLE_SEED_TAG = 0x1A6E7
+ATTEMPTS = 10
+SCALE = (0.08, 1.0)
+RATIO = (3 / 4, 4 / 3)
+JITTER = (0.4, 0.4, 0.4)  # brightness, contrast, saturation
+# Mixed into every hash, so that these draws never share a stream with other users of the
+# same global seed.
+_HASH_TAG = 0x1A6E7
 # TF's default JPEG IDCT is libjpeg's fast integer one; PIL (so torchvision) uses the accurate
 # one, at about the same speed with libjpeg-turbo, and then both decode bit-identically.
 _DCT_METHOD = "INTEGER_ACCURATE"
 _JPEG_CROP_MARGIN = 4
 
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_M1 = np.uint64(0xBF58476D1CE4E5B9)
+_M2 = np.uint64(0x94D049BB133111EB)
 
-def example_seed(tf, seed, position):
-  """The per-example seed, int64 [2], for global seed `seed` and global sample `position`.
 
-  Any [2] integer tensor works as a seed for the functions below; this is the recommended
-  one: a pure function of (seed, position), with the position kept verbatim so that nearby
-  positions get unrelated Philox streams (TF hashes the whole [2] seed into key and counter).
+def _splitmix(z):
+  """SplitMix64's finaliser on uint64 arrays (a bijection with full avalanche)."""
+  z = z ^ (z >> np.uint64(30))
+  z = z * _M1
+  z = z ^ (z >> np.uint64(27))
+  z = z * _M2
+  return z ^ (z >> np.uint64(31))
+
+
+def uniforms(seed, positions, count):
+  """float64 [n, count] i.i.d. U[0, 1): a pure function of (seed, position, draw index).
+
+  Each number is the SplitMix64 finaliser chained over (tag + seed, position, index), its 53
+  top bits scaled by 2^-53; no state, so any subset of positions gives the same rows.
   """
-  base = tf.stack([tf.cast(seed, tf.int64), tf.constant(_EXAMPLE_SEED_TAG, tf.int64)])
-  return tf.random.experimental.stateless_fold_in(base, tf.cast(position, tf.int64))
+  positions = np.asarray(positions, np.int64).astype(np.uint64)
+  with np.errstate(over="ignore"):
+    key = _splitmix(np.uint64(_HASH_TAG) + np.uint64(seed % 2**64) * _GOLDEN)
+    row = _splitmix(key ^ _splitmix(positions * _GOLDEN + _GOLDEN))
+    index = np.arange(1, count + 1, dtype=np.uint64) * _GOLDEN
+    bits = _splitmix(row[:, None] ^ _splitmix(index)[None, :])
+  return (bits >> np.uint64(11)).astype(np.float64) * 2.0**-53
 
 
 def _check_range(name, bounds):
@@ -53,43 +87,62 @@ def _check_range(name, bounds):
   return lo, hi
 
 
-def crop_attempts(tf, seed, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), attempts=10):
-  """The raw draws of `crop_window`'s attempts: (area fraction, aspect w/h), float64 [attempts].
+def train_params(seed, positions, scale=SCALE, ratio=RATIO, attempts=ATTEMPTS, jitter=JITTER):
+  """All random parameters of the training views of `positions` under global `seed` (NumPy).
 
-  Exposed so that tests can replay the acceptance rule; `crop_window` uses exactly these.
+  Returns a dict of arrays with leading dimension n = len(positions):
+    area: float64 [n, attempts], crop area fractions ~ U(scale);
+    aspect: float64 [n, attempts], aspects w/h, log-uniform in `ratio`;
+    offset: float64 [n, 2], U[0, 1) for the (y, x) offset of an accepted crop;
+    flip: bool [n], mirror left-right, probability 1/2;
+    factors: float32 [n, 3], (brightness, contrast, saturation) ~ U[max(0, 1 - j), 1 + j];
+    order: int32 [n, 3], a uniform permutation of (0 brightness, 1 contrast, 2 saturation),
+      the order they are applied in (argsort of i.i.d. uniforms).
   """
   s0, s1 = _check_range("scale", scale)
   r0, r1 = _check_range("ratio", ratio)
-  attempt_seed = tf.random.experimental.stateless_split(seed, 2)[0]
-  u = tf.random.stateless_uniform([2, attempts], attempt_seed, dtype=tf.float64)
-  area_fraction = s0 + (s1 - s0) * u[0]
-  log_ratio = math.log(r0) + (math.log(r1) - math.log(r0)) * u[1]
-  return area_fraction, tf.exp(log_ratio)
+  if min(jitter) < 0:
+    raise ValueError(f"jitter strengths must be >= 0; got {jitter}.")
+  u = uniforms(seed, positions, 2 * attempts + 9)
+  log_ratio = math.log(r0) + (math.log(r1) - math.log(r0)) * u[:, attempts:2 * attempts]
+  low = np.array([max(0.0, 1.0 - j) for j in jitter])
+  high = np.array([1.0 + j for j in jitter])
+  k = 2 * attempts
+  return {
+      "area": s0 + (s1 - s0) * u[:, :attempts],
+      "aspect": np.exp(log_ratio),
+      "offset": u[:, k:k + 2],
+      "flip": u[:, k + 2] < 0.5,
+      "factors": (low + (high - low) * u[:, k + 3:k + 6]).astype(np.float32),
+      "order": np.argsort(u[:, k + 6:k + 9], axis=1, kind="stable").astype(np.int32),
+  }
 
 
-def crop_window(tf, image_shape_hw, seed, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3),
-                attempts=10):
-  """Random-resized-crop window (offset_y, offset_x, h, w), int32 scalars.
+CROP_KEYS = ("area", "aspect", "offset")
 
-  torchvision's RandomResizedCrop.get_params: the first of `attempts` draws whose rounded
-  (h, w) fits the image, at a uniform offset; if none fits, the centre crop of the largest
-  window whose aspect lies in `ratio`. The attempts are drawn at once and the first accepted
-  one picked, which gives the same window as drawing them one by one, without a while loop.
+
+def crop_window(tf, image_shape_hw, area, aspect, offset, ratio=RATIO):
+  """Random-resized-crop window (offset_y, offset_x, h, w), int32 scalars, of one image.
+
+  torchvision's RandomResizedCrop.get_params given its draws (`train_params`' area, aspect
+  and offset rows): the first attempt whose rounded (h, w) fits the image, at a uniform
+  offset floor(u * (H - h + 1)); if none fits, the centre crop of the largest window whose
+  aspect lies in `ratio`. All attempts are checked at once, which picks the same window as
+  trying them one by one, without a while loop.
 
   Args:
     tf: the TensorFlow module.
     image_shape_hw: (H, W), ints or an int tensor.
-    seed: int32 or int64 [2] tensor.
-    scale: range of the crop area as a fraction of the image area.
-    ratio: range of the aspect w/h, sampled log-uniformly.
-    attempts: draws before the centre-crop fallback.
+    area, aspect: float64 [attempts] tensors or arrays.
+    offset: float64 [2], U[0, 1) for the y and x offsets.
+    ratio: the aspect range `aspect` was drawn from (for the fallback).
   """
   r0, r1 = _check_range("ratio", ratio)
   hw = tf.cast(image_shape_hw, tf.int32)
   height, width = hw[0], hw[1]
   h_f, w_f = tf.cast(height, tf.float64), tf.cast(width, tf.float64)
-  area_fraction, aspect = crop_attempts(tf, seed, scale, ratio, attempts)
-  target_area = (h_f * w_f) * area_fraction  # in float64 like torchvision's Python floats
+  target_area = (h_f * w_f) * tf.cast(area, tf.float64)  # float64 like torchvision's floats
+  aspect = tf.cast(aspect, tf.float64)
   # tf.round rounds half to even, as Python's round() in torchvision.
   ws = tf.cast(tf.round(tf.sqrt(target_area * aspect)), tf.int32)
   hs = tf.cast(tf.round(tf.sqrt(target_area / aspect)), tf.int32)
@@ -105,29 +158,31 @@ def crop_window(tf, image_shape_hw, seed, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3
   accepted = tf.reduce_any(fits)
   h = tf.where(accepted, hs[first], fallback_h)
   w = tf.where(accepted, ws[first], fallback_w)
-  offset_seed = tf.random.experimental.stateless_split(seed, 2)[1]  # [0]: crop_attempts'
-  y_seed, x_seed = tf.unstack(tf.random.experimental.stateless_split(offset_seed, 2))
-  random_y = tf.random.stateless_uniform([], y_seed, minval=0, maxval=height - h + 1,
-                                         dtype=tf.int32)
-  random_x = tf.random.stateless_uniform([], x_seed, minval=0, maxval=width - w + 1,
-                                         dtype=tf.int32)
-  offset_y = tf.where(accepted, random_y, (height - h) // 2)
-  offset_x = tf.where(accepted, random_x, (width - w) // 2)
-  return offset_y, offset_x, h, w
+  room = tf.stack([height - h, width - w])
+  random_yx = tf.minimum(
+      tf.cast(tf.floor(tf.cast(offset, tf.float64) * tf.cast(room + 1, tf.float64)),
+              tf.int32), room)
+  yx = tf.where(accepted, random_yx, room // 2)
+  return yx[0], yx[1], h, w
 
 
-def decode_crop(tf, encoded, seed, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)):
+def decode_crop(tf, encoded, params, ratio=RATIO):
   """Decodes the random-resized-crop window of one encoded image: (uint8 [h, w, 3], window).
 
+  `params`: a dict with the image's `area`, `aspect` and `offset` rows (`train_params`);
   `window` is int32 [4] (offset_y, offset_x, h, w). JPEGs are decoded only inside the
   window, with the fused decode_and_crop_jpeg; other formats are decoded whole, then sliced.
   JPEGs are told by their magic bytes, not by a file name (ImageNet has PNGs named .JPEG);
   grey and CMYK JPEGs come out RGB. The result equals decoding the whole image and slicing.
   """
 
+  def window_of(shape_hw):
+    return tf.stack(crop_window(tf, shape_hw, params["area"], params["aspect"],
+                                params["offset"], ratio))
+
   def jpeg():
     shape = tf.image.extract_jpeg_shape(encoded)
-    window = tf.stack(crop_window(tf, shape[:2], seed, scale, ratio))
+    window = window_of(shape[:2])
     # libjpeg crops at an iMCU boundary and upsamples subsampled chroma as if the crop's
     # edges were the image's (without interpolation at all when the crop is only a few
     # pixels wide), so the edge columns would differ from the full decode's; a few columns
@@ -140,7 +195,7 @@ def decode_crop(tf, encoded, seed, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)):
 
   def other():
     image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
-    window = tf.stack(crop_window(tf, tf.shape(image)[:2], seed, scale, ratio))
+    window = window_of(tf.shape(image)[:2])
     crop = tf.slice(image, tf.stack([window[0], window[1], 0]),
                     tf.stack([window[2], window[3], 3]))
     return crop, window
@@ -165,65 +220,71 @@ def _resize(tf, image, size_hw):
   return tf.clip_by_value(image, 0.0, 1.0)
 
 
-def decode_random_resized_crop(tf, encoded, seed, size=224, scale=(0.08, 1.0),
-                               ratio=(3 / 4, 4 / 3)):
-  """RandomResizedCrop(size) of an encoded image: float32 [size, size, 3] in [0, 1]."""
-  crop, _ = decode_crop(tf, encoded, seed, scale, ratio)
-  image = _resize(tf, crop, [size, size])
+def decode_random_resized_crop(tf, encoded, params, size=224, ratio=RATIO):
+  """RandomResizedCrop(size) of an encoded image: float32 [size, size, 3] on the 0..255 scale.
+
+  Left unscaled and unclipped (the resize is a convex combination of the pixels: >= 0, and
+  <= 255 up to rounding); `train_view` jitters on that scale, saving two per-image passes.
+  """
+  crop, _ = decode_crop(tf, encoded, params, ratio)
+  image = tf.image.resize(crop, [size, size], method="bilinear", antialias=True)
   image.set_shape([size, size, 3])
   return image
 
 
-def random_flip(tf, image, seed):
-  """Mirrors image [H, W, C] left-right with probability 1/2."""
-  flip = tf.random.stateless_uniform([], seed) < 0.5
+def _clip(tf, x, high):
+  """x clipped to [0, high] in one pass (tf.clip_by_value is two ops)."""
+  return tf.raw_ops.ClipByValue(t=x, clip_value_min=tf.constant(0, x.dtype),
+                                clip_value_max=tf.constant(high, x.dtype))
+
+
+def random_flip(tf, image, flip):
+  """Mirrors image [H, W, C] left-right if `flip` (a bool scalar, `train_params`' row)."""
   # A cond, not tf.where: per-image ops in a tf.data map cost ~0.1 ms each on 224x224x3.
-  return tf.cond(flip, lambda: tf.reverse(image, axis=[1]), lambda: tf.identity(image))
+  return tf.cond(tf.convert_to_tensor(flip), lambda: tf.reverse(image, axis=[1]),
+                 lambda: tf.identity(image))
 
 
-def jitter_params(tf, seed, brightness=0.4, contrast=0.4, saturation=0.4):
-  """`color_jitter`'s draws: (factors float32 [3] = (b, c, s), order int32 [3]).
+def _grey_weights_over_pixels(tf, image):
+  """GRAY_WEIGHTS / (H*W) tiled to image's shape: sum(x * it) = mean(grey(x)) in one pass."""
+  static = image.shape
+  if static.is_fully_defined():
+    h, w, c = static.as_list()
+    return tf.constant(np.tile(np.asarray(GRAY_WEIGHTS, np.float64) / (h * w), (h, w, 1))
+                       .astype(image.dtype.as_numpy_dtype))
+  shape = tf.shape(image)
+  weights = tf.constant(GRAY_WEIGHTS, image.dtype) / tf.cast(shape[0] * shape[1], image.dtype)
+  return tf.reshape(tf.tile(weights, [shape[0] * shape[1]]), shape)
 
-  factor ~ U[max(0, 1 - j), 1 + j] for strength j, as torchvision; `order` is a uniform
-  permutation of (0 brightness, 1 contrast, 2 saturation), the order they are applied in.
+
+def color_jitter(tf, image, factors, order, peak=1.0):
+  """torchvision's ColorJitter (hue 0) on float32 [H, W, 3] in [0, peak], clipping after each.
+
+  `factors` float32 [3] (brightness b, contrast c, saturation s) and `order` int32 [3], as
+  `train_params` draws them. Brightness: b*x; contrast: c*x + (1 - c)*mean(grey);
+  saturation: s*x + (1 - s)*grey, in that order, each clipped to [0, peak] (peak 1: torchvision's
+  [0, 1] images; 255: the same on the 0..255 scale, saving a rescaling pass). Each step is a
+  switch over the three, so that an image pays only for the step it takes: in a tf.data map
+  each whole-image op costs ~0.05-0.2 ms. Per example, not per batch: on [B, 224, 224, 3]
+  batches the same arithmetic runs about twice as slow (memory-bound, out of cache).
   """
-  strengths = (brightness, contrast, saturation)
-  if min(strengths) < 0:
-    raise ValueError(f"jitter strengths must be >= 0; got {strengths}.")
-  factor_seed, order_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
-  low = tf.constant([max(0.0, 1.0 - j) for j in strengths], tf.float32)
-  high = tf.constant([1.0 + j for j in strengths], tf.float32)
-  factors = low + (high - low) * tf.random.stateless_uniform([3], factor_seed)
-  # argsort of i.i.d. uniforms is a uniform permutation (ties have probability ~0).
-  order = tf.argsort(tf.random.stateless_uniform([3], order_seed), stable=True)
-  return factors, tf.cast(order, tf.int32)
-
-
-def color_jitter(tf, image, seed, brightness=0.4, contrast=0.4, saturation=0.4):
-  """torchvision's ColorJitter (hue 0) on float32 [H, W, 3] in [0, 1], clipping after each step.
-
-  brightness: b*x; contrast: c*x + (1 - c)*mean(grey); saturation: s*x + (1 - s)*grey, in
-  the order `jitter_params` draws. Each step is a switch over the three, so that an image
-  pays only for the step it takes: in a tf.data map each whole-image op costs ~0.1 ms.
-  """
-  factors, order = jitter_params(tf, seed, brightness, contrast, saturation)
   factors = tf.cast(factors, image.dtype)
+  order = tf.convert_to_tensor(order)
   weights = tf.constant(GRAY_WEIGHTS, image.dtype)
+  grey_mean_weights = _grey_weights_over_pixels(tf, image)
 
   def brightness_fn(x, f):
-    return tf.minimum(f * x, 1.0)  # x, f >= 0
+    return tf.minimum(f * x, peak)  # x, f >= 0
 
   def contrast_fn(x, f):
-    # mean(grey) as the grey of the per-channel means: one pass over the image.
-    mean_grey = tf.reduce_sum(tf.reduce_mean(x, axis=[0, 1]) * weights)
-    return tf.clip_by_value(f * x + (1.0 - f) * mean_grey, 0.0, 1.0)
+    mean_grey = tf.reduce_sum(x * grey_mean_weights)
+    return _clip(tf, f * x + (1.0 - f) * mean_grey, peak)
 
   def saturation_fn(x, f):
     # f*x + (1 - f)*grey as one 3x3 colour matrix: TF's kernels that broadcast the grey
     # channel (or any [3] vector) over the image are several times slower than a matmul.
     matrix = f * tf.eye(3, dtype=x.dtype) + (1.0 - f) * tf.tile(weights[:, None], [1, 3])
-    return tf.clip_by_value(tf.reshape(tf.reshape(x, [-1, 3]) @ matrix, tf.shape(x)), 0.0,
-                            1.0)
+    return _clip(tf, tf.reshape(tf.reshape(x, [-1, 3]) @ matrix, tf.shape(x)), peak)
 
   fns = (brightness_fn, contrast_fn, saturation_fn)
   for step in range(3):
@@ -233,31 +294,53 @@ def color_jitter(tf, image, seed, brightness=0.4, contrast=0.4, saturation=0.4):
   return image
 
 
-def normalize(tf, image):
-  """(image - ImageNet mean) / ImageNet std, per channel, for float32 [..., W, 3] in [0, 1].
+def normalize(tf, image, peak=1.0):
+  """(image / peak - ImageNet mean) / ImageNet std, per channel, for float32 [..., W, 3].
 
-  Computed as x * (1/std) + (-mean/std) on rows of W*3 values: broadcasting a whole row is
-  vectorised in TF's CPU kernels, broadcasting a [3] vector is several times slower.
+  Computed as x * (1/(peak*std)) + (-mean/std) on rows of W*3 values: broadcasting a whole
+  row is vectorised in TF's CPU kernels, broadcasting a [3] vector is several times slower.
   """
   width = tf.shape(image)[-2]
-  scale = tf.tile(1.0 / tf.constant(STD, tf.float32), [width])
-  shift = tf.tile(-tf.constant(MEAN, tf.float32) / tf.constant(STD, tf.float32), [width])
+  std = tf.constant(STD, tf.float32)
+  scale = tf.tile(1.0 / (peak * std), [width])
+  shift = tf.tile(-tf.constant(MEAN, tf.float32) / std, [width])
   rows = tf.reshape(image, tf.stack([-1, width * 3]))
   return tf.reshape(rows * scale + shift, tf.shape(image))
 
 
-def train_image(tf, encoded, seed, size=224):
-  """MiSLAS training view of one encoded image: float32 [size, size, 3], normalised.
+def train_view(tf, encoded, params, size=224):
+  """MiSLAS training view of one encoded image given its `train_params` row (a dict of
+  tensors or arrays without the leading dimension): float32 [size, size, 3], normalised.
 
-  Random-resized crop, flip, colour jitter, normalise, with independent sub-seeds split off
-  `seed` (int32 or int64 [2], e.g. `example_seed(tf, global_seed, global_position)`).
+  Random-resized crop, flip, colour jitter, normalisation; the jitter runs on the resize's
+  0..255 scale (the resize is a convex combination of pixels, so its output is >= 0 and the
+  first jitter step's clip catches rounding above 255) and the normalisation divides by 255.
   """
-  crop_seed, flip_seed, jitter_seed = tf.unstack(
-      tf.random.experimental.stateless_split(seed, 3))
-  image = decode_random_resized_crop(tf, encoded, crop_seed, size)
-  image = random_flip(tf, image, flip_seed)
-  image = color_jitter(tf, image, jitter_seed)
-  return normalize(tf, image)
+  image = decode_random_resized_crop(tf, encoded, params, size)
+  image = random_flip(tf, image, params["flip"])
+  image = color_jitter(tf, image, params["factors"], params["order"], peak=255.0)
+  return normalize(tf, image, peak=255.0)
+
+
+class TrainAugment(NamedTuple):
+  """The MiSLAS training view as a `streaming.DrawnAugment`: parameters drawn in NumPy
+  per batch of positions, the image work per example."""
+  size: int = 224
+
+  def params(self, seed, positions):
+    """NumPy: the random parameters of `positions` (`train_params`)."""
+    return train_params(seed, positions)
+
+  def example(self, tf, encoded, params):
+    """Per example: the normalised view, float32 [size, size, 3]."""
+    return train_view(tf, encoded, params, self.size)
+
+
+def train_image(tf, encoded, seed, position, size=224):
+  """MiSLAS training view of one encoded image at global `seed` and sample `position`
+  (Python ints): float32 [size, size, 3], normalised; the same as the streaming path's."""
+  params = train_params(seed, [position])
+  return train_view(tf, encoded, {k: tf.constant(v[0]) for k, v in params.items()}, size)
 
 
 def eval_image(tf, encoded, resize=256, size=224):

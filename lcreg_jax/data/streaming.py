@@ -13,7 +13,7 @@ naming it (`on_bad_image='stop'`), or is skipped and counted
 holds only while no file is bad).
 """
 
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Protocol
 
 from absl import logging
 import numpy as np
@@ -24,8 +24,37 @@ from lcreg_jax.data import samplers
 from lcreg_jax.errors import DataError
 
 # example_fn(tf, encoded_bytes, seed, position) -> float32 image (H, W, C),
-# normalised; `position` is the global sample position (int64 scalar).
+# normalised; `position` is the global sample position (int64 scalar). Or, for
+# make_train_iterator, a `DrawnAugment`.
 ExampleFn = Callable
+
+
+class DrawnAugment(Protocol):
+  """A training augmentation whose random parameters are drawn in NumPy, for a
+  whole batch of positions at once (e.g. imagenet_augment.TrainAugment):
+
+    params(seed, positions) -> dict of NumPy arrays, leading dimension
+      len(positions): every random parameter, a pure function of (seed,
+      position) per row; computed per local batch in a tf.numpy_function.
+    example(tf, encoded, params_row) -> float32 image (H, W, C), normalised,
+      per example in the tf.data map (params_row: the example's row of each
+      array, as tensors).
+  """
+
+  def params(self, seed: int, positions: np.ndarray) -> dict: ...
+  def example(self, tf, encoded, params): ...
+
+
+def _is_drawn(example_fn) -> bool:
+  return all(callable(getattr(example_fn, a, None)) for a in ('params', 'example'))
+
+
+def _single(tf, example_fn, encoded, seed, position):
+  """example_fn's image for one example, either kind (the bad-file search)."""
+  if not _is_drawn(example_fn):
+    return example_fn(tf, encoded, tf.constant(seed, tf.int64), tf.constant(position, tf.int64))
+  params = example_fn.params(seed, np.array([position], np.int64))
+  return example_fn.example(tf, encoded, {k: tf.constant(v[0]) for k, v in params.items()})
 
 # How far past the last delivered sample the search for a bad file goes.
 _SEARCH = 4096
@@ -35,8 +64,7 @@ def _find_bad_file(tf, example_fn, reader, candidates, seed):
   """The first of `candidates` (example indices) that fails, and why."""
   for index in candidates[:_SEARCH]:
     try:
-      example_fn(tf, reader.read(tf, tf.constant(index, tf.int64)),
-                 tf.constant(seed, tf.int64), tf.constant(0, tf.int64))
+      _single(tf, example_fn, reader.read(tf, tf.constant(index, tf.int64)), seed, 0)
     except tf.errors.OpError as e:
       return reader.name(int(index)), e.message.splitlines()[0][:200]
   return None, None
@@ -59,6 +87,10 @@ def make_train_iterator(images, labels, *, global_batch_size: int, sharding, see
 
   `images`: a `readers.Reader`, or an array of image file paths.
 
+  `example_fn`: an `ExampleFn`, applied per example; or a `DrawnAugment`,
+  whose parameters are drawn per local batch in NumPy, then its image part
+  applied per example.
+
   `threads`: None (default) leaves tf.data's thread use as it is (its shared
   pool, AUTOTUNE map parallelism). An int runs each epoch's pipeline on a
   private pool of that many threads, with every op single-threaded
@@ -78,8 +110,31 @@ def make_train_iterator(images, labels, *, global_batch_size: int, sharding, see
   labels_t = tf.constant(labels)
   seed_t = tf.constant(seed, tf.int64)
 
+  drawn = _is_drawn(example_fn)
+  if drawn:
+    # Names, dtypes and shapes of the parameters, from one row.
+    spec = {k: (tf.as_dtype(v.dtype), v.shape[1:])
+            for k, v in example_fn.params(seed, np.zeros(1, np.int64)).items()}
+    keys = sorted(spec)
+
   def load(index, position):
     image = example_fn(tf, reader.read(tf, index), seed_t, position)
+    return image, tf.gather(labels_t, index), position
+
+  def with_params(index, position):
+    """A batch of (index, position) with its parameters, drawn in NumPy."""
+    def draw(pos):
+      params = example_fn.params(seed, pos)
+      return [params[k] for k in keys]
+    values = tf.numpy_function(draw, [position], [spec[k][0] for k in keys], stateful=False)
+    params = {}
+    for k, v in zip(keys, values):
+      v.set_shape([None, *spec[k][1]])
+      params[k] = v
+    return index, position, params
+
+  def load_drawn(index, position, params):
+    image = example_fn.example(tf, reader.read(tf, index), params)
     return image, tf.gather(labels_t, index), position
 
   def epoch_data(epoch, first):
@@ -95,8 +150,14 @@ def make_train_iterator(images, labels, *, global_batch_size: int, sharding, see
     carry, skipped = None, 0
     while True:
       order, positions = epoch_data(epoch, first)
-      ds = tf.data.Dataset.from_tensor_slices((order, positions)).map(
-          load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+      ds = tf.data.Dataset.from_tensor_slices((order, positions))
+      if drawn:
+        # Parameters drawn per batch of positions, then the image work per example
+        # (the parameters travel with each example, so a skipped file shifts nothing).
+        ds = ds.batch(local).map(with_params).unbatch().map(
+            load_drawn, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+      else:
+        ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
       if on_bad_image == 'skip':
         ds = ds.ignore_errors()
       ds = ds.batch(local).prefetch(tf.data.AUTOTUNE)

@@ -1,8 +1,9 @@
-"""ImageNet-scale augmentation: crop windows against a NumPy transcription of torchvision's
-RandomResizedCrop.get_params, crops against the full decode, resizing against a NumPy
-triangle-filter resampler, colour jitter against a NumPy reference, flip rate, determinism,
-and the formats an ImageNet folder holds (JPEG in 4:2:0 / 4:4:4 / progressive / grey / CMYK,
-PNG).
+"""ImageNet-scale augmentation: the counter-based draws (uniform, independent, pure
+functions of (seed, position)) and their mapping to torchvision's distributions, crop windows
+against a NumPy transcription of torchvision's RandomResizedCrop.get_params, crops against the
+full decode, resizing against a NumPy triangle-filter resampler, colour jitter against a NumPy
+reference, flip rate, determinism, and the formats an ImageNet folder holds (JPEG in 4:2:0 /
+4:4:4 / progressive / grey / CMYK, PNG).
 
 Pillow only writes the test images; every reference is computed here with NumPy or with
 TensorFlow's plain full-image decoder. Most checks run inside tf.data maps, i.e. in graph
@@ -44,13 +45,18 @@ def _encode(array, fmt="JPEG", mode=None, **kwargs):
   return buf.getvalue()
 
 
-def _seeds(n, dtype=np.int64):
-  return np.stack([np.full(n, 5), np.arange(n)], 1).astype(dtype)
+def _params(n, seed=5, start=0, **kwargs):
+  """train_params of positions start..start+n-1 as a dict of NumPy arrays."""
+  return ia.train_params(seed, np.arange(start, start + n), **kwargs)
+
+
+def _crop_rows(params):
+  return tuple(params[k] for k in ia.CROP_KEYS)
 
 
 def _map_batched(fn, *tensors):
   """fn over the rows of `tensors`, in a tf.data map (graph mode), as NumPy, in order."""
-  n = len(tensors[0])
+  n = len(tf.nest.flatten(tensors)[0])
   ds = tf.data.Dataset.from_tensor_slices(tensors).map(
       fn, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).batch(n)
   return next(iter(ds.as_numpy_iterator()))
@@ -92,18 +98,18 @@ def _fallback(shape_hw, ratio=RATIO):
   return (height - h) // 2, (width - w) // 2, h, w
 
 
-def _windows(shape_hw, seeds, **kwargs):
-  def fn(seed):
-    window = ia.crop_window(tf, tf.constant(shape_hw), seed, **kwargs)
-    frac, aspect = ia.crop_attempts(tf, seed, **kwargs)
-    return tf.stack(window), frac, aspect
-  return _map_batched(fn, seeds)
+def _windows(shape_hw, n, **kwargs):
+  params = _params(n, **kwargs)
+
+  def fn(area, aspect, offset):
+    return tf.stack(ia.crop_window(tf, tf.constant(shape_hw), area, aspect, offset))
+  return _map_batched(fn, *_crop_rows(params)), params["area"], params["aspect"]
 
 
 @pytest.mark.parametrize("shape_hw", [(500, 375), (375, 500), (100, 400), (50, 50)])
 def test_crop_window_replays_torchvision_and_stays_in_range(shape_hw):
   height, width = shape_hw
-  windows, frac, aspect = _windows(shape_hw, _seeds(2000))
+  windows, frac, aspect = _windows(shape_hw, 2000)
   oy, ox, h, w = windows.T
   assert windows.dtype == np.int32
   exp_h, exp_w, accepted = _replay(shape_hw, frac, aspect)
@@ -151,18 +157,88 @@ def test_crop_window_replays_torchvision_and_stays_in_range(shape_hw):
     ((30, 40), {"scale": (1.5, 2.0)}),  # larger than the image; aspect exactly 4/3: all of it
 ])
 def test_crop_window_fallback_is_torchvision_centre_crop(shape_hw, kwargs):
-  windows, frac, aspect = _windows(shape_hw, _seeds(200), **kwargs)
+  windows, frac, aspect = _windows(shape_hw, 200, **kwargs)
   assert not _replay(shape_hw, frac, aspect)[2].any()  # no attempt fits, for any seed
   expected = _fallback(shape_hw)
   assert expected != (0, 0) + shape_hw or kwargs  # the trimmed cases do trim
   np.testing.assert_array_equal(windows, np.tile(expected, (200, 1)))
 
 
-def test_crop_window_rejects_bad_ranges():
+def test_draws_reject_bad_ranges():
   with pytest.raises(ValueError, match="scale"):
-    ia.crop_window(tf, (10, 10), tf.constant([1, 2]), scale=(0.5, 0.1))
+    ia.train_params(0, [0], scale=(0.5, 0.1))
   with pytest.raises(ValueError, match="ratio"):
-    ia.crop_window(tf, (10, 10), tf.constant([1, 2]), ratio=(0.0, 1.0))
+    ia.train_params(0, [0], ratio=(0.0, 1.0))
+  with pytest.raises(ValueError, match="jitter"):
+    ia.train_params(0, [0], jitter=(0.4, -0.1, 0.4))
+  with pytest.raises(ValueError, match="ratio"):
+    ia.crop_window(tf, (10, 10), [0.5], [1.0], [0.5, 0.5], ratio=(0.0, 1.0))
+
+
+def _ks_uniform(u):
+  """Kolmogorov-Smirnov distance of samples u to U[0, 1)."""
+  u = np.sort(u)
+  n = len(u)
+  return max((np.arange(1, n + 1) / n - u).max(), (u - np.arange(n) / n).max())
+
+
+def test_uniforms_are_uniform_independent_and_pure():
+  n = 20000
+  u = ia.uniforms(7, np.arange(n), 29)
+  assert u.shape == (n, 29) and u.dtype == np.float64
+  assert u.min() >= 0 and u.max() < 1
+  # Each draw index is U[0, 1): KS distance below the 0.1 % critical value 1.95 / sqrt(n).
+  ks = [_ks_uniform(u[:, j]) for j in range(29)]
+  assert max(ks) < 1.95 / math.sqrt(n), ks
+  # A broken mapping (e.g. only the low bits, or squared) fails the same check.
+  assert _ks_uniform(u[:, 0] ** 2) > 1.95 / math.sqrt(n)
+  # No correlation between draw indices, nor between neighbouring positions (4.5 s.e.).
+  corr = np.corrcoef(u.T)
+  assert np.abs(corr - np.eye(29)).max() < 4.5 / math.sqrt(n)
+  assert abs(np.corrcoef(u[:-1, 0], u[1:, 0])[0, 1]) < 4.5 / math.sqrt(n)
+  # Pairs of indices jointly uniform: a 10 x 10 chi-square over the unit square.
+  counts = np.histogram2d(u[:, 0], u[:, 1], bins=10, range=[[0, 1], [0, 1]])[0]
+  chi2 = ((counts - n / 100) ** 2 / (n / 100)).sum()
+  assert chi2 < 160  # 99 degrees of freedom: the 0.1 % critical value is ~149
+  # Pure: any subset of positions, in any order, gives the same rows; seeds differ.
+  pick = np.array([19999, 3, 512, 3])
+  np.testing.assert_array_equal(ia.uniforms(7, pick, 29), u[pick])
+  np.testing.assert_array_equal(ia.uniforms(7, pick, 5), u[pick, :5])
+  other = ia.uniforms(8, np.arange(n), 29)
+  assert (other != u).mean() > 0.999
+  assert abs(np.corrcoef(other[:, 0], u[:, 0])[0, 1]) < 4.5 / math.sqrt(n)
+  # Large positions and seeds (int64 range) work and stay distinct.
+  big = ia.uniforms(2**40, np.array([2**62, 2**62 + 1, 0]), 3)
+  assert len(np.unique(big)) == 9
+
+
+def test_train_params_follow_torchvision_distributions():
+  n = 20000
+  p = _params(n, seed=11)
+  crit = 1.95 / math.sqrt(n)
+  # Area U(0.08, 1), log-aspect U(log 3/4, log 4/3), offsets U[0, 1), all attempts alike.
+  for j in range(ia.ATTEMPTS):
+    assert _ks_uniform((p["area"][:, j] - 0.08) / 0.92) < crit
+    log_r = np.log(p["aspect"][:, j])
+    assert _ks_uniform((log_r - math.log(0.75)) / (math.log(4 / 3) - math.log(0.75))) < crit
+  assert _ks_uniform(p["offset"][:, 0]) < crit and _ks_uniform(p["offset"][:, 1]) < crit
+  # Flip: Bernoulli 1/2.
+  assert p["flip"].dtype == bool and abs(p["flip"].mean() - 0.5) < 4.5 * 0.5 / math.sqrt(n)
+  # Factors U[0.6, 1.4] each.
+  assert p["factors"].dtype == np.float32
+  for j in range(3):
+    assert _ks_uniform((p["factors"][:, j] - 0.6) / 0.8) < crit
+  # Order: every permutation of (0, 1, 2), each with frequency 1/6 (chi-square, 5 d.o.f.).
+  assert p["order"].dtype == np.int32 and (np.sort(p["order"], 1) == [0, 1, 2]).all()
+  perms, counts = np.unique(p["order"], axis=0, return_counts=True)
+  assert len(perms) == 6
+  assert ((counts - n / 6) ** 2 / (n / 6)).sum() < 20.5  # 0.1 % critical value
+  # Other ranges map the same uniforms; a jitter strength above 1 starts its range at 0.
+  q = _params(n, seed=11, scale=(0.5, 0.6), ratio=(1.0, 2.0), jitter=(1.5, 0.0, 0.2))
+  np.testing.assert_allclose((q["area"] - 0.5) / 0.1, (p["area"] - 0.08) / 0.92, atol=1e-9)
+  assert q["aspect"].min() >= 1.0 and q["aspect"].max() <= 2.0
+  assert q["factors"][:, 0].min() >= 0 and q["factors"][:, 0].max() <= 2.5
+  assert q["factors"][:, 0].min() < 0.01 and (q["factors"][:, 1] == 1).all()
 
 
 JPEGS = {
@@ -189,12 +265,13 @@ def test_decode_crop_equals_full_decode_sliced(shape_hw, scale, names):
     encoded.append(_encode(_textured(height, width), mode=kwargs.pop("mode", None), **kwargs))
   n = 40  # seeds per image, in one pipeline for all images
 
-  def crop_and_window(data, seed):
-    crop, window = ia.decode_crop(tf, data, seed, scale=scale)
-    return crop, window, tf.stack(ia.crop_window(tf, (height, width), seed, scale=scale))
+  def crop_and_window(data, area, aspect, offset):
+    params = dict(area=area, aspect=aspect, offset=offset)
+    crop, window = ia.decode_crop(tf, data, params)
+    return crop, window, tf.stack(ia.crop_window(tf, (height, width), area, aspect, offset))
 
   results = _map_each(crop_and_window, tf.constant([e for e in encoded for _ in range(n)]),
-                      _seeds(n * len(names)))
+                      *_crop_rows(_params(n * len(names), scale=scale)))
   for k, name in enumerate(names):
     full = tf.io.decode_jpeg(encoded[k], channels=3, dct_method="INTEGER_ACCURATE").numpy()
     if name == "grey":
@@ -227,29 +304,37 @@ def _resize(image, h, w):
                    _resize_matrix(image.shape[1], w), optimize=True)
 
 
+def _crop_params_ds(n, **kwargs):
+  return dict(zip(ia.CROP_KEYS, _crop_rows(_params(n, **kwargs))))
+
+
 def test_decode_random_resized_crop_is_the_crop_resized():
   encoded = _encode(_textured(375, 500), quality=90)
   full = tf.io.decode_jpeg(encoded, channels=3, dct_method="INTEGER_ACCURATE").numpy()
-  seeds = _seeds(8)
-  images = _map_batched(lambda s: ia.decode_random_resized_crop(tf, encoded, s, size=64), seeds)
-  windows = _map_batched(lambda s: tf.stack(ia.crop_window(tf, (375, 500), s)), seeds)
+  params = _crop_params_ds(8)
+  images = _map_batched(lambda p: ia.decode_random_resized_crop(tf, encoded, p, size=64),
+                        params)
+  windows = _map_batched(lambda p: tf.stack(ia.crop_window(
+      tf, (375, 500), p["area"], p["aspect"], p["offset"])), params)
   assert images.shape == (8, 64, 64, 3) and images.dtype == np.float32
-  assert images.min() >= 0 and images.max() <= 1
+  assert images.min() >= 0 and images.max() <= 255 + 1e-3  # on the 0..255 scale
   for image, (oy, ox, h, w) in zip(images, windows):
-    expected = _resize(full[oy:oy + h, ox:ox + w], 64, 64) / 255
-    np.testing.assert_allclose(image, expected, atol=2e-5)
+    expected = _resize(full[oy:oy + h, ox:ox + w], 64, 64)
+    np.testing.assert_allclose(image, expected, atol=255 * 2e-5)
   # Constant colour in, the same colour out, whatever the window.
   flat = _encode(np.full((90, 120, 3), (200, 100, 50), np.uint8), "PNG")
-  out = _map_batched(lambda s: ia.decode_random_resized_crop(tf, flat, s), seeds)
-  np.testing.assert_allclose(out, np.broadcast_to(np.array([200, 100, 50]) / 255, out.shape),
-                             atol=1e-6)
+  out = _map_batched(lambda p: ia.decode_random_resized_crop(tf, flat, p), params)
+  np.testing.assert_allclose(out, np.broadcast_to(np.array([200, 100, 50]), out.shape),
+                             atol=255e-6)
 
 
-def test_random_flip_mirrors_half_the_time():
+def test_random_flip_mirrors_where_drawn():
   image = np.arange(4 * 5 * 3, dtype=np.float32).reshape(4, 5, 3)
-  out = _map_batched(lambda s: ia.random_flip(tf, tf.constant(image), s), _seeds(2000))
+  flips = _params(2000)["flip"]
+  out = _map_batched(lambda f: ia.random_flip(tf, tf.constant(image), f), flips)
   flipped = (out == image[:, ::-1]).all((1, 2, 3))
   assert ((out == image).all((1, 2, 3)) ^ flipped).all()
+  np.testing.assert_array_equal(flipped, flips)
   assert abs(flipped.mean() - 0.5) < 0.04
 
 
@@ -268,10 +353,12 @@ def test_color_jitter_matches_numpy_reference():
   n = 600
   images = np.random.default_rng(1).uniform(0, 1, (n, 6, 7, 3)).astype(np.float32)
   images[::2] *= 0.5  # dark ones, for brightness gains that do not clip everything
-  seeds = _seeds(n)
-  out, factors, order = _map_batched(
-      lambda image, s: (ia.color_jitter(tf, image, s),) + ia.jitter_params(tf, s),
-      images, seeds)
+  params = _params(n)
+  factors, order = params["factors"], params["order"]
+  out, out255 = _map_batched(
+      lambda image, f, o: (ia.color_jitter(tf, image, f, o),
+                           ia.color_jitter(tf, image * 255, f, o, peak=255.0)),
+      images, factors, order)
   assert factors.min() >= 0.6 and factors.max() <= 1.4
   assert factors.min() < 0.62 and factors.max() > 1.38
   np.testing.assert_allclose(factors.mean(0), 1.0, atol=0.045)  # 4.5 standard errors
@@ -281,37 +368,58 @@ def test_color_jitter_matches_numpy_reference():
   for i in range(n):
     expected = _jitter_reference(images[i], factors[i], order[i])
     np.testing.assert_allclose(out[i], expected, atol=2e-6)
+    np.testing.assert_allclose(out255[i] / 255, expected, atol=2e-6)
   # The order matters (the reference with a fixed order differs somewhere).
   fixed = [_jitter_reference(images[i], factors[i], [0, 1, 2]) for i in range(50)]
   assert max(np.abs(out[i] - fixed[i]).max() for i in range(50)) > 0.01
+  # Unknown shapes (the grey mean's weights built in the graph) give the same.
+  dynamic = tf.function(lambda x, f, o: ia.color_jitter(tf, x, f, o),
+                        input_signature=[tf.TensorSpec([None, None, 3], tf.float32),
+                                         tf.TensorSpec([3], tf.float32),
+                                         tf.TensorSpec([3], tf.int32)])
+  for i in range(0, n, 100):
+    np.testing.assert_allclose(dynamic(images[i], factors[i], order[i]).numpy(), out[i],
+                               atol=1e-6)
 
 
 def test_normalize():
   image = tf.constant([[[0.485, 0.456, 0.406], [1.0, 0.0, 0.5]]])
-  np.testing.assert_allclose(ia.normalize(tf, image).numpy(),
-                             [[[0, 0, 0], (np.array([1, 0, 0.5]) - MEAN) / STD]], atol=1e-6)
+  expected = [[[0, 0, 0], (np.array([1, 0, 0.5]) - MEAN) / STD]]
+  np.testing.assert_allclose(ia.normalize(tf, image).numpy(), expected, atol=1e-6)
+  np.testing.assert_allclose(ia.normalize(tf, image * 255, peak=255.0).numpy(), expected,
+                             atol=1e-6)
 
 
-def test_train_image_is_a_pure_function_of_the_seed():
+def test_train_image_is_a_pure_function_of_seed_and_position():
   encoded = [_encode(_textured(375, 500, seed=i), quality=90) for i in range(2)]
   inputs = tf.constant(encoded * 4)
-  seeds = _seeds(8)
-  first = _map_batched(lambda b, s: ia.train_image(tf, b, s), inputs, seeds)
-  again = _map_batched(lambda b, s: ia.train_image(tf, b, s), inputs, seeds)
+  params = _params(8)
+  first = _map_batched(lambda b, p: ia.train_view(tf, b, p), inputs, params)
+  again = _map_batched(lambda b, p: ia.train_view(tf, b, p), inputs, params)
   assert first.shape == (8, 224, 224, 3) and first.dtype == np.float32
   assert first.tobytes() == again.tobytes()
-  eager = ia.train_image(tf, tf.constant(encoded[1]), tf.constant(seeds[3])).numpy()
+  eager = ia.train_image(tf, tf.constant(encoded[1]), 5, 3).numpy()
   assert eager.tobytes() == first[3].tobytes()
-  int32 = ia.train_image(tf, tf.constant(encoded[1]), tf.constant(seeds[3], tf.int32)).numpy()
-  assert int32.shape == (224, 224, 3) and np.isfinite(int32).all()
-  # Same image, different seeds: different views.
+  # Same image, different positions: different views.
   assert not np.array_equal(first[0], first[2]) and not np.array_equal(first[1], first[3])
   # In the normalised range of [0, 1] images.
   assert first.min() >= ((0 - MEAN) / STD).min() - 1e-5
   assert first.max() <= ((1 - MEAN) / STD).max() + 1e-5
-  # example_seed: pure, and distinct for neighbouring positions and global seeds.
-  s = [tuple(ia.example_seed(tf, g, p).numpy()) for g, p in ((0, 0), (0, 0), (0, 1), (1, 0))]
-  assert s[0] == s[1] and len(set(s)) == 3
+  # The view is crop, flip, jitter, normalise of the drawn parameters, step by step.
+  for i in range(8):
+    row = {k: v[i] for k, v in params.items()}
+    image = ia.decode_random_resized_crop(tf, tf.constant(encoded[i % 2]), row).numpy() / 255
+    image = np.clip(image, 0, 1)
+    if row["flip"]:
+      image = image[:, ::-1]
+    image = _jitter_reference(image, row["factors"], row["order"])
+    np.testing.assert_allclose(first[i], (image - MEAN) / STD, atol=2e-5)
+  # TrainAugment, as the streaming path uses it, is the same view.
+  aug = ia.TrainAugment(size=224)
+  p = aug.params(5, np.arange(8))
+  np.testing.assert_array_equal(p["area"], params["area"])
+  view = aug.example(tf, tf.constant(encoded[0]), {k: v[2] for k, v in p.items()}).numpy()
+  assert view.tobytes() == first[2].tobytes()
 
 
 @pytest.mark.parametrize("shape_hw", [(300, 459), (459, 300), (256, 256), (240, 700)])
@@ -354,14 +462,15 @@ def test_png_and_grey_inputs(fmt, mode):
     full = tf.io.decode_jpeg(encoded, channels=3, dct_method="INTEGER_ACCURATE").numpy()
   else:
     full = tf.io.decode_image(encoded, channels=3, expand_animations=False).numpy()
-  crop, window = ia.decode_crop(tf, tf.constant(encoded), tf.constant([3, 4]))
+  params = {k: v[0] for k, v in _params(1, seed=3).items()}
+  crop, window = ia.decode_crop(tf, tf.constant(encoded), params)
   oy, ox, h, w = window.numpy()
   np.testing.assert_array_equal(crop.numpy(), full[oy:oy + h, ox:ox + w])
   if fmt == "PNG" and mode != "L":
     np.testing.assert_array_equal(full, array)  # lossless, alpha dropped
   if mode == "L":
     assert (full[..., 0] == full[..., 1]).all() and (full[..., 0] == full[..., 2]).all()
-  images = _map_batched(lambda b, s: ia.train_image(tf, b, s),
-                        tf.constant([encoded] * 2), _seeds(2))
+  images = _map_batched(lambda b, p: ia.train_view(tf, b, p),
+                        tf.constant([encoded] * 2), _params(2))
   assert images.shape == (2, 224, 224, 3) and np.isfinite(images).all()
   assert ia.eval_image(tf, tf.constant(encoded)).shape == (224, 224, 3)

@@ -116,3 +116,71 @@ def test_a_bad_file_is_skipped_and_counted(digits_as_files, tmp_path,
   with pytest.raises(errors.DataError) as e:
     _train(data, 40)
   assert bad in str(e.value) and 'on_bad_image=skip' in str(e.value)
+
+
+def test_imagenet_augmentation_resumes_exactly_on_any_thread_count(tmp_path):
+  """data.augment='imagenet' (parameters drawn per batch in NumPy, image work per
+  example): a run from start_step=k delivers the tail of an uninterrupted run, bit
+  for bit, across an epoch boundary, with tf.data's default threads or one."""
+  photos = image_tree.random_photos(10, seed=2, sizes=((60, 80), (80, 60), (33, 47)))
+  labels = np.arange(10) % 2
+  list_path = image_tree.write_tree(str(tmp_path), photos, labels, 'train.txt', fmt='jpg')
+  cfg = tiny.tiny_config().data
+  cfg.update(source='list', augment='imagenet', image_size=32, channels=3,
+             imbalance_factor=1.0, num_classes=2, image_root=str(tmp_path),
+             train_list=list_path, test_list=list_path, val_list='', val_per_class=0)
+  data = dataset.load(cfg)
+  assert isinstance(data, dataset.FileDataset)
+
+  def run(steps, start=0, threads=None):
+    split = data._splits['train']  # pylint: disable=protected-access
+    it = streaming.make_train_iterator(
+        split.reader, split.labels, global_batch_size=4, sharding=SHARDING, seed=9,
+        start_step=start, example_fn=data._train_fn(4),  # pylint: disable=protected-access
+        threads=threads)
+    return [{k: np.asarray(v) for k, v in b.items()} for b in itertools.islice(it, steps)]
+
+  full = run(6)   # 10 images: 2 steps of 4 per epoch
+  assert all(b['image'].shape == (4, 32, 32, 3) for b in full)
+  for x, y in zip(full[3:], run(3, start=3)):
+    np.testing.assert_array_equal(x['label'], y['label'])
+    np.testing.assert_array_equal(x['image'], y['image'])
+  for x, y in zip(full, run(6, threads=1)):
+    np.testing.assert_array_equal(x['image'], y['image'])
+  # FileDataset.train_batches is the same stream.
+  via_dataset = _train_imagenet(data, 2, start=4)
+  for x, y in zip(full[4:], via_dataset):
+    np.testing.assert_array_equal(x['image'], y['image'])
+  # And another seed gives other views.
+  split = data._splits['train']  # pylint: disable=protected-access
+  other = next(streaming.make_train_iterator(
+      split.reader, split.labels, global_batch_size=4, sharding=SHARDING, seed=10,
+      example_fn=data._train_fn(4)))  # pylint: disable=protected-access
+  assert not np.array_equal(np.asarray(other['image']), full[0]['image'])
+
+
+def test_imagenet_augmentation_names_a_bad_file(tmp_path):
+  photos = image_tree.random_photos(6, seed=3, sizes=((60, 80),))
+  list_path = image_tree.write_tree(str(tmp_path), photos, np.arange(6) % 2, 'train.txt',
+                                    fmt='jpg')
+  lines = open(list_path).read().splitlines()
+  bad = tmp_path / 'broken.jpg'
+  bad.write_bytes(b'\xff\xd8\xff not really a jpeg')
+  lines[2] = f'{bad} 0'
+  open(list_path, 'w').write('\n'.join(lines) + '\n')
+  cfg = tiny.tiny_config().data
+  cfg.update(source='list', augment='imagenet', image_size=32, channels=3,
+             imbalance_factor=1.0, num_classes=2, image_root=str(tmp_path),
+             train_list=list_path, test_list=list_path, val_list='', val_per_class=0,
+             check_files=False)
+  with pytest.raises(errors.DataError) as e:
+    _train_imagenet(dataset.load(cfg), 3, start=0)
+  assert str(bad) in str(e.value)
+  cfg.on_bad_image = 'skip'
+  batches = _train_imagenet(dataset.load(cfg), 3, start=0)
+  assert all(b['image'].shape == (4, 32, 32, 3) for b in batches)
+
+
+def _train_imagenet(data, steps, start):
+  it = data.train_batches(global_batch_size=4, sharding=SHARDING, seed=9, start_step=start)
+  return [{k: np.asarray(v) for k, v in b.items()} for b in itertools.islice(it, steps)]
