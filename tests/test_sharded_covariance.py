@@ -375,6 +375,8 @@ def test_shard_covariance_resolves_from_the_mesh_and_the_latents():
 
 def test_replicated_full_covariance_is_logged_with_its_reason(caplog):
   caplog.set_level('INFO')
+  # absl's own logger may have been set to WARNING by an earlier test.
+  caplog.set_level('INFO', logger='absl')
   mesh = _mesh()
   stage1_stage.log_covariance_layout(
       _resolve(model__latent__num_latents=6), mesh)
