@@ -14,8 +14,6 @@ renames it when complete, so a save cut short never looks like a step.
 
 import itertools
 import json
-import os
-import shutil
 import time
 
 from absl import logging
@@ -23,6 +21,7 @@ import jax
 import orbax.checkpoint as ocp
 
 from lcreg_jax import errors
+from lcreg_jax import files
 
 
 def _shapes(tree) -> list[tuple]:
@@ -37,7 +36,8 @@ class StageCheckpoints:
   """The checkpoints of one training run (a stage, or a DLSA component).
 
   Args:
-    directory: where the step folders live.
+    directory: where the step folders live (a local path or a URI such as
+      gs://bucket/run/stage1/checkpoints).
     fingerprint: JSON-able description of what the checkpoints are for.
     max_to_keep: steps kept on disk (the newest ones); at least 2, so that a
       damaged newest step leaves an older good one.
@@ -45,9 +45,9 @@ class StageCheckpoints:
       created, nothing is moved, and a damaged newest step stops the run.
   """
 
-  def __init__(self, directory: str, fingerprint: dict, max_to_keep: int = 2,
+  def __init__(self, directory, fingerprint: dict, max_to_keep: int = 2,
                read_only: bool = False):
-    self.directory = os.path.abspath(directory)
+    self.directory = files.as_path(directory)
     self.fingerprint = json.loads(json.dumps(fingerprint, sort_keys=True))
     self.read_only = read_only
     self._max_to_keep = max(2, max_to_keep)
@@ -64,14 +64,13 @@ class StageCheckpoints:
 
   @property
   def _fingerprint_path(self):
-    return os.path.join(self.directory, 'fingerprint.json')
+    return self.directory / 'fingerprint.json'
 
   def _check_fingerprint(self):
-    if not os.path.exists(self._fingerprint_path):
+    if not self._fingerprint_path.exists():
       return
     try:
-      with open(self._fingerprint_path) as f:
-        stored = json.load(f)
+      stored = files.read_json(self._fingerprint_path)
     except (OSError, ValueError) as e:
       raise errors.CheckpointError(
           f'{self._fingerprint_path} cannot be read ({type(e).__name__}: '
@@ -131,7 +130,7 @@ class StageCheckpoints:
     return 0, target
 
   def _damaged(self, step: int, error: Exception):
-    where = os.path.join(self.directory, str(step))
+    where = self.directory / str(step)
     what = f'{type(error).__name__}: {str(error).splitlines()[0][:200]}'
     if self.read_only:
       raise errors.CheckpointError(
@@ -139,23 +138,20 @@ class StageCheckpoints:
           'untouched. Rerun the stage that wrote it (it resumes from its '
           'previous good step and rewrites this one), or point the run at '
           'another checkpoint directory.') from error
-    aside = os.path.join(f'{self.directory}.corrupt',
-                         f'{step}-{time.strftime("%Y%m%d-%H%M%S")}')
+    aside = (self.directory.parent / f'{self.directory.name}.corrupt' /
+             f'{step}-{time.strftime("%Y%m%d-%H%M%S")}')
     logging.warning('Checkpoint %s is damaged (%s); moved it to %s and '
                     'trying the previous step.', where, what, aside)
     self.manager.close()
     if jax.process_index() == 0:
-      os.makedirs(os.path.dirname(aside), exist_ok=True)
-      shutil.move(where, aside)
+      aside.parent.mkdir(parents=True, exist_ok=True)
+      where.rename(aside)
     self._open()
 
   def save(self, step: int, state, force: bool = False):
-    if jax.process_index() == 0 and not os.path.exists(self._fingerprint_path):
-      os.makedirs(self.directory, exist_ok=True)
-      tmp = self._fingerprint_path + '.tmp'
-      with open(tmp, 'w') as f:
-        json.dump(self.fingerprint, f, indent=2, sort_keys=True)
-      os.replace(tmp, self._fingerprint_path)
+    if jax.process_index() == 0 and not self._fingerprint_path.exists():
+      files.write_json(self._fingerprint_path, self.fingerprint, indent=2,
+                       sort_keys=True)
     self.manager.save(step, args=ocp.args.StandardSave(state), force=force)
 
   def close(self):

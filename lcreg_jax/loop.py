@@ -3,6 +3,7 @@ and classifiers. It resumes, steps, logs, guards against NaN, evaluates for
 model selection and checkpoints, the same way for all of them.
 """
 
+import os
 from typing import Any, Callable, Iterable, Iterator
 
 from absl import logging
@@ -125,7 +126,7 @@ def fit(state, *, name: str, step_fn: Callable,
     raise preemption.Preempted(preemption.stopped_message(name, start,
                                                           checkpoints.directory))
   writer = metric_writers.create_default_writer(
-      workdir, just_logging=jax.process_index() > 0)
+      os.fspath(workdir), just_logging=jax.process_index() > 0)
   progress = periodic_actions.ReportProgress(num_train_steps=total_steps,
                                              writer=writer)
   data = iter(batches(start))

@@ -25,6 +25,7 @@ from ml_collections import config_flags
 from lcreg_jax import config as config_lib
 from lcreg_jax.config import validate as config_validate
 from lcreg_jax import errors
+from lcreg_jax import files
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Config file (configs/*.py).',
@@ -128,7 +129,7 @@ def main(argv):
   logging.info('JAX %s, process %d/%d, devices: %s', jax.__version__,
                jax.process_index(), jax.process_count(), jax.devices())
   workdir = FLAGS.workdir or default_workdir()
-  logging.info('workdir: %s', os.path.abspath(workdir))
+  logging.info('workdir: %s', files.as_path(workdir))
   try:
     config = config_lib.resolve_and_validate(FLAGS.config)
     # Imported once the config is known to be good, so that a mistake in it

@@ -1,20 +1,26 @@
 """Plots of a stage's test predictions (DESIGN §7): reliability diagram,
 per-class accuracy against training count, latent-category usage."""
 
-import os
-
 import numpy as np
 
+from lcreg_jax import files
 from lcreg_jax.evaluate.metrics import reliability_bins
 
 
-def save_plots(directory: str, probs, labels, class_counts,
+def _save(fig, path):
+  # Through epath, so the folder may be gs://...; PNG bytes in one write.
+  with path.open('wb') as f:
+    fig.savefig(f, format='png', dpi=100)
+
+
+def save_plots(directory, probs, labels, class_counts,
                latent_usage=None, num_bins: int = 15):
   """Reliability diagram, per-class accuracy vs count, latent usage."""
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  os.makedirs(directory, exist_ok=True)
+  directory = files.as_path(directory)
+  directory.mkdir(parents=True, exist_ok=True)
   probs = np.asarray(probs)
   labels = np.asarray(labels)
 
@@ -27,7 +33,7 @@ def save_plots(directory: str, probs, labels, class_counts,
   ax.set(xlabel='confidence', ylabel='accuracy', title='Reliability diagram')
   ax.legend(loc='upper left')
   fig.tight_layout()
-  fig.savefig(os.path.join(directory, 'reliability.png'), dpi=100)
+  _save(fig, directory / 'reliability.png')
   plt.close(fig)
 
   correct = probs.argmax(-1) == labels
@@ -38,7 +44,7 @@ def save_plots(directory: str, probs, labels, class_counts,
   ax.set(xscale='log', xlabel='training images of the class',
          ylabel='test accuracy', title='Per-class accuracy')
   fig.tight_layout()
-  fig.savefig(os.path.join(directory, 'per_class_accuracy.png'), dpi=100)
+  _save(fig, directory / 'per_class_accuracy.png')
   plt.close(fig)
 
   if latent_usage is not None:
@@ -48,5 +54,5 @@ def save_plots(directory: str, probs, labels, class_counts,
     ax.set(xlabel='latent category', ylabel='share of positions',
            title='Latent-category usage')
     fig.tight_layout()
-    fig.savefig(os.path.join(directory, 'latent_usage.png'), dpi=100)
+    _save(fig, directory / 'latent_usage.png')
     plt.close(fig)

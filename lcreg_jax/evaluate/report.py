@@ -4,12 +4,10 @@
 every file is written atomically.
 """
 
-import json
-import os
-
 import jax
 import numpy as np
 
+from lcreg_jax import files
 from lcreg_jax.evaluate import metrics as metrics_lib
 from lcreg_jax.evaluate import plots
 
@@ -27,13 +25,9 @@ def _json_safe(x):
   return x
 
 
-def write_json(path: str, report: dict):
+def write_json(path, report: dict):
   """Writes JSON atomically (a crash never leaves half a report)."""
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  tmp = path + '.tmp'
-  with open(tmp, 'w') as f:
-    json.dump(_json_safe(report), f, indent=2)
-  os.replace(tmp, path)
+  files.write_json(path, _json_safe(report), indent=2)
 
 
 def write_stage_report(stage_dir: str, *, stage: str, outputs, labels, info,
@@ -63,11 +57,11 @@ def write_stage_report(stage_dir: str, *, stage: str, outputs, labels, info,
     report['latent_usage'] = [int(x) for x in latent_usage]
   report.update(extra or {})
   if jax.process_index() == 0:
-    write_json(os.path.join(stage_dir, 'report.json'), report)
+    write_json(files.as_path(stage_dir) / 'report.json', report)
     if eval_config.plots:
       probs = (np.asarray(outputs) if are_probs else
                np.asarray(jax.nn.softmax(np.asarray(outputs))))
-      plots.save_plots(os.path.join(stage_dir, 'plots'), probs, labels,
+      plots.save_plots(files.as_path(stage_dir) / 'plots', probs, labels,
                        info.class_counts, latent_usage, eval_config.num_bins)
   return report
 
@@ -81,7 +75,7 @@ def write_summary(workdir: str, rows: dict[str, dict], info) -> str:
     print(f'\n{info.name}, test set of {info.split_sizes["test"]} '
           f'(accuracies and ECE in %):\n{table}\n', flush=True)
     write_json(
-        os.path.join(workdir, 'summary.json'),
+        files.as_path(workdir) / 'summary.json',
         {k: {m: v for m, v in r.items() if np.isscalar(v) or v is None}
          for k, r in rows.items()})
   return table

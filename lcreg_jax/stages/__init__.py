@@ -6,7 +6,6 @@ table.
 """
 
 import json
-import os
 import time
 
 from absl import logging
@@ -14,6 +13,7 @@ import jax
 
 from lcreg_jax import config as config_lib
 from lcreg_jax import errors
+from lcreg_jax import files
 from lcreg_jax import parallel
 from lcreg_jax.data import dataset as dataset_lib
 from lcreg_jax.evaluate import report
@@ -23,41 +23,40 @@ from lcreg_jax.stages import stage1
 from lcreg_jax.stages import stage2
 
 
-def check_workdir(workdir: str) -> None:
+def check_workdir(workdir) -> None:
   """Stops early if the workdir cannot be one; creates nothing."""
-  if os.path.exists(workdir) and not os.path.isdir(workdir):
+  path = files.as_path(workdir)
+  if path.exists() and not path.is_dir():
     raise errors.ConfigError(
         f'--workdir={workdir} is a file, not a directory. Pass a directory '
         '(it is created if missing), or omit --workdir to use '
         'workdirs/<config name>.')
 
 
-def record_config(workdir: str, config) -> None:
+def record_config(workdir, config) -> None:
   """Creates the workdir and records the resolved config in config.json.
 
   A config.json of an earlier, different run is kept beside it as
   config-<time>.json: nothing a user made is overwritten.
   """
+  workdir = files.as_path(workdir)
   try:
-    os.makedirs(workdir, exist_ok=True)
+    workdir.mkdir(parents=True, exist_ok=True)
   except OSError as e:
     raise errors.ConfigError(
-        f'cannot create --workdir={workdir} ({e.strerror}); choose a '
+        f'cannot create --workdir={workdir} ({e.strerror or e}); choose a '
         'directory you can write to.') from e
   if jax.process_index() != 0:
     return
-  path = os.path.join(workdir, 'config.json')
+  path = workdir / 'config.json'
   text = json.dumps(config.to_dict(), indent=2, sort_keys=True)
-  if os.path.exists(path):
-    with open(path) as f:
-      if f.read() == text:
-        return
+  if path.exists():
+    if path.read_text() == text:
+      return
     stamp = time.strftime('%Y%m%d-%H%M%S',
-                          time.localtime(os.path.getmtime(path)))
-    os.replace(path, os.path.join(workdir, f'config-{stamp}.json'))
-  with open(path + '.tmp', 'w') as f:
-    f.write(text)
-  os.replace(path + '.tmp', path)
+                          time.localtime(path.stat().mtime))
+    path.replace(workdir / f'config-{stamp}.json')
+  files.write_text(path, text)
 
 
 def train_and_evaluate(config, workdir: str, hooks=()) -> dict:

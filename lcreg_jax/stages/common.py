@@ -2,12 +2,12 @@
 checkpoint fingerprint, training through the loop, and test evaluation."""
 
 import dataclasses
-import os
 
 from absl import logging
 import jax
 
 from lcreg_jax import checkpoints
+from lcreg_jax import files
 from lcreg_jax import loop
 from lcreg_jax import parallel
 from lcreg_jax.data import dataset as dataset_lib
@@ -29,8 +29,9 @@ class Context:
   def info(self) -> dataset_lib.DatasetInfo:
     return self.dataset.info
 
-  def stage_dir(self, stage: str) -> str:
-    return os.path.join(self.workdir, stage)
+  def stage_dir(self, stage: str):
+    """The stage's folder: an epath.Path, local or e.g. gs://."""
+    return files.as_path(self.workdir) / stage
 
 
 def schedule_length(stage_config, info) -> tuple[int, int]:
@@ -67,7 +68,7 @@ def fit(ctx: Context, stage: str, state, step, *, total_steps: int,
       state, name=stage, step_fn=step, batches=batches,
       total_steps=total_steps,
       checkpoints=checkpoints.StageCheckpoints(
-          os.path.join(ctx.stage_dir(stage), 'checkpoints'),
+          ctx.stage_dir(stage) / 'checkpoints',
           dict(fingerprint(ctx, stage), **(fingerprint_extra or {}))),
       workdir=ctx.stage_dir(stage), log_every=ctx.config.log_every,
       checkpoint_every=ctx.config.checkpoint_every, advice=advice,

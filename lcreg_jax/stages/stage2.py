@@ -3,7 +3,6 @@
 shift-BN."""
 
 import functools
-import os
 
 from absl import logging
 import flax
@@ -11,6 +10,7 @@ import jax
 
 from lcreg_jax import checkpoints
 from lcreg_jax import errors
+from lcreg_jax import files
 from lcreg_jax import optim
 from lcreg_jax import parallel
 from lcreg_jax import train_state
@@ -37,9 +37,9 @@ def merge_stage1(params2, params1):
 def load_stage1(ctx: common.Context):
   """The final stage-1 state, from `stage2.init_from` or workdir/stage1."""
   config = ctx.config
-  own = os.path.join(ctx.stage_dir('stage1'), 'checkpoints')
-  src = config.stage2.init_from or own
-  if not os.path.isdir(src):
+  own = ctx.stage_dir('stage1') / 'checkpoints'
+  src = files.as_path(config.stage2.init_from or own)
+  if not src.is_dir():
     raise errors.CheckpointError(
         f'Stage 2 and DLSA need a stage-1 checkpoint but {src} does not '
         'exist. Run stage 1 first (--config.stage1.enabled=True) or point '
