@@ -124,6 +124,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval = ml_collections.ConfigDict(dict(
       batch_size=256, num_bins=15, many_threshold=100, few_threshold=20,
       plots=True,
+      # With a validation split: evaluate on it every val_every steps (None:
+      # once per epoch of the stage) and report the test metrics of the
+      # best-on-validation parameters beside the final ones.
+      select_on_val=True, val_every=placeholder(int),
   ))
 
   c.dlsa = dlsa.dlsa_config()

@@ -91,6 +91,7 @@ RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     'stage2.lr_factor': _NONNEG, 'stage2.las_power': _POSITIVE,
     'eval.batch_size': _POSITIVE_INT, 'eval.num_bins': _POSITIVE_INT,
     'eval.many_threshold': _NONNEG_INT, 'eval.few_threshold': _NONNEG_INT,
+    'eval.val_every': _POSITIVE_INT,
     'dlsa.val_per_class': _NONNEG_INT, 'dlsa.seed': _NONNEG_INT,
     'dlsa.depth': _NONNEG_INT, 'dlsa.top_fraction': _OPEN_UNIT,
     'dlsa.num_blocks': _POSITIVE_INT, 'dlsa.hidden_dim': _POSITIVE_INT,

@@ -30,6 +30,16 @@ def write_json(path, report: dict):
   files.write_json(path, _json_safe(report), indent=2)
 
 
+def compute_metrics(outputs, labels, info, eval_config,
+                    are_probs: bool = False) -> dict:
+  """DESIGN §7's metrics with the shot groups of the training counts."""
+  return metrics_lib.compute_metrics(
+      outputs, labels, info.class_counts,
+      many_threshold=eval_config.many_threshold,
+      few_threshold=eval_config.few_threshold, num_bins=eval_config.num_bins,
+      are_probs=are_probs)
+
+
 def write_stage_report(stage_dir: str, *, stage: str, outputs, labels, info,
                        eval_config, are_probs: bool = False,
                        latent_usage=None, extra: dict | None = None) -> dict:
@@ -47,11 +57,7 @@ def write_stage_report(stage_dir: str, *, stage: str, outputs, labels, info,
   Returns:
     The report as a dict.
   """
-  report = metrics_lib.compute_metrics(
-      outputs, labels, info.class_counts,
-      many_threshold=eval_config.many_threshold,
-      few_threshold=eval_config.few_threshold, num_bins=eval_config.num_bins,
-      are_probs=are_probs)
+  report = compute_metrics(outputs, labels, info, eval_config, are_probs)
   report['stage'] = stage
   if latent_usage is not None:
     report['latent_usage'] = [int(x) for x in latent_usage]
@@ -96,6 +102,8 @@ def format_routing(routing: dict) -> str:
 def format_table(rows: dict[str, dict]) -> str:
   """A small text table of the headline numbers, one row per stage."""
   cols = ['top1', 'many', 'medium', 'few', 'ece', 'nll']
+  if any(m.get('top1_best_val') is not None for m in rows.values()):
+    cols.insert(1, 'top1_best_val')   # the best-on-validation model's top-1
   lines = ['| stage | ' + ' | '.join(cols) + ' |',
            '|---|' + '---|' * len(cols)]
   for name, m in rows.items():
@@ -104,7 +112,7 @@ def format_table(rows: dict[str, dict]) -> str:
       v = m.get(c)
       if v is None:
         cells.append('-')
-      elif c in ('top1', 'many', 'medium', 'few', 'ece'):
+      elif c in ('top1', 'top1_best_val', 'many', 'medium', 'few', 'ece'):
         cells.append(f'{100 * v:.2f}')
       else:
         cells.append(f'{v:.3f}')

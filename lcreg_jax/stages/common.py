@@ -14,6 +14,7 @@ from lcreg_jax.data import dataset as dataset_lib
 from lcreg_jax.data import samplers
 from lcreg_jax.evaluate import predict as predict_lib
 from lcreg_jax.evaluate import report
+from lcreg_jax.stages import best_on_val
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,15 +65,25 @@ def fit(ctx: Context, stage: str, state, step, *, total_steps: int,
 
   logging.info('%s: %d steps, batch %d on %d devices.', stage, total_steps,
                stage_config.batch_size, ctx.mesh.devices.size)
-  return loop.fit(
-      state, name=stage, step_fn=step, batches=batches,
-      total_steps=total_steps,
-      checkpoints=checkpoints.StageCheckpoints(
-          ctx.stage_dir(stage) / 'checkpoints',
-          dict(fingerprint(ctx, stage), **(fingerprint_extra or {}))),
-      workdir=ctx.stage_dir(stage), log_every=ctx.config.log_every,
-      checkpoint_every=ctx.config.checkpoint_every, advice=advice,
-      hooks=ctx.hooks)
+  ckpt = checkpoints.StageCheckpoints(
+      ctx.stage_dir(stage) / 'checkpoints',
+      dict(fingerprint(ctx, stage), **(fingerprint_extra or {})))
+  select = None
+  if best_on_val.enabled(ctx):
+    select = best_on_val.BestOnVal(ctx, stage, state,
+                                   fingerprint(ctx, stage), predict)
+  try:
+    return loop.fit(
+        state, name=stage, step_fn=step, batches=batches,
+        total_steps=total_steps, checkpoints=ckpt,
+        workdir=ctx.stage_dir(stage), log_every=ctx.config.log_every,
+        checkpoint_every=ctx.config.checkpoint_every, advice=advice,
+        evaluate_every=(ctx.config.eval.val_every or
+                        schedule_length(stage_config, ctx.info)[0]),
+        evaluate_fn=select, hooks=ctx.hooks)
+  finally:
+    if select is not None:
+      select.close()
 
 
 def predict(ctx: Context, state, split: str) -> dict:
@@ -84,9 +95,23 @@ def predict(ctx: Context, state, split: str) -> dict:
 
 
 def evaluate(ctx: Context, state, stage: str) -> dict:
-  """Test metrics of a trained stage; writes its report and plots."""
+  """Test metrics of a trained stage (its final step, and where the stage
+  kept one, its best-on-validation parameters); writes its report and
+  plots (of the final step)."""
   pred = predict(ctx, state, 'test')
+  extra = {}
+  best = (best_on_val.load(ctx, stage, state, fingerprint(ctx, stage))
+          if best_on_val.enabled(ctx) else None)
+  if best is not None:
+    best_state, step, val_top1 = best
+    best_pred = predict(ctx, best_state, 'test')
+    m = report.compute_metrics(best_pred['logits'], best_pred['labels'],
+                               ctx.info, ctx.config.eval)
+    extra = dict(top1_best_val=m['top1'], best_on_val=dict(
+        step=step, val_top1=val_top1,
+        **{k: m[k] for k in ('top1', 'many', 'medium', 'few', 'ece', 'mce',
+                             'nll')}))
   return report.write_stage_report(
       ctx.stage_dir(stage), stage=stage, outputs=pred['logits'],
       labels=pred['labels'], info=ctx.info, eval_config=ctx.config.eval,
-      latent_usage=pred.get('latent_usage'))
+      latent_usage=pred.get('latent_usage'), extra=extra)

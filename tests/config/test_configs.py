@@ -27,12 +27,13 @@ def test_config_file_resolves_and_has_only_base_keys(path):
   config = _load(path)
   resolved = config_lib.resolve_and_validate(config, num_visible_devices=1)
   # No placeholder is left for the run to interpret, except steps (which
-  # defer to epochs), the power only las_shape=exp reads, and
-  # trainable_blocks (None: the whole backbone learns).
+  # defer to epochs), the power only las_shape=exp reads,
+  # trainable_blocks (None: the whole backbone learns) and eval.val_every
+  # (None: once per epoch of each stage).
   flat = config_lib.validate.flatten(resolved)
   unresolved = {k for k, v in flat.items() if v is None}
   assert unresolved <= {'stage1.steps', 'stage2.steps', 'stage2.las_power',
-                        'model.trainable_blocks'}
+                        'model.trainable_blocks', 'eval.val_every'}
   assert resolved.num_devices == 1
 
 
