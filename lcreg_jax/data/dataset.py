@@ -101,13 +101,16 @@ class FileDataset:
     self._config = cfg = data_config
     self.info = _info(name, cfg.num_classes, (cfg.image_size, cfg.image_size, cfg.channels),
                       splits)
+    self._eval_finish = None
     if cfg.augment == 'imagenet':
-      # Random parameters drawn per batch in NumPy, the view per example
-      # (streaming.DrawnAugment).
+      # Random parameters drawn per batch in NumPy, the uint8 crop per example
+      # on the host, flip, jitter and normalisation on the accelerator
+      # (streaming.DrawnAugment with `finish`).
       self._train_fn = lambda global_batch_size: imagenet_augment.TrainAugment(
           size=cfg.image_size)
-      self._eval_fn = lambda tf, encoded, seed, position: imagenet_augment.eval_image(
+      self._eval_fn = lambda tf, encoded, seed, position: imagenet_augment.eval_crop(
           tf, encoded, resize=cfg.eval_resize, size=cfg.image_size)
+      self._eval_finish = imagenet_augment.eval_finish
     else:
       self._train_fn, self._eval_fn = self._small_image_fns()
 
@@ -163,7 +166,7 @@ class FileDataset:
     data = self._splits[split]
     return streaming.make_eval_iterator(
         data.reader, data.labels, global_batch_size=global_batch_size, sharding=sharding,
-        example_fn=self._eval_fn, where=data.where)
+        example_fn=self._eval_fn, where=data.where, finish=self._eval_finish)
 
 
 def _read_list(cfg, path):

@@ -1,4 +1,5 @@
-"""ImageNet-scale augmentation of MiSLAS (torchvision's ImageNet recipe) as TensorFlow ops.
+"""ImageNet-scale augmentation of MiSLAS (torchvision's ImageNet recipe): TensorFlow ops on
+the host, its per-pixel end in JAX on the accelerator.
 
 Training: random-resized crop (area U(0.08, 1), log-uniform aspect in (3/4, 4/3), 10
 attempts, then a centre crop) resized to 224, horizontal flip p = 1/2, colour jitter
@@ -11,22 +12,22 @@ seed, global sample positions), vectorised over a batch of positions: a counter-
 (SplitMix64's finaliser chained over seed, position, draw index) mapped to uniforms, then to
 torchvision's distributions. So an image's augmentation depends only on (seed, position): not
 on the process count, tf.data parallelism, the batch it falls in or the step a run resumed
-from. The image work (`train_view`) runs per example in a tf.data map, given the example's
-row of parameters: read, fused decode-and-crop of the window (whose acceptance rule, which
-needs the image's size, is vectorised over the attempts), antialiased bilinear resize, flip,
-colour jitter (on the resize's 0..255 scale) and normalisation. `TrainAugment` bundles both
-for `streaming.make_train_iterator`; `train_image` is one view from (seed, position).
-Flip, jitter and normalisation stay per example: measured on whole [256, 224, 224, 3]
-batches (vectorised with per-example parameters) they cost about twice as much per image,
-being memory-bound on tensors far larger than the cache, not op-overhead-bound. The functions
-receive the TensorFlow module from the caller, who imports it with GPUs hidden
+from. The host's image work (`train_crop`) runs per example in a tf.data map, given the
+example's row of parameters: read, fused decode-and-crop of the window (whose acceptance rule,
+which needs the image's size, is vectorised over the attempts), antialiased bilinear resize,
+rounding to uint8. Flip, colour jitter and normalisation run on the accelerator over the whole
+global batch (`device_augment`, called through `TrainAugment.finish` by the streaming
+iterator): on the host they took a quarter of each image's CPU time, and uint8 batches are a
+quarter of the bytes to copy. `TrainAugment` bundles the parts for
+`streaming.make_train_iterator`; `train_image` is one view from (seed, position). The
+functions receive the TensorFlow module from the caller, who imports it with GPUs hidden
 (`pipeline.import_tf`).
 
 Deviations from torchvision on PIL images, which MiSLAS uses: JPEG decoding is bit-identical
 to PIL's (both libjpeg-turbo with the accurate IDCT), but resizing is TensorFlow's bilinear
 with antialias, PIL's triangle filter kept in float where PIL rounds to uint8 after each of
-its two passes, and colour jitter works in float on [0, 1] with the ITU-R 601 grey
-(0.299, 0.587, 0.114), as torchvision's tensor path does, where PIL's ImageEnhance rounds to
+its two passes (we round once, after both), and colour jitter works in float with the ITU-R
+601 grey (0.299, 0.587, 0.114), as torchvision's tensor path does, where PIL's ImageEnhance rounds to
 uint8 and rounds the contrast mean to an integer grey level. The random streams are our
 hash's, not torch's, so the distributions match but not the individual draws.
 """
@@ -36,9 +37,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-MEAN = (0.485, 0.456, 0.406)
-STD = (0.229, 0.224, 0.225)
-GRAY_WEIGHTS = (0.299, 0.587, 0.114)
+from lcreg_jax.data import device_augment
+from lcreg_jax.data.device_augment import GRAY_WEIGHTS, MEAN, STD  # noqa: F401
 ATTEMPTS = 10
 SCALE = (0.08, 1.0)
 RATIO = (3 / 4, 4 / 3)
@@ -214,12 +214,6 @@ def _decode(tf, encoded):
       lambda: tf.io.decode_image(encoded, channels=3, expand_animations=False))
 
 
-def _resize(tf, image, size_hw):
-  """uint8 image -> float32 in [0, 1], bilinear with antialias (PIL's filter when shrinking)."""
-  image = tf.image.resize(image, size_hw, method="bilinear", antialias=True) / 255.0
-  return tf.clip_by_value(image, 0.0, 1.0)
-
-
 def decode_random_resized_crop(tf, encoded, params, size=224, ratio=RATIO):
   """RandomResizedCrop(size) of an encoded image: float32 [size, size, 3] on the 0..255 scale.
 
@@ -232,119 +226,52 @@ def decode_random_resized_crop(tf, encoded, params, size=224, ratio=RATIO):
   return image
 
 
-def _clip(tf, x, high):
-  """x clipped to [0, high] in one pass (tf.clip_by_value is two ops)."""
-  return tf.raw_ops.ClipByValue(t=x, clip_value_min=tf.constant(0, x.dtype),
-                                clip_value_max=tf.constant(high, x.dtype))
+def train_crop(tf, encoded, params, size=224):
+  """The host part of the MiSLAS training view: the random-resized crop of an encoded image
+  given its `train_params` row, uint8 [size, size, 3] (rounded half up, as PIL rounds its
+  resize, which MiSLAS's torchvision pipeline uses). Flip, jitter and normalisation follow on
+  the accelerator (`device_augment.flip_jitter_normalize`)."""
+  return _to_uint8(tf, decode_random_resized_crop(tf, encoded, params, size))
 
 
-def random_flip(tf, image, flip):
-  """Mirrors image [H, W, C] left-right if `flip` (a bool scalar, `train_params`' row)."""
-  # A cond, not tf.where: per-image ops in a tf.data map cost ~0.1 ms each on 224x224x3.
-  return tf.cond(tf.convert_to_tensor(flip), lambda: tf.reverse(image, axis=[1]),
-                 lambda: tf.identity(image))
-
-
-def _grey_weights_over_pixels(tf, image):
-  """GRAY_WEIGHTS / (H*W) tiled to image's shape: sum(x * it) = mean(grey(x)) in one pass."""
-  static = image.shape
-  if static.is_fully_defined():
-    h, w, c = static.as_list()
-    return tf.constant(np.tile(np.asarray(GRAY_WEIGHTS, np.float64) / (h * w), (h, w, 1))
-                       .astype(image.dtype.as_numpy_dtype))
-  shape = tf.shape(image)
-  weights = tf.constant(GRAY_WEIGHTS, image.dtype) / tf.cast(shape[0] * shape[1], image.dtype)
-  return tf.reshape(tf.tile(weights, [shape[0] * shape[1]]), shape)
-
-
-def color_jitter(tf, image, factors, order, peak=1.0):
-  """torchvision's ColorJitter (hue 0) on float32 [H, W, 3] in [0, peak], clipping after each.
-
-  `factors` float32 [3] (brightness b, contrast c, saturation s) and `order` int32 [3], as
-  `train_params` draws them. Brightness: b*x; contrast: c*x + (1 - c)*mean(grey);
-  saturation: s*x + (1 - s)*grey, in that order, each clipped to [0, peak] (peak 1: torchvision's
-  [0, 1] images; 255: the same on the 0..255 scale, saving a rescaling pass). Each step is a
-  switch over the three, so that an image pays only for the step it takes: in a tf.data map
-  each whole-image op costs ~0.05-0.2 ms. Per example, not per batch: on [B, 224, 224, 3]
-  batches the same arithmetic runs about twice as slow (memory-bound, out of cache).
-  """
-  factors = tf.cast(factors, image.dtype)
-  order = tf.convert_to_tensor(order)
-  weights = tf.constant(GRAY_WEIGHTS, image.dtype)
-  grey_mean_weights = _grey_weights_over_pixels(tf, image)
-
-  def brightness_fn(x, f):
-    return tf.minimum(f * x, peak)  # x, f >= 0
-
-  def contrast_fn(x, f):
-    mean_grey = tf.reduce_sum(x * grey_mean_weights)
-    return _clip(tf, f * x + (1.0 - f) * mean_grey, peak)
-
-  def saturation_fn(x, f):
-    # f*x + (1 - f)*grey as one 3x3 colour matrix: TF's kernels that broadcast the grey
-    # channel (or any [3] vector) over the image are several times slower than a matmul.
-    matrix = f * tf.eye(3, dtype=x.dtype) + (1.0 - f) * tf.tile(weights[:, None], [1, 3])
-    return _clip(tf, tf.reshape(tf.reshape(x, [-1, 3]) @ matrix, tf.shape(x)), peak)
-
-  fns = (brightness_fn, contrast_fn, saturation_fn)
-  for step in range(3):
-    which = order[step]
-    image = tf.switch_case(which, [lambda fn=fn, x=image, f=factors[which]: fn(x, f)
-                                   for fn in fns])
-  return image
-
-
-def normalize(tf, image, peak=1.0):
-  """(image / peak - ImageNet mean) / ImageNet std, per channel, for float32 [..., W, 3].
-
-  Computed as x * (1/(peak*std)) + (-mean/std) on rows of W*3 values: broadcasting a whole
-  row is vectorised in TF's CPU kernels, broadcasting a [3] vector is several times slower.
-  """
-  width = tf.shape(image)[-2]
-  std = tf.constant(STD, tf.float32)
-  scale = tf.tile(1.0 / (peak * std), [width])
-  shift = tf.tile(-tf.constant(MEAN, tf.float32) / std, [width])
-  rows = tf.reshape(image, tf.stack([-1, width * 3]))
-  return tf.reshape(rows * scale + shift, tf.shape(image))
-
-
-def train_view(tf, encoded, params, size=224):
-  """MiSLAS training view of one encoded image given its `train_params` row (a dict of
-  tensors or arrays without the leading dimension): float32 [size, size, 3], normalised.
-
-  Random-resized crop, flip, colour jitter, normalisation; the jitter runs on the resize's
-  0..255 scale (the resize is a convex combination of pixels, so its output is >= 0 and the
-  first jitter step's clip catches rounding above 255) and the normalisation divides by 255.
-  """
-  image = decode_random_resized_crop(tf, encoded, params, size)
-  image = random_flip(tf, image, params["flip"])
-  image = color_jitter(tf, image, params["factors"], params["order"], peak=255.0)
-  return normalize(tf, image, peak=255.0)
+def _to_uint8(tf, image):
+  return tf.cast(tf.clip_by_value(tf.floor(image + 0.5), 0.0, 255.0), tf.uint8)
 
 
 class TrainAugment(NamedTuple):
   """The MiSLAS training view as a `streaming.DrawnAugment`: parameters drawn in NumPy
-  per batch of positions, the image work per example."""
+  per batch of positions, the crop per example on the host, flip, jitter and normalisation
+  per batch on the accelerator."""
   size: int = 224
+  # The parameters `finish` needs, shipped with each batch.
+  device_keys = ("flip", "factors", "order")
 
   def params(self, seed, positions):
     """NumPy: the random parameters of `positions` (`train_params`)."""
     return train_params(seed, positions)
 
   def example(self, tf, encoded, params):
-    """Per example: the normalised view, float32 [size, size, 3]."""
-    return train_view(tf, encoded, params, self.size)
+    """Per example, on the host: the uint8 crop [size, size, 3] (`train_crop`)."""
+    return train_crop(tf, encoded, params, self.size)
+
+  def finish(self, images, params):
+    """Per global batch, jitted on the accelerator: uint8 crops -> float32 views."""
+    return device_augment.flip_jitter_normalize(images, params["flip"], params["factors"],
+                                                params["order"])
 
 
 def train_image(tf, encoded, seed, position, size=224):
   """MiSLAS training view of one encoded image at global `seed` and sample `position`
-  (Python ints): float32 [size, size, 3], normalised; the same as the streaming path's."""
+  (Python ints): NumPy float32 [size, size, 3], normalised; the same as the streaming path's."""
   params = train_params(seed, [position])
-  return train_view(tf, encoded, {k: tf.constant(v[0]) for k, v in params.items()}, size)
+  crop = train_crop(tf, encoded, {k: tf.constant(v[0]) for k, v in params.items()}, size)
+  return np.asarray(TrainAugment(size).finish(
+      crop.numpy()[None], {k: params[k] for k in TrainAugment.device_keys}))[0]
 
 
-def eval_image(tf, encoded, resize=256, size=224):
-  """MiSLAS evaluation view: shorter side to `resize`, centre crop `size`, normalise.
+def eval_crop(tf, encoded, resize=256, size=224):
+  """MiSLAS evaluation view before normalisation: shorter side to `resize`, centre crop
+  `size`, uint8 [size, size, 3] (normalised on the accelerator, `eval_finish`).
 
   torchvision's Resize(resize) keeps the aspect with the longer side int(resize*long/short)
   (= the integer floor division below, exactly, for any real image size) and CenterCrop's
@@ -358,8 +285,12 @@ def eval_image(tf, encoded, resize=256, size=224):
   new_long = resize * long // short
   new_hw = tf.where(hw[0] <= hw[1], tf.stack([resize, new_long]), tf.stack([new_long, resize]))
   new_hw = tf.cast(new_hw, tf.int32)
-  image = _resize(tf, image, new_hw)
+  image = tf.image.resize(image, new_hw, method="bilinear", antialias=True)
   offsets = tf.cast(tf.round(tf.cast(new_hw - size, tf.float64) / 2.0), tf.int32)
   image = tf.slice(image, tf.stack([offsets[0], offsets[1], 0]), [size, size, 3])
   image.set_shape([size, size, 3])
-  return normalize(tf, image)
+  return _to_uint8(tf, image)
+
+
+# Per global evaluation batch, on the accelerator: uint8 crops -> normalised float32.
+eval_finish = device_augment.normalize

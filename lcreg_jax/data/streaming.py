@@ -13,9 +13,11 @@ naming it (`on_bad_image='stop'`), or is skipped and counted
 holds only while no file is bad).
 """
 
+import functools
 from typing import Callable, Iterator, Protocol
 
 from absl import logging
+import jax
 import numpy as np
 
 from lcreg_jax.data import pipeline
@@ -36,9 +38,14 @@ class DrawnAugment(Protocol):
     params(seed, positions) -> dict of NumPy arrays, leading dimension
       len(positions): every random parameter, a pure function of (seed,
       position) per row; computed per local batch in a tf.numpy_function.
-    example(tf, encoded, params_row) -> float32 image (H, W, C), normalised,
-      per example in the tf.data map (params_row: the example's row of each
-      array, as tensors).
+    example(tf, encoded, params_row) -> image (H, W, C), per example in the
+      tf.data map (params_row: the example's row of each array, as tensors);
+      float32 and normalised, or, with `finish`, what `finish` takes.
+  and optionally, to finish the views on the accelerator:
+    device_keys: the names of the parameters `finish` needs;
+    finish(images, params) -> float32 [B, H, W, C], normalised: a jax.numpy
+      function of the global batch of `example` outputs and those parameters
+      (global arrays of the same rows), jitted over the batch's sharding.
   """
 
   def params(self, seed: int, positions: np.ndarray) -> dict: ...
@@ -47,6 +54,13 @@ class DrawnAugment(Protocol):
 
 def _is_drawn(example_fn) -> bool:
   return all(callable(getattr(example_fn, a, None)) for a in ('params', 'example'))
+
+
+@functools.lru_cache(maxsize=None)
+def _jit(finish):
+  """One compiled `finish` per function (elementwise per example: every
+  device works on its own rows, the output keeps the batch's sharding)."""
+  return jax.jit(finish)
 
 
 def _single(tf, example_fn, encoded, seed, position):
@@ -111,6 +125,7 @@ def make_train_iterator(images, labels, *, global_batch_size: int, sharding, see
   seed_t = tf.constant(seed, tf.int64)
 
   drawn = _is_drawn(example_fn)
+  finish = getattr(example_fn, 'finish', None) if drawn else None
   if drawn:
     # Names, dtypes and shapes of the parameters, from one row.
     spec = {k: (tf.as_dtype(v.dtype), v.shape[1:])
@@ -136,6 +151,17 @@ def make_train_iterator(images, labels, *, global_batch_size: int, sharding, see
   def load_drawn(index, position, params):
     image = example_fn.example(tf, reader.read(tf, index), params)
     return image, tf.gather(labels_t, index), position
+
+  def global_batch(image, label, position):
+    out = {'image': pipeline.to_global(sharding, image, batch),
+           'label': pipeline.to_global(sharding, label, batch)}
+    if finish is not None:
+      # The parameters again (cheap NumPy), rather than through tf.data.
+      params = example_fn.params(seed, position)
+      out['image'] = _jit(finish)(out['image'], {
+          k: pipeline.to_global(sharding, params[k], batch)
+          for k in example_fn.device_keys})
+    return out
 
   def epoch_data(epoch, first):
     order = samplers.epoch_order(labels, epoch, seed=seed, sampler=sampler,
@@ -178,19 +204,17 @@ def make_train_iterator(images, labels, *, global_batch_size: int, sharding, see
                               lost, skipped)
             seen += len(position) + lost
             if carry is not None:
-              image = np.concatenate([carry[0], image])
-              label = np.concatenate([carry[1], label])
+              image, label, position = (np.concatenate([c, x]) for c, x in
+                                        zip(carry, (image, label, position)))
               carry = None
             while len(label) >= local:
-              yield {'image': pipeline.to_global(sharding, image[:local], batch),
-                     'label': pipeline.to_global(sharding, label[:local], batch)}
-              image, label = image[local:], label[local:]
+              yield global_batch(image[:local], label[:local], position[:local])
+              image, label, position = image[local:], label[local:], position[local:]
             if len(label):
-              carry = (image, label)
+              carry = (image, label, position)
           else:
             seen += len(position)
-            yield {'image': pipeline.to_global(sharding, image, batch),
-                   'label': pipeline.to_global(sharding, label, batch)}
+            yield global_batch(image, label, position)
       except tf.errors.OpError as e:
         raise _bad_file_error(
             tf, example_fn, reader, order[seen:], seed, e, where,
@@ -232,9 +256,13 @@ def decode_all(images, decode_fn, *, on_bad_image: str = 'stop',
 
 
 def make_eval_iterator(images, labels, *, global_batch_size: int, sharding,
-                       example_fn: ExampleFn, where: str = 'evaluation images'
-                       ) -> Iterator[dict]:
+                       example_fn: ExampleFn, where: str = 'evaluation images',
+                       finish: Callable | None = None) -> Iterator[dict]:
   """One in-order pass {'image', 'label', 'mask'}; padding rows have mask 0.
+
+  `finish(images) -> float32 images`: a jax.numpy function applied, jitted, to
+  each global batch of `example_fn` outputs on the accelerator (e.g. the
+  normalisation of uint8 crops).
 
   Every image must be readable: a bad one stops with its name, since an
   evaluation that leaves examples out would not be comparable.
@@ -263,8 +291,10 @@ def make_eval_iterator(images, labels, *, global_batch_size: int, sharding,
         sel = slice(step * len(rows), (step + 1) * len(rows))
         mask = real[sel].astype(np.float32)
         done = sel.stop
-        yield {'image': pipeline.to_global(sharding, image * mask[:, None, None, None],
-                                           batch),
+        image = pipeline.to_global(
+            sharding, np.where(real[sel][:, None, None, None], image, 0).astype(image.dtype),
+            batch)
+        yield {'image': image if finish is None else _jit(finish)(image),
                'label': pipeline.to_global(sharding, np.where(real[sel], labels[index[sel]],
                                                               0).astype(np.int32), batch),
                'mask': pipeline.to_global(sharding, mask, batch)}
