@@ -82,3 +82,18 @@ def test_state_size_counts_the_covariance():
   full = next(l for l in res.stdout.splitlines() if l.startswith('covariance=full'))
   moments = float(full.split('latent_moments ')[1].split(' MiB')[0])
   assert moments == round((4 * 64 * 64 + 4 * 64 + 4) * 4 / 2**20, 3)
+
+
+def test_recon_loss_study_reads_the_logged_reconstruction_loss(finished_run):
+  sys.path.insert(0, os.path.join(cli.ROOT, 'benchmarks'))
+  try:
+    import recon_loss_study  # pylint: disable=g-import-not-at-top
+  finally:
+    sys.path.pop(0)
+  curve = recon_loss_study.recon_curve(str(finished_run[0] / 'stage1'))
+  # tests/tiny.py logs every step of its 6; the loss is a -log softmax over
+  # the positions, so in (0, log P].
+  assert sorted(curve) == [1, 2, 3, 4, 5, 6]
+  assert all(0 < v < 10 for v in curve.values())
+  assert recon_loss_study._at(curve, 4) == curve[4]
+  assert recon_loss_study._at(curve, 99) == curve[6]    # past the end: the last
