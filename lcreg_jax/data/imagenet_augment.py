@@ -14,20 +14,20 @@ torchvision's distributions. So an image's augmentation depends only on (seed, p
 on the process count, tf.data parallelism, the batch it falls in or the step a run resumed
 from. The host's image work (`train_crop`) runs per example in a tf.data map, given the
 example's row of parameters: read, fused decode-and-crop of the window (whose acceptance rule,
-which needs the image's size, is vectorised over the attempts), antialiased bilinear resize,
-rounding to uint8. Flip, colour jitter and normalisation run on the accelerator over the whole
-global batch (`device_augment`, called through `TrainAugment.finish` by the streaming
+which needs the image's size, is vectorised over the attempts), then PIL's bilinear resize
+to uint8, as torchvision does to PIL images (and at about half the CPU time of TensorFlow's
+antialiased resize). Flip, colour jitter and normalisation run on the accelerator over the
+whole global batch (`device_augment`, called through `TrainAugment.finish` by the streaming
 iterator): on the host they took a quarter of each image's CPU time, and uint8 batches are a
 quarter of the bytes to copy. `TrainAugment` bundles the parts for
 `streaming.make_train_iterator`; `train_image` is one view from (seed, position). The
 functions receive the TensorFlow module from the caller, who imports it with GPUs hidden
 (`pipeline.import_tf`).
 
-Deviations from torchvision on PIL images, which MiSLAS uses: JPEG decoding is bit-identical
-to PIL's (both libjpeg-turbo with the accurate IDCT), but resizing is TensorFlow's bilinear
-with antialias, PIL's triangle filter kept in float where PIL rounds to uint8 after each of
-its two passes (we round once, after both), and colour jitter works in float with the ITU-R
-601 grey (0.299, 0.587, 0.114), as torchvision's tensor path does, where PIL's ImageEnhance rounds to
+Deviations from torchvision on PIL images, which MiSLAS uses: none in the crops (JPEG
+decoding is bit-identical to PIL's, both libjpeg-turbo with the accurate IDCT, and the resize
+is PIL's own), but colour jitter works in float with the ITU-R 601 grey (0.299, 0.587, 0.114),
+as torchvision's tensor path does, where PIL's ImageEnhance rounds to
 uint8 and rounds the contrast mean to an integer grey level. The random streams are our
 hash's, not torch's, so the distributions match but not the individual draws.
 """
@@ -214,28 +214,34 @@ def _decode(tf, encoded):
       lambda: tf.io.decode_image(encoded, channels=3, expand_animations=False))
 
 
-def decode_random_resized_crop(tf, encoded, params, size=224, ratio=RATIO):
-  """RandomResizedCrop(size) of an encoded image: float32 [size, size, 3] on the 0..255 scale.
+def _pil_resize(image, height, width):
+  """uint8 [h, w, 3] -> uint8 [height, width, 3] with PIL's bilinear filter (a triangle
+  filter widened by the scale when shrinking, fixed-point, rounded after each of its two
+  passes): exactly what torchvision's Resize/RandomResizedCrop do to the PIL images MiSLAS
+  trains on. PIL releases the GIL while it resamples, so tf.data threads run it in parallel;
+  it costs about half of TensorFlow's antialiased resize on the 2-core VM."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  return np.asarray(Image.fromarray(image).resize((int(width), int(height)),
+                                                  Image.Resampling.BILINEAR))
 
-  Left unscaled and unclipped (the resize is a convex combination of the pixels: >= 0, and
-  <= 255 up to rounding); `train_view` jitters on that scale, saving two per-image passes.
-  """
+
+def resize_like_pil(tf, image, size_hw):
+  """`_pil_resize` inside a TF graph (a tf.data map): uint8 [h, w, 3] -> uint8 size_hw."""
+  out = tf.numpy_function(_pil_resize, [image, size_hw[0], size_hw[1]], tf.uint8,
+                          stateful=False)
+  out.set_shape([None, None, 3])
+  return out
+
+
+def train_crop(tf, encoded, params, size=224, ratio=RATIO):
+  """The host part of the MiSLAS training view: RandomResizedCrop(size) of an encoded image
+  given its `train_params` row, uint8 [size, size, 3], as torchvision computes it on PIL
+  images (the window decoded, then PIL's bilinear resize). Flip, jitter and normalisation
+  follow on the accelerator (`device_augment.flip_jitter_normalize`)."""
   crop, _ = decode_crop(tf, encoded, params, ratio)
-  image = tf.image.resize(crop, [size, size], method="bilinear", antialias=True)
+  image = resize_like_pil(tf, crop, (size, size))
   image.set_shape([size, size, 3])
   return image
-
-
-def train_crop(tf, encoded, params, size=224):
-  """The host part of the MiSLAS training view: the random-resized crop of an encoded image
-  given its `train_params` row, uint8 [size, size, 3] (rounded half up, as PIL rounds its
-  resize, which MiSLAS's torchvision pipeline uses). Flip, jitter and normalisation follow on
-  the accelerator (`device_augment.flip_jitter_normalize`)."""
-  return _to_uint8(tf, decode_random_resized_crop(tf, encoded, params, size))
-
-
-def _to_uint8(tf, image):
-  return tf.cast(tf.clip_by_value(tf.floor(image + 0.5), 0.0, 255.0), tf.uint8)
 
 
 class TrainAugment(NamedTuple):
@@ -285,11 +291,11 @@ def eval_crop(tf, encoded, resize=256, size=224):
   new_long = resize * long // short
   new_hw = tf.where(hw[0] <= hw[1], tf.stack([resize, new_long]), tf.stack([new_long, resize]))
   new_hw = tf.cast(new_hw, tf.int32)
-  image = tf.image.resize(image, new_hw, method="bilinear", antialias=True)
+  image = resize_like_pil(tf, image, new_hw)
   offsets = tf.cast(tf.round(tf.cast(new_hw - size, tf.float64) / 2.0), tf.int32)
   image = tf.slice(image, tf.stack([offsets[0], offsets[1], 0]), [size, size, 3])
   image.set_shape([size, size, 3])
-  return _to_uint8(tf, image)
+  return image
 
 
 # Per global evaluation batch, on the accelerator: uint8 crops -> normalised float32.
