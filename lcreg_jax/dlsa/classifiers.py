@@ -4,7 +4,6 @@ balanced softmax through the shared loop and selected on validation."""
 
 import dataclasses
 import functools
-import os
 from typing import Callable, Optional, Sequence
 
 import flax.linen as nn
@@ -14,6 +13,7 @@ import numpy as np
 import optax
 
 from lcreg_jax import checkpoints as checkpoints_lib
+from lcreg_jax import files
 from lcreg_jax import loop
 from lcreg_jax import losses
 from lcreg_jax.train_state import all_finite
@@ -180,7 +180,7 @@ def train_classifier(model: nn.Module,
       step_fn=lambda s, key: s.advance(step, key, xs, ys, n, train_counts),
       batches=loop.step_keys(seed + 1), total_steps=int(cfg.classifier_steps),
       checkpoints=checkpoints_lib.StageCheckpoints(
-          os.path.join(workdir, 'checkpoints'), fingerprint),
+          files.as_path(workdir) / 'checkpoints', fingerprint),
       workdir=workdir, log_every=int(cfg.eval_every),
       checkpoint_every=checkpoint_every, evaluate_every=int(cfg.eval_every),
       evaluate_fn=evaluate, hooks=hooks,

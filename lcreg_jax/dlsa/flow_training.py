@@ -19,7 +19,6 @@ Choices where DESIGN §6 leaves room (each documented where it is made):
 import dataclasses
 import functools
 import math
-import os
 from typing import Callable, Optional
 
 import jax
@@ -28,6 +27,7 @@ import numpy as np
 import optax
 
 from lcreg_jax import checkpoints as checkpoints_lib
+from lcreg_jax import files
 from lcreg_jax import loop
 from lcreg_jax.dlsa import flow as flow_lib
 from lcreg_jax.train_state import all_finite
@@ -294,7 +294,7 @@ def train_flow(x, y, x_val, y_val, *, num_classes: int, config, seed: int,
                                        counts),
       batches=loop.step_keys(seed + 1), total_steps=hp.total_steps,
       checkpoints=checkpoints_lib.StageCheckpoints(
-          os.path.join(workdir, 'checkpoints'), fingerprint),
+          files.as_path(workdir) / 'checkpoints', fingerprint),
       workdir=workdir, log_every=int(cfg.eval_every),
       checkpoint_every=checkpoint_every, evaluate_every=int(cfg.eval_every),
       evaluate_fn=evaluate, hooks=hooks,

@@ -8,13 +8,13 @@ it stopped; every choice is made on validation, test labels are never read.
 
 import dataclasses
 import hashlib
-import os
 import time
 from typing import Callable
 
 from absl import logging
 import numpy as np
 
+from lcreg_jax import files
 from lcreg_jax.dlsa import classifiers
 from lcreg_jax.dlsa import flow_training
 from lcreg_jax.dlsa import routing
@@ -93,7 +93,7 @@ def run_dlsa(config, *, train, val, test, num_classes: int, workdir: str,
 
   def component(name: str, index: int, *arrays) -> dict:
     # Flows and classifiers each use seeds s and s + 1 (init, steps).
-    return dict(common, name=name, workdir=os.path.join(workdir, name),
+    return dict(common, name=name, workdir=files.as_path(workdir) / name,
                 seed=cfg.seed * 1000 + 2 * index,
                 fingerprint=dict(base_fingerprint, inputs=digest(*arrays)))
 
