@@ -119,6 +119,13 @@ def base_config() -> ml_collections.ConfigDict:
       shift_bn=placeholder(bool), lr_factor=placeholder(float),
       las_shape='concave',    # concave | linear | convex | exp
       las_power=placeholder(float),     # needed by las_shape=exp only
+      # mislas (DESIGN §4) | crt (a re-initialised linear classifier, plain
+      # CE) | lws (only the per-class scale, plain CE) | tau_norm |
+      # posthoc_la (no training; τ chosen on the validation split, DESIGN §8).
+      # crt and lws: class-balanced batches, frozen trunk, no shift-BN.
+      method='mislas',
+      # tau_norm / posthoc_la: τ searched over 0, tau_step, ..., tau_max.
+      tau_max=2.0, tau_step=0.1,
   ))
 
   c.eval = ml_collections.ConfigDict(dict(

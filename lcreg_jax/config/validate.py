@@ -32,6 +32,7 @@ CHOICES = {
     'stage1.schedule': ('step', 'cosine'),
     'stage2.preset': presets.STAGE2_PRESET_NAMES,
     'stage2.las_shape': ('concave', 'linear', 'convex', 'exp'),
+    'stage2.method': ('mislas', 'crt', 'lws', 'tau_norm', 'posthoc_la'),
     'dlsa.purity_type': ('hinge_ce', 'overlap'),
     'dlsa.flow_schedule': ('cosine', 'constant'),
     'dlsa.flow_select_metric': ('purity', 'heldout'),
@@ -89,6 +90,7 @@ RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     'stage2.samples_per_class': _POSITIVE_INT,
     'stage2.las_head': _UNIT, 'stage2.las_tail': _UNIT,
     'stage2.lr_factor': _NONNEG, 'stage2.las_power': _POSITIVE,
+    'stage2.tau_max': _NONNEG, 'stage2.tau_step': _POSITIVE,
     'eval.batch_size': _POSITIVE_INT, 'eval.num_bins': _POSITIVE_INT,
     'eval.many_threshold': _NONNEG_INT, 'eval.few_threshold': _NONNEG_INT,
     'eval.val_every': _POSITIVE_INT,
@@ -177,6 +179,17 @@ def _data_problems(data) -> list[str]:
   return problems
 
 
+POSTHOC_METHODS = ('tau_norm', 'posthoc_la')
+
+
+def has_val_split(data) -> bool:
+  """Whether the data config gives a validation split (see data/dataset.py)."""
+  return bool((_int(data.val_per_class) and data.val_per_class > 0)
+              or (data.source == 'list' and data.val_list)
+              or (data.source in ('tfds', 'tfds_stream')
+                  and data.tfds_val_split))
+
+
 def _problems(config, flat: dict, optional: set[str]) -> list[str]:
   problems = []
   for key, choices in CHOICES.items():
@@ -211,6 +224,14 @@ def _problems(config, flat: dict, optional: set[str]) -> list[str]:
     problems.append(f'stage1.warmup=per_epoch steps the lr once per epoch, so '
                     f'stage1.warmup_epochs={warmup:g} must be a whole number; use '
                     'stage1.warmup=per_iteration for a fractional warm-up')
+  if (config.stage2.enabled and flat['stage2.method'] in POSTHOC_METHODS
+      and not has_val_split(config.data)):
+    problems.append(
+        f'stage2.method={flat["stage2.method"]} chooses τ on a validation '
+        'split (never on test), but the data has none: set '
+        'data.val_per_class (e.g. 20: that many training images per class '
+        'are held out), or data.val_list (source=list) / data.tfds_val_split '
+        '(TFDS) to the data set\'s validation list')
   if flat['stage2.las_shape'] == 'exp' and flat['stage2.las_power'] is None:
     problems.append('stage2.las_shape=exp needs stage2.las_power (> 0)')
   if config.stage2.enabled and flat['stage2.preset'] in (
