@@ -85,10 +85,16 @@ def stage2_optimizer(cfg, steps_per_epoch: int, epochs: int):
   """SGD on the head only: the classifier at lr × lr_factor, LWS at lr.
 
   `cfg` is the resolved `config.stage2` (lr_factor filled in from the preset).
+  By `cfg.method`: crt trains its fresh classifier at lr (lr_factor is
+  MiSLAS's damping of a fine-tuned one); lws keeps the classifier exactly
+  as stage 1 left it (zero updates, no decay) and learns the scale only.
   """
   def opt(factor):
     return sgd(per_epoch_cosine(cfg.lr * factor, steps_per_epoch, epochs),
                cfg.momentum, cfg.weight_decay)
+  method = cfg.get('method', 'mislas')
+  classifier = {'crt': lambda: opt(1.0), 'lws': optax.set_to_zero}.get(
+      method, lambda: opt(cfg.lr_factor))()
   return optax.multi_transform(
-      {'classifier': opt(cfg.lr_factor), 'scale': opt(1.0),
+      {'classifier': classifier, 'scale': opt(1.0),
        'frozen': optax.set_to_zero()}, head_param_labels)

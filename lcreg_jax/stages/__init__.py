@@ -81,8 +81,7 @@ def train_and_evaluate(config, workdir: str, hooks=()) -> dict:
   if (config.stage2.enabled or config.dlsa.enabled) and state1 is None:
     state1 = stage2.load_stage1(ctx)
   if config.stage2.enabled:
-    state2 = stage2.train(ctx, state1)
-    rows['stage2'] = common.evaluate(ctx, state2, 'stage2')
+    rows['stage2'] = stage2.run(ctx, state1)
   if config.dlsa.enabled:
     rows['dlsa'] = dlsa_stage.run(ctx, state1)
   report.write_summary(workdir, rows, data.info)

@@ -94,12 +94,13 @@ def predict(ctx: Context, state, split: str) -> dict:
           sharding=parallel.batch_sharding(ctx.mesh)), mesh=ctx.mesh)
 
 
-def evaluate(ctx: Context, state, stage: str) -> dict:
+def evaluate(ctx: Context, state, stage: str, extra: dict | None = None
+             ) -> dict:
   """Test metrics of a trained stage (its final step, and where the stage
   kept one, its best-on-validation parameters); writes its report and
   plots (of the final step)."""
   pred = predict(ctx, state, 'test')
-  extra = {}
+  extra = dict(extra or {})   # e.g. stage 2's method
   best = (best_on_val.load(ctx, stage, state, fingerprint(ctx, stage))
           if best_on_val.enabled(ctx) else None)
   if best is not None:
@@ -107,7 +108,7 @@ def evaluate(ctx: Context, state, stage: str) -> dict:
     best_pred = predict(ctx, best_state, 'test')
     m = report.compute_metrics(best_pred['logits'], best_pred['labels'],
                                ctx.info, ctx.config.eval)
-    extra = dict(top1_best_val=m['top1'], best_on_val=dict(
+    extra.update(top1_best_val=m['top1'], best_on_val=dict(
         step=step, val_top1=val_top1,
         **{k: m[k] for k in ('top1', 'many', 'medium', 'few', 'ece', 'mce',
                              'nll')}))

@@ -1,6 +1,7 @@
 """Stage 2: MiSLAS classifier retraining on the frozen stage-1 model
 (DESIGN §4): LWS head, class-balanced sampling, label-aware smoothing,
-shift-BN."""
+shift-BN; or, by `stage2.method`, one of Kang et al.'s decoupled baselines
+(DESIGN §8): cRT, LWS, τ-normalisation, or post-hoc logit adjustment."""
 
 import functools
 
@@ -15,6 +16,9 @@ from lcreg_jax import optim
 from lcreg_jax import parallel
 from lcreg_jax import train_state
 from lcreg_jax.config import presets
+from lcreg_jax.config import validate
+from lcreg_jax.evaluate import posthoc as posthoc_lib
+from lcreg_jax.evaluate import report
 from lcreg_jax.models import network
 from lcreg_jax.stages import common
 from lcreg_jax.steps import retrain
@@ -76,16 +80,23 @@ def load_stage1(ctx: common.Context):
 
 
 def train(ctx: common.Context, stage1_state):
-  """Retrains the classifier on the frozen stage-1 model; the final state."""
+  """Retrains the classifier on the frozen stage-1 model; the final state.
+
+  mislas and lws put the LWS scale (init 1) on the stage-1 classifier; crt
+  replaces the classifier by a fresh linear one, initialised from the seed.
+  """
   config = ctx.config
   cfg = config.stage2
-  model = network.make_model(config.model, ctx.info.num_classes, lws=True)
+  model = network.make_model(config.model, ctx.info.num_classes,
+                             lws=cfg.method != 'crt')
   spe, total = common.schedule_length(cfg, ctx.info)
   epochs = max(int(round(total / spe)), 1)
   tx = optim.stage2_optimizer(cfg, spe, epochs)
   fresh = train_state.init_variables(model, jax.random.key(config.seed),
                                      ctx.info.image_shape)
   params = merge_stage1(fresh['params'], jax.device_get(stage1_state.params))
+  if cfg.method == 'crt':
+    params = dict(params, head=fresh['params']['head'])
   state = train_state.TrainState.create(
       apply_fn=model.apply, params=params,
       batch_stats=jax.device_get(stage1_state.batch_stats), tx=tx, cov={})
@@ -94,6 +105,8 @@ def train(ctx: common.Context, stage1_state):
   step = parallel.jit_step(functools.partial(retrain.retrain_step, hp=hp),
                            ctx.mesh, state)
   settings = {f: cfg[f] for f in presets.STAGE2_FIELDS}
+  if cfg.method != 'mislas':   # mislas checkpoints keep their fingerprint
+    settings['method'] = cfg.method
   logging.info('stage2: settings %s.', settings)
   return common.fit(
       ctx, 'stage2', state, step, total_steps=total,
@@ -101,3 +114,42 @@ def train(ctx: common.Context, stage1_state):
       samples_per_class=cfg.samples_per_class,
       fingerprint_extra=dict(stage2_settings=settings),
       advice='Lower the learning rate (--config.stage2.lr).')
+
+
+def posthoc(ctx: common.Context, stage1_state) -> dict:
+  """τ-normalisation or post-hoc logit adjustment of the stage-1 model.
+
+  τ is chosen on the validation split only; the test split is predicted
+  after the choice and adjusted with that τ. Writes stage2's report.
+  """
+  cfg = ctx.config.stage2
+  counts = ctx.info.class_counts
+  kernel = jax.device_get(stage1_state.params['head']['fc']['kernel'])
+
+  def adjust(pred, tau):
+    if cfg.method == 'tau_norm':
+      return posthoc_lib.tau_normalized_logits(pred['features'], kernel, tau)
+    return posthoc_lib.logit_adjusted(pred['logits'], counts, tau)
+
+  grid = posthoc_lib.tau_grid(cfg.tau_max, cfg.tau_step)
+  val = common.predict(ctx, stage1_state, 'val')
+  tau, val_acc = posthoc_lib.choose_tau(lambda t: adjust(val, t),
+                                        val['labels'], grid)
+  logging.info('stage2 (%s): tau %.3g chosen on validation (top-1 %.4f).',
+               cfg.method, tau, val_acc.max())
+  test = common.predict(ctx, stage1_state, 'test')
+  return report.write_stage_report(
+      ctx.stage_dir('stage2'), stage='stage2', outputs=adjust(test, tau),
+      labels=test['labels'], info=ctx.info, eval_config=ctx.config.eval,
+      latent_usage=test.get('latent_usage'),
+      extra=dict(method=cfg.method, tau=tau, val_top1=float(val_acc.max()),
+                 tau_grid=grid.tolist(), val_top1_by_tau=val_acc.tolist()))
+
+
+def run(ctx: common.Context, stage1_state) -> dict:
+  """Stage 2 by `stage2.method`; its test report (the method recorded)."""
+  method = ctx.config.stage2.method
+  if method in validate.POSTHOC_METHODS:
+    return posthoc(ctx, stage1_state)
+  state = train(ctx, stage1_state)
+  return common.evaluate(ctx, state, 'stage2', extra=dict(method=method))

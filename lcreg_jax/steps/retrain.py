@@ -24,14 +24,18 @@ class RetrainHparams:
   las_shape: str
   las_power: float | None
   shift_bn: bool
+  # 'las' (MiSLAS) or 'ce': cRT and LWS (Kang et al.) train with plain CE.
+  loss: str = 'las'
 
   @classmethod
   def from_config(cls, stage2_config, class_counts) -> 'RetrainHparams':
     """From the resolved `config.stage2` and the training class counts."""
     c = stage2_config
+    mislas = c.get('method', 'mislas') == 'mislas'
     return cls(class_counts=tuple(int(n) for n in class_counts),
                las_head=c.las_head, las_tail=c.las_tail, las_shape=c.las_shape,
-               las_power=c.las_power, shift_bn=bool(c.shift_bn))
+               las_power=c.las_power, shift_bn=bool(c.shift_bn) and mislas,
+               loss='las' if mislas else 'ce')
 
 
 def retrain_step(state, batch, *, hp: RetrainHparams):
@@ -51,9 +55,12 @@ def retrain_step(state, batch, *, hp: RetrainHparams):
     else:
       out = state.apply_fn(variables, batch['image'], train=False)
       stats = state.batch_stats
-    loss = losses.label_aware_smoothing(
-        out['logits'], batch['label'], hp.class_counts, hp.las_head,
-        hp.las_tail, hp.las_shape, hp.las_power)
+    if hp.loss == 'ce':
+      loss = losses.cross_entropy(out['logits'], batch['label'])
+    else:
+      loss = losses.label_aware_smoothing(
+          out['logits'], batch['label'], hp.class_counts, hp.las_head,
+          hp.las_tail, hp.las_shape, hp.las_power)
     acc = (out['logits'].argmax(-1) == batch['label']).mean()
     return loss, (stats, acc)
 
