@@ -28,19 +28,29 @@ def _cell(values, col):
   return f'{mean} ± {fmt.format(scale * np.std(values, ddof=1))}'
 
 
-def main(args):
-  print('| method | stage | runs | ' + ' | '.join(COLS) + ' |')
-  print('|---|---|---|' + '---|' * len(COLS))
-  for arg in args:
-    name, dirs = arg.split('=', 1)
+def table(runs) -> str:
+  """The Markdown table of `runs`, (name, [workdir, ...]) pairs: one row
+  per name and stage found, mean ± sample std over the workdirs."""
+  lines = ['| method | stage | runs | ' + ' | '.join(COLS) + ' |',
+           '|---|---|---|' + '---|' * len(COLS)]
+  for name, dirs in runs:
     for stage in STAGES:
       reports = [json.load(open(os.path.join(d, stage, 'report.json')))
-                 for d in dirs.split(',')
+                 for d in dirs
                  if os.path.exists(os.path.join(d, stage, 'report.json'))]
       if reports:
         cells = [_cell([r.get(c) for r in reports], c) for c in COLS]
-        print(f'| {name} | {stage} | {len(reports)} | ' + ' | '.join(cells)
-              + ' |')
+        lines.append(f'| {name} | {stage} | {len(reports)} | '
+                     + ' | '.join(cells) + ' |')
+  return '\n'.join(lines)
+
+
+def main(args):
+  runs = []
+  for arg in args:
+    name, dirs = arg.split('=', 1)
+    runs.append((name, dirs.split(',')))
+  print(table(runs))
 
 
 if __name__ == '__main__':

@@ -1,0 +1,11 @@
+"""Baseline: classifier re-training (cRT) on the frozen plain CE model: a
+fresh linear classifier, class-balanced sampling, plain CE (DESIGN §8)."""
+
+import os
+import runpy
+
+_shared = runpy.run_path(os.path.join(os.path.dirname(__file__), '_shared.py'))
+
+
+def get_config(data=None):
+  return _shared['decoupled']('crt', data)

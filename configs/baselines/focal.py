@@ -1,0 +1,12 @@
+"""Baseline: focal loss (DESIGN §8; γ = stage1.focal_gamma)."""
+
+import os
+import runpy
+
+_shared = runpy.run_path(os.path.join(os.path.dirname(__file__), '_shared.py'))
+
+
+def get_config(data=None):
+  c = _shared['plain_ce'](data)
+  c.stage1.loss = 'focal'
+  return c

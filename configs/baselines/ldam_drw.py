@@ -1,0 +1,14 @@
+"""Baseline: LDAM loss with deferred re-weighting (effective-number
+weights from stage1.drw_epoch on; DESIGN §8)."""
+
+import os
+import runpy
+
+_shared = runpy.run_path(os.path.join(os.path.dirname(__file__), '_shared.py'))
+
+
+def get_config(data=None):
+  c = _shared['plain_ce'](data)
+  c.stage1.loss = 'ldam'
+  c.stage1.reweight = 'drw'
+  return c

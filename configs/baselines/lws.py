@@ -1,0 +1,11 @@
+"""Baseline: learnable weight scaling (LWS) on the frozen plain CE model:
+only the per-class scale learns, class-balanced sampling, plain CE."""
+
+import os
+import runpy
+
+_shared = runpy.run_path(os.path.join(os.path.dirname(__file__), '_shared.py'))
+
+
+def get_config(data=None):
+  return _shared['decoupled']('lws', data)

@@ -1,0 +1,13 @@
+"""Baseline: MiSLAS (mixup stage 1, DESIGN §4 stage 2), no latent module."""
+
+import os
+import runpy
+
+_shared = runpy.run_path(os.path.join(os.path.dirname(__file__), '_shared.py'))
+
+
+def get_config(data=None):
+  c = _shared['data_config'](data)
+  c.model.latent.enabled = False
+  c.model.classify_on = 'feature'
+  return c

@@ -1,0 +1,11 @@
+"""Baseline: τ-normalised classifier of the plain CE model, τ chosen on
+validation (DESIGN §8)."""
+
+import os
+import runpy
+
+_shared = runpy.run_path(os.path.join(os.path.dirname(__file__), '_shared.py'))
+
+
+def get_config(data=None):
+  return _shared['decoupled']('tau_norm', data)
