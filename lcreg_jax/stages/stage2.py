@@ -79,24 +79,32 @@ def load_stage1(ctx: common.Context):
   return state
 
 
-def train(ctx: common.Context, stage1_state):
-  """Retrains the classifier on the frozen stage-1 model; the final state.
+def initial_model(config, num_classes: int, image_shape, stage1_params):
+  """The stage-2 model and its parameters at step 0.
 
   mislas and lws put the LWS scale (init 1) on the stage-1 classifier; crt
   replaces the classifier by a fresh linear one, initialised from the seed.
+  Everything else is stage 1's.
   """
+  crt = config.stage2.method == 'crt'
+  model = network.make_model(config.model, num_classes, lws=not crt)
+  fresh = train_state.init_variables(model, jax.random.key(config.seed),
+                                     image_shape)
+  params = merge_stage1(fresh['params'], jax.device_get(stage1_params))
+  if crt:
+    params = dict(params, head=fresh['params']['head'])
+  return model, params
+
+
+def train(ctx: common.Context, stage1_state):
+  """Retrains the classifier on the frozen stage-1 model; the final state."""
   config = ctx.config
   cfg = config.stage2
-  model = network.make_model(config.model, ctx.info.num_classes,
-                             lws=cfg.method != 'crt')
+  model, params = initial_model(config, ctx.info.num_classes,
+                                ctx.info.image_shape, stage1_state.params)
   spe, total = common.schedule_length(cfg, ctx.info)
   epochs = max(int(round(total / spe)), 1)
   tx = optim.stage2_optimizer(cfg, spe, epochs)
-  fresh = train_state.init_variables(model, jax.random.key(config.seed),
-                                     ctx.info.image_shape)
-  params = merge_stage1(fresh['params'], jax.device_get(stage1_state.params))
-  if cfg.method == 'crt':
-    params = dict(params, head=fresh['params']['head'])
   state = train_state.TrainState.create(
       apply_fn=model.apply, params=params,
       batch_stats=jax.device_get(stage1_state.batch_stats), tx=tx, cov={})
