@@ -14,6 +14,7 @@ import ml_collections
 
 from lcreg_jax import errors
 from lcreg_jax.config import base
+from lcreg_jax.config import dlsa as dlsa_config
 from lcreg_jax.config import presets
 from lcreg_jax.models import resnet
 
@@ -33,9 +34,14 @@ CHOICES = {
     'stage2.preset': presets.STAGE2_PRESET_NAMES,
     'stage2.las_shape': ('concave', 'linear', 'convex', 'exp'),
     'stage2.method': ('mislas', 'crt', 'lws', 'tau_norm', 'posthoc_la'),
-    'dlsa.purity_type': ('hinge_ce', 'overlap'),
+    'dlsa.purity_type': ('neg_ce', 'hinge_ce', 'overlap'),
     'dlsa.flow_schedule': ('cosine', 'constant'),
-    'dlsa.flow_select_metric': ('purity', 'heldout'),
+    'dlsa.flow_select_metric': ('authors', 'purity', 'heldout'),
+    'dlsa.pair_sampling': ('class_uniform', 'sample_uniform'),
+    'dlsa.nll_weight_norm': ('classes', 'samples'),
+    'dlsa.cluster_prior_from': ('all', 'routed'),
+    'dlsa.final_counts': ('full', 'remaining'),
+    'dlsa.stage_prior_correction': ('off', 'on', 'val'),
 }
 
 
@@ -108,7 +114,9 @@ RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     'dlsa.classifier_lr': _POSITIVE, 'dlsa.classifier_weight_decay': _NONNEG,
     'dlsa.classifier_batch_size': _POSITIVE_INT,
     'dlsa.balanced_softmax_tiny': _POSITIVE, 'dlsa.eval_every': _POSITIVE_INT,
-    'dlsa.eval_chunk': _POSITIVE_INT,
+    'dlsa.eval_chunk': _POSITIVE_INT, 'dlsa.nll_weight': _NONNEG,
+    'dlsa.select_min_purity': _UNIT, 'dlsa.select_min_size': _NONNEG_INT,
+    'dlsa.select_cap_factor': _POSITIVE,
 }
 
 
@@ -327,6 +335,10 @@ def resolve_and_validate(config: ml_collections.ConfigDict,
     resolved.model.latent.similarity_scale = 1.0 / math.sqrt(dim)
   if resolved.dlsa.hidden_dim is None:
     resolved.dlsa.hidden_dim = dim
+  dlsa_row = dlsa_config.preset_row(config.data.name)
+  for field in dlsa_config.PRESET_FIELDS:  # The authors' per-data-set values.
+    if resolved.dlsa[field] is None:
+      _set(resolved, f'dlsa.{field}', dlsa_row[field])
   row = presets.stage2_row(config.stage2.preset, config.data.imbalance_factor)
   for field in presets.STAGE2_FIELDS:
     if resolved.stage2[field] is None and row is not None:

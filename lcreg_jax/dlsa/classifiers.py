@@ -42,6 +42,19 @@ class ClusterAidedClassifier(nn.Module):
             _Linear(self.num_classes, name='lin_zp')(zp))
 
 
+def prior_correction(stage_counts: np.ndarray, full_counts: np.ndarray,
+                     tiny: float) -> np.ndarray:
+  """log(n_c,stage / n_c): the stage's label prior relative to the full one.
+
+  A balanced-softmax stage trained on a routed subset predicts as if the
+  classes were balanced; adding this at inference re-weights it towards
+  the subset's own class mix (tiny keeps absent classes finite).
+  """
+  stage = np.asarray(stage_counts, np.float64)
+  full = np.maximum(np.asarray(full_counts, np.float64), 1.0)
+  return np.log(stage / full + tiny).astype(np.float32)
+
+
 def inference_offset(class_counts: np.ndarray, mask_absent: bool,
                      tiny: float) -> np.ndarray:
   """Added to a stage's logits at inference: log(1[n_c > 0] + tiny)."""
@@ -127,6 +140,7 @@ def train_classifier(model: nn.Module,
                      workdir: str,
                      fingerprint: dict | None = None,
                      balanced: bool = True,
+                     prior_counts: Optional[np.ndarray] = None,
                      pad_train: Optional[int] = None,
                      pad_val: Optional[int] = None,
                      checkpoint_every: int = 500,
@@ -141,7 +155,9 @@ def train_classifier(model: nn.Module,
   the parameters (the first best wins); without validation samples the last
   parameters are kept. The loop checkpoints to `workdir/checkpoints`, so a
   killed run resumes. pad_train / pad_val pad the arrays to a fixed row count
-  so later stages reuse the compiled step.
+  so later stages reuse the compiled step. prior_counts replaces the
+  training subset's label counts in the balanced softmax (the final
+  classifier uses the full training counts, as the authors do).
 
   Returns:
     (params, offset, info): offset is the inference logit offset for absent
@@ -152,7 +168,10 @@ def train_classifier(model: nn.Module,
   if n == 0:
     raise ValueError(f'{name}: no training samples')
   counts = np.bincount(train_labels, minlength=num_classes).astype(np.float32)
-  train_counts = jnp.asarray(counts if balanced else np.ones_like(counts))
+  bsm_counts = (counts if prior_counts is None else
+                np.asarray(prior_counts, np.float32))
+  train_counts = jnp.asarray(bsm_counts if balanced else
+                             np.ones_like(counts))
   hp = ClassifierHparams.from_config(cfg)
   offset = jnp.asarray(inference_offset(counts, cfg.mask_absent_classes,
                                         hp.tiny))
@@ -174,7 +193,8 @@ def train_classifier(model: nn.Module,
     return state.offer(step_num, params, acc), {'val_accuracy': acc}
 
   fingerprint = dict(fingerprint or {}, component=name, n_train=n,
-                     n_val=n_val, balanced=balanced)
+                     n_val=n_val, balanced=balanced,
+                     prior_counts=[float(v) for v in bsm_counts])
   state = loop.fit(
       state, name=name,
       step_fn=lambda s, key: s.advance(step, key, xs, ys, n, train_counts),
@@ -190,7 +210,8 @@ def train_classifier(model: nn.Module,
   val_acc, best_step = float(state.best_score), int(state.best_step)
   log(f'{name}: n_train={n} n_val={n_val} val_acc={val_acc:.4f} at step '
       f'{best_step}')
-  return state.best, offset, {'val_accuracy': val_acc, 'best_step': best_step}
+  return state.best, offset, {'val_accuracy': val_acc, 'best_step': best_step,
+                              'bsm_counts': bsm_counts}
 
 
 def predict_probs(model: nn.Module, params, offset,

@@ -1,18 +1,21 @@
 """Training DLSA's flow filter (DESIGN §6): pairs, class-weighted NLL,
-purity and balance terms, and selection on validation.
+purity and balance terms, and checkpoint selection.
 
-Choices where DESIGN §6 leaves room (each documented where it is made):
-- pairs: the positive is uniform over training samples, the negative
-  uniform over the samples of all other classes (`sample_pairs`);
-- NLL: positives only, weights normalised to Σ_c n_c w_c = N, in nats per
-  dimension (`nll_per_dim`); SGD is clipped (`flow_grad_clip`) and
-  cosine-decayed (`flow_schedule`);
-- purity: the cross-entropy of the negative's posterior against the
-  positive's stop-gradient posterior is pushed *up* (hinge), since lowering
-  it would merge the pair's clusters (`purity_type`, `purity_margin`);
-- balance: bias-corrected EMA of the positives' mean posterior, KL to
-  uniform;
-- selection: the flow with the best validation cluster purity
+Defaults follow the authors' code (silicx/DLSA); each deviation is a switch:
+- pairs: two distinct classes uniformly, then one sample of each
+  (`pair_sampling='class_uniform'`); 'sample_uniform' draws the positive
+  uniformly over samples and the negative over the other classes' samples;
+- NLL of the positives only, class weights (n_max/n_c)^power normalised to
+  Σ_c w_c = 1 (`nll_weight_norm`), the full D-dimensional NLL
+  (`nll_per_dim`), times λ_lh (`nll_weight`);
+- purity: `neg_ce` is the authors' linear Σ_k sg(p_pos)_k log p_neg,k;
+  `hinge_ce` and `overlap` are bounded alternatives;
+- balance: KL(bias-corrected EMA of the positives' mean posterior ‖ uniform),
+  the gradient flowing through the current batch's share;
+- plain SGD at a constant lr without clipping (`flow_schedule`,
+  `flow_grad_clip`);
+- selection: the authors' count of pure, non-tiny clusters on the flow's
+  training samples with a cap on the largest cluster, or validation purity
   (`flow_select_metric`), evaluated every `eval_every` steps.
 """
 
@@ -34,18 +37,43 @@ from lcreg_jax.train_state import all_finite
 
 
 def class_nll_weights(labels: np.ndarray, num_classes: int,
-                      power: float = 2.0) -> np.ndarray:
-  """Per-class NLL weights ∝ (n_max / n_c)^power, normalised so Σ_c n_c w_c = N.
+                      power: float = 2.0, norm: str = 'classes') -> np.ndarray:
+  """Per-class NLL weights ∝ (n_max / n_c)^power; absent classes get 0.
 
-  With that normalisation the weighted NLL of uniformly drawn samples keeps
-  the scale of the plain NLL. Absent classes get weight 0.
+  norm='classes' (authors): Σ_c w_c = 1 over the present classes, so the
+  weights average 1/C and the NLL term is ~1/C of a plain mean NLL.
+  norm='samples': Σ_c n_c w_c = N, so the weighted NLL of uniformly drawn
+  samples keeps the scale of the plain NLL.
   """
   counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
   w = np.zeros(num_classes)
   present = counts > 0
   w[present] = (counts.max() / counts[present])**power
-  w *= counts.sum() / np.sum(counts * w)
+  if norm == 'classes':
+    w /= w.sum()
+  else:
+    w *= counts.sum() / np.sum(counts * w)
   return w.astype(np.float32)
+
+
+def sample_class_pairs(key, classes, num_present, starts, counts,
+                       batch: int):
+  """The authors' pairs: two distinct classes uniformly, one sample of each.
+
+  classes[:num_present] are the present class ids (padding after), samples
+  are sorted by class (class c occupies [starts[c], starts[c] + counts[c])).
+  The negative's class is drawn from the other num_present - 1 classes by
+  skipping the positive's slot, so it always differs; with a single class
+  the pair is same-class and the caller masks it out of the purity term.
+  """
+  ka, kb, kp, kn = jax.random.split(key, 4)
+  a = jax.random.randint(ka, (batch,), 0, num_present)
+  b = jax.random.randint(kb, (batch,), 0, jnp.maximum(num_present - 1, 1))
+  b = jnp.where(num_present > 1, jnp.where(b >= a, b + 1, b), a)
+  yp, yn = classes[a], classes[b]
+  pos = starts[yp] + jax.random.randint(kp, (batch,), 0, counts[yp])
+  neg = starts[yn] + jax.random.randint(kn, (batch,), 0, counts[yn])
+  return pos, neg
 
 
 def sample_pairs(key, sorted_labels, n, starts, counts, batch: int):
@@ -79,6 +107,26 @@ def cluster_purity(clusters, labels, num_clusters, num_classes) -> float:
   return float(h.max(1).sum() / labels.size)
 
 
+def authors_selection_score(clusters, labels, num_clusters, num_classes,
+                            min_purity: float = 0.7, min_size: int = 10,
+                            cap_factor: float = 20.0) -> float:
+  """The authors' flow-selection metric on the flow's training samples.
+
+  The number of clusters with purity > min_purity and more than min_size
+  samples; -1 (below any accepted flow) when the largest cluster holds more
+  than N / K * cap_factor samples (the authors hard-code 5000, about
+  N / K * 20 on ImageNet-LT). It reads training labels only, never test.
+  """
+  if labels.size == 0:
+    return float('nan')
+  h = _histogram(clusters, labels, num_clusters, num_classes)
+  size = h.sum(1)
+  if size.max() > labels.size / num_clusters * cap_factor:
+    return -1.0
+  purity = h.max(1) / np.maximum(size, 1)
+  return float(np.sum((purity > min_purity) & (size > min_size)))
+
+
 def heldout_purity(train_clusters, train_labels, clusters, labels,
                    num_clusters, num_classes) -> float:
   """Share of samples whose class is their cluster's training majority."""
@@ -105,20 +153,49 @@ class FlowHParams:
   grad_clip: float | None
   total_steps: int
   batch: int
+  pair_sampling: str = 'class_uniform'
+  separate_passes: bool = True
 
   @classmethod
   def from_config(cls, cfg, dim: int) -> 'FlowHParams':
     """From the (validated) `config.dlsa` and the feature dimension."""
     return cls(
         num_clusters=int(cfg.num_clusters),
-        nll_scale=1.0 / dim if cfg.nll_per_dim else 1.0,
+        # λ_lh, and 1/D for the per-dimension variant.
+        nll_scale=float(cfg.nll_weight) / (dim if cfg.nll_per_dim else 1.0),
         ema_decay=float(cfg.ema_decay), purity_type=str(cfg.purity_type),
         purity_margin=float(cfg.purity_margin),
         purity_weight=float(cfg.purity_weight),
         balance_weight=float(cfg.balance_weight), lr=float(cfg.flow_lr),
         momentum=float(cfg.flow_momentum), schedule=str(cfg.flow_schedule),
         grad_clip=cfg.flow_grad_clip, total_steps=int(cfg.flow_steps),
-        batch=int(cfg.flow_batch_size))
+        batch=int(cfg.flow_batch_size),
+        pair_sampling=str(cfg.pair_sampling),
+        separate_passes=bool(cfg.flow_separate_passes))
+
+
+def neg_ce_purity(p_pos, logq_neg):
+  """Σ_k p_pos,k log p_neg,k per pair (the authors' purity term).
+
+  Minimising it lowers log p_neg,k most where p_pos,k is largest, pushing
+  the negative's posterior away from the positive's cluster. The caller
+  stops the positive's gradient (the authors' `contrast_freeze`).
+  """
+  return jnp.sum(p_pos * logq_neg, -1)
+
+
+def balance_term(mean_posterior, ema, t, decay: float):
+  """KL(ema_hat ‖ uniform) and the new (stop-gradient) EMA.
+
+  ema_t = decay ema_{t-1} + (1 - decay) mean_posterior, bias-corrected by
+  1 / (1 - decay^t) for the zero start; the gradient flows through the
+  current batch's share only (ema_{t-1} is a constant).
+  """
+  k = mean_posterior.shape[-1]
+  new = decay * jax.lax.stop_gradient(ema) + (1.0 - decay) * mean_posterior
+  ema_hat = new / (1.0 - decay**t)
+  kl = jnp.sum(ema_hat * jnp.log(ema_hat + 1e-12)) + math.log(k)
+  return kl, jax.lax.stop_gradient(new)
 
 
 def flow_loss_fn(model: flow_lib.MAF, hp: FlowHParams):
@@ -135,26 +212,38 @@ def flow_loss_fn(model: flow_lib.MAF, hp: FlowHParams):
 
   def loss_fn(params, batch_stats, centers, xp, xn, wp, valid, ema, t):
     b = xp.shape[0]
-    # One pass over both halves so BN statistics see the whole batch.
-    (z, logdet), upd = model.apply(
-        {'params': params, 'batch_stats': batch_stats},
-        jnp.concatenate([xp, xn]), train=True, mutable=['batch_stats'])
+    if hp.separate_passes:
+      # The authors run positives and negatives as two train-mode batches:
+      # each half is normalised with its own BatchNorm statistics and the
+      # running statistics are updated twice.
+      (zp, ldp), upd = model.apply(
+          {'params': params, 'batch_stats': batch_stats}, xp, train=True,
+          mutable=['batch_stats'])
+      (zn, ldn), upd = model.apply(
+          {'params': params, 'batch_stats': upd['batch_stats']}, xn,
+          train=True, mutable=['batch_stats'])
+      z, logdet = jnp.concatenate([zp, zn]), jnp.concatenate([ldp, ldn])
+    else:
+      # One pass over both halves: BN statistics see the whole batch.
+      (z, logdet), upd = model.apply(
+          {'params': params, 'batch_stats': batch_stats},
+          jnp.concatenate([xp, xn]), train=True, mutable=['batch_stats'])
     logp_z, ell = flow_lib.mixture_log_prob(z, centers)
     # Only positives are uniform over the data, so only they carry the
     # class-weighted NLL (the weights assume that sampling distribution).
     nll = -jnp.mean(wp * (logp_z + logdet)[:b]) * hp.nll_scale
     logq = jax.nn.log_softmax(ell, -1)
     p_pos = jnp.exp(logq[:b])
-    if hp.purity_type == 'hinge_ce':
+    if hp.purity_type == 'neg_ce':
+      per_pair = neg_ce_purity(sg(p_pos), logq[b:])
+    elif hp.purity_type == 'hinge_ce':
       ce = -jnp.sum(sg(p_pos) * logq[b:], -1)
       per_pair = jax.nn.relu(log_k + hp.purity_margin - ce)
     else:  # 'overlap'
       overlap = jnp.sum(sg(p_pos) * jnp.exp(logq[b:]), -1)
       per_pair = -jnp.log1p(-jnp.minimum(overlap, 1.0 - 1e-6))
     purity = jnp.sum(per_pair * valid) / jnp.maximum(valid.sum(), 1.0)
-    ema = decay * ema + (1.0 - decay) * p_pos.mean(0)
-    ema_hat = ema / (1.0 - decay**t)  # Bias correction of the zero start.
-    balance = jnp.sum(ema_hat * jnp.log(ema_hat + 1e-12)) + log_k
+    balance, ema = balance_term(p_pos.mean(0), ema, t, decay)
     total = nll + hp.purity_weight * purity + hp.balance_weight * balance
     metrics = {'loss': total, 'nll': nll, 'purity': purity,
                'balance': balance}
@@ -174,9 +263,13 @@ def _flow_train_fns(model: flow_lib.MAF, hp: FlowHParams):
   loss_fn = flow_loss_fn(model, hp)
 
   @jax.jit
-  def step(train, key, xs, ys, n, w, starts, counts):
+  def step(train, key, xs, ys, n, w, starts, counts, classes, num_present):
     """train = {params, batch_stats, opt_state, ema, t, centers}."""
-    pos, neg = sample_pairs(key, ys, n, starts, counts, hp.batch)
+    if hp.pair_sampling == 'class_uniform':
+      pos, neg = sample_class_pairs(key, classes, num_present, starts,
+                                    counts, hp.batch)
+    else:
+      pos, neg = sample_pairs(key, ys, n, starts, counts, hp.batch)
     valid = (ys[pos] != ys[neg]).astype(jnp.float32)
     t = train['t'] + 1.0
     grads, (batch_stats, ema, metrics) = jax.grad(loss_fn, has_aux=True)(
@@ -253,15 +346,29 @@ def train_flow(x, y, x_val, y_val, *, num_classes: int, config, seed: int,
       np.pad(a, [(0, rows - n)] + [(0, 0)] * (a.ndim - 1)))
   xs = pad(x[order].astype(np.float32))
   ys = pad(ys_np)
-  w = pad(class_nll_weights(ys_np, num_classes, cfg.nll_weight_power)[ys_np])
+  w = pad(class_nll_weights(ys_np, num_classes, cfg.nll_weight_power,
+                            cfg.nll_weight_norm)[ys_np])
   counts = jnp.asarray(counts_np)
+  present = np.flatnonzero(counts_np > 0).astype(np.int32)
+  # Padded to C so per-stage flows (fewer classes left) share a compile.
+  classes = jnp.asarray(np.pad(present, (0, num_classes - present.size)))
+  num_present = jnp.asarray(present.size, jnp.int32)
   starts = jnp.asarray(np.cumsum(counts_np) - counts_np)
   variables = _flow_init_fn(model)(ki, xs[:2])
   tx, step = _flow_train_fns(model, hp)
   chunk = int(cfg.eval_chunk)
-  has_val = y_val.size > 0
+  metric = cfg.flow_select_metric
+  # The authors' metric is counted on the flow's own training samples, so it
+  # needs no validation split; the other metrics need one.
+  has_val = metric == 'authors' or y_val.size > 0
+  label = 'train_authors' if metric == 'authors' else f'val_{metric}'
 
   def score(variables):
+    if metric == 'authors':
+      _, ct, _ = flow_evaluate(model, variables, centers, x, chunk)
+      return authors_selection_score(
+          ct, y, k, num_classes, float(cfg.select_min_purity),
+          int(cfg.select_min_size), float(cfg.select_cap_factor))
     _, cv, _ = flow_evaluate(model, variables, centers, x_val, chunk)
     if cfg.flow_select_metric == 'purity':
       return cluster_purity(cv, y_val, k, num_classes)
@@ -275,7 +382,7 @@ def train_flow(x, y, x_val, y_val, *, num_classes: int, config, seed: int,
       return state.offer(step_num, current, np.nan, always=True), {}
     s = score(current)
     return (state.offer(step_num, current, s),
-            {f'val_{cfg.flow_select_metric}': s})
+            {label: s})
 
   train = dict(params=variables['params'],
                batch_stats=variables['batch_stats'],
@@ -283,7 +390,7 @@ def train_flow(x, y, x_val, y_val, *, num_classes: int, config, seed: int,
                ema=jnp.zeros((k,), jnp.float32), t=jnp.zeros((), jnp.float32),
                centers=centers)
   initial = score(variables) if has_val else -np.inf
-  log(f'{name}: n={n} D={dim} K={k} step 0 val_{cfg.flow_select_metric}='
+  log(f'{name}: n={n} D={dim} K={k} step 0 {label}='
       f'{initial:.4f}')
   state = loop.Selection.start(train, variables, initial)
   fingerprint = dict(fingerprint or {}, component=name, n_train=n,
@@ -291,7 +398,7 @@ def train_flow(x, y, x_val, y_val, *, num_classes: int, config, seed: int,
   state = loop.fit(
       state, name=name,
       step_fn=lambda s, key: s.advance(step, key, xs, ys, n, w, starts,
-                                       counts),
+                                       counts, classes, num_present),
       batches=loop.step_keys(seed + 1), total_steps=hp.total_steps,
       checkpoints=checkpoints_lib.StageCheckpoints(
           files.as_path(workdir) / 'checkpoints', fingerprint),
@@ -301,7 +408,7 @@ def train_flow(x, y, x_val, y_val, *, num_classes: int, config, seed: int,
       advice='Lower --config.dlsa.flow_lr, or set --config.dlsa.'
              'flow_grad_clip.')
   best_score, best_step = float(state.best_score), int(state.best_step)
-  log(f'{name}: selected step {best_step} (val_{cfg.flow_select_metric}='
+  log(f'{name}: selected step {best_step} ({label}='
       f'{best_score:.4f})')
   return model, state.best, centers, {'val_score': best_score,
-                                      'step': best_step}
+                                      'step': best_step, 'n_train': n}

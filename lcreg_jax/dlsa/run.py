@@ -28,6 +28,12 @@ class DLSAResult:
   test_stage: np.ndarray  # (N_test,) 0..depth-1 cluster-aided, depth final.
   val_accuracy: float
   stage_report: dict  # stage -> {'share', 'accuracy', 'train_routed', ...}.
+  # The depth-0 control (the final classifier alone on all training
+  # samples, no routing); None when `depth0_control` is off.
+  # (N_train,) the stage that took each training sample (as test_stage).
+  train_stage: np.ndarray | None = None
+  control_test_probs: np.ndarray | None = None
+  control_val_accuracy: float | None = None
 
 
 def digest(*arrays) -> str:
@@ -97,6 +103,8 @@ def run_dlsa(config, *, train, val, test, num_classes: int, workdir: str,
                 seed=cfg.seed * 1000 + 2 * index,
                 fingerprint=dict(base_fingerprint, inputs=digest(*arrays)))
 
+  full_counts = np.bincount(y_of['train'], minlength=c)
+  tiny = float(cfg.balanced_softmax_tiny)
   remaining = {s: np.ones(n_of[s], bool) for s in _SPLITS}
   stage_of = {s: np.full(n_of[s], depth, np.int32) for s in _SPLITS}
   probs = {s: np.zeros((n_of[s], c), np.float32) for s in _SPLITS}
@@ -107,9 +115,12 @@ def run_dlsa(config, *, train, val, test, num_classes: int, workdir: str,
       tr, va = remaining['train'], remaining['val']
       flow_inputs = (x_of['train'][tr], y_of['train'][tr], x_of['val'][va],
                      y_of['val'][va])
-      model, variables, centers, _ = flow_training.train_flow(
+      model, variables, centers, finfo = flow_training.train_flow(
           *flow_inputs, pad_to=n_of['train'],
           **component(f'flow_{st}', st, *flow_inputs))
+      flow_info = {'flow_n_train': int(tr.sum()),
+                   'flow_select_score': float(finfo['val_score']),
+                   'flow_step': int(finfo['step'])}
       outs = {s: flow_training.flow_evaluate(model, variables, centers,
                                              x_of[s], int(cfg.eval_chunk))
               for s in _SPLITS}
@@ -120,12 +131,17 @@ def run_dlsa(config, *, train, val, test, num_classes: int, workdir: str,
     routed = {'train': routed_tr}
     for s in ('val', 'test'):
       routed[s] = routing.route_by_threshold(logp[s], remaining[s], thr)
-    info[st] = {'threshold': thr, 'train_routed': int(routed_tr.sum())}
+    info[st] = dict(flow_info, threshold=thr,
+                    train_routed=int(routed_tr.sum()))
     if not routed_tr.any():
       log(f'stage {st}: no training samples left to route; skipped')
       continue
+    # The authors build the prior from every training sample under this
+    # stage's flow, not only from the ones the stage takes.
+    on_prior = (np.ones(n_of['train'], bool)
+                if cfg.cluster_prior_from == 'all' else routed_tr)
     prior = routing.cluster_prior_matrix(
-        cluster['train'][routed_tr], y_of['train'][routed_tr], k, c)
+        cluster['train'][on_prior], y_of['train'][on_prior], k, c)
 
     def inputs(s, mask, prior=prior):
       x = x_of[s][mask]
@@ -140,6 +156,16 @@ def run_dlsa(config, *, train, val, test, num_classes: int, workdir: str,
         **component(f'classifier_{st}', depth + st, *args[0], args[1],
                     *args[2], args[3]))
     info[st]['val_selection_accuracy'] = cinfo['val_accuracy']
+    correction = classifiers.prior_correction(
+        np.bincount(args[1], minlength=c), full_counts, tiny)
+    use = choose_prior_correction(
+        cfg.stage_prior_correction,
+        lambda off: classifiers.predict_probs(
+            model_c, params, off, inputs('val', routed['val']),
+            cfg.eval_chunk), offset, correction, y_of['val'][routed['val']])
+    info[st]['prior_correction'] = use
+    if use:
+      offset = offset + correction
     for s in ('val', 'test'):
       probs[s][routed[s]] = classifiers.predict_probs(
           model_c, params, offset, inputs(s, routed[s]), cfg.eval_chunk)
@@ -147,19 +173,27 @@ def run_dlsa(config, *, train, val, test, num_classes: int, workdir: str,
       stage_of[s][routed[s]] = st
       remaining[s] &= ~routed[s]
 
-  # Final ordinary classifier on whatever no stage took.
+  # Final ordinary classifier on whatever no stage took; its balanced
+  # softmax uses the full training counts (authors) or the remaining ones.
   model_f = classifiers.LinearClassifier(c)
-  rem = remaining
-  args = ((x_of['train'][rem['train']],), y_of['train'][rem['train']],
-          (x_of['val'][rem['val']],), y_of['val'][rem['val']])
-  params, offset, cinfo = classifiers.train_classifier(
-      model_f, *args, balanced=cfg.final_balanced_softmax,
-      pad_train=n_of['train'], pad_val=n_of['val'],
-      **component('classifier_final', 2 * depth, args[0][0], args[1],
-                  args[2][0], args[3]))
-  for s in ('val', 'test'):
-    probs[s][rem[s]] = classifiers.predict_probs(
+  final_counts = full_counts if cfg.final_counts == 'full' else None
+
+  def final_classifier(name, index, rem):
+    args = ((x_of['train'][rem['train']],), y_of['train'][rem['train']],
+            (x_of['val'][rem['val']],), y_of['val'][rem['val']])
+    params, offset, cinfo = classifiers.train_classifier(
+        model_f, *args, balanced=cfg.final_balanced_softmax,
+        prior_counts=final_counts, pad_train=n_of['train'],
+        pad_val=n_of['val'],
+        **component(name, index, args[0][0], args[1], args[2][0], args[3]))
+    return cinfo, {s: classifiers.predict_probs(
         model_f, params, offset, (x_of[s][rem[s]],), cfg.eval_chunk)
+                   for s in ('val', 'test')}
+
+  rem = remaining
+  cinfo, final_probs = final_classifier('classifier_final', 2 * depth, rem)
+  for s in ('val', 'test'):
+    probs[s][rem[s]] = final_probs[s]
   info[depth] = {'threshold': -np.inf, 'train_routed': int(rem['train'].sum()),
                  'val_selection_accuracy': cinfo['val_accuracy']}
 
@@ -179,9 +213,46 @@ def run_dlsa(config, *, train, val, test, num_classes: int, workdir: str,
         'val_accuracy': accuracy('val', on['val']),
         'threshold': float(info.get(st, {}).get('threshold', np.inf)),
     }
+  for st in range(depth):
+    for key in ('flow_n_train', 'flow_select_score', 'flow_step',
+                'prior_correction'):
+      if key in info.get(st, {}):
+        report[st][key] = info[st][key]
   val_acc = accuracy('val', np.ones(n_of['val'], bool))
   log(f'DLSA: val_acc={val_acc:.4f} in {time.time() - t0:.1f}s; stages: ' +
       ', '.join(f'{st}: share={r["share"]:.3f} acc={r["accuracy"]:.4f}'
                 for st, r in report.items()))
+  control_probs = control_val = None
+  if cfg.depth0_control:
+    if depth == 0:  # DLSA itself is the control.
+      control_probs, control_val = probs['test'], val_acc
+    else:
+      # The same final classifier (seed index 0, as in a depth-0 run) on all
+      # training samples: what routing adds is DLSA minus this row.
+      everything = {s: np.ones(n_of[s], bool) for s in _SPLITS}
+      _, cprobs = final_classifier('classifier_depth0', 0, everything)
+      control_probs = cprobs['test']
+      control_val = (float(np.mean(cprobs['val'].argmax(1) == y_of['val']))
+                     if n_of['val'] else float('nan'))
+    log(f'DLSA depth-0 control: val_acc={control_val:.4f}')
   return DLSAResult(test_probs=probs['test'], test_stage=stage_of['test'],
-                    val_accuracy=val_acc, stage_report=report)
+                    val_accuracy=val_acc, stage_report=report,
+                    train_stage=stage_of['train'],
+                    control_test_probs=control_probs,
+                    control_val_accuracy=control_val)
+
+
+def choose_prior_correction(mode: str, predict, offset, correction,
+                            val_labels) -> bool:
+  """Whether a stage adds log(n_c,stage / n_c) at inference.
+
+  mode 'off' / 'on' decide directly; 'val' compares the stage's validation
+  accuracy without and with the correction (ties keep it off, the authors'
+  form; no validation samples keep it off). predict(offset) -> (N, C).
+  """
+  if mode != 'val':
+    return mode == 'on'
+  if val_labels.size == 0:
+    return False
+  acc = lambda off: float(np.mean(predict(off).argmax(1) == val_labels))
+  return acc(offset + correction) > acc(offset)

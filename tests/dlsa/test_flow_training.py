@@ -8,21 +8,82 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from scipy import special
+from scipy import stats
 
-from lcreg_jax.config.dlsa import dlsa_config
+from lcreg_jax.config.dlsa import dlsa_config, with_preset
 from lcreg_jax.dlsa import flow as flow_lib
 from lcreg_jax.dlsa import flow_training as train_lib
 
 
 def test_class_nll_weights_by_hand():
   labels = np.array([0, 0, 0, 0, 1, 1, 2])  # n = 4, 2, 1; n_max = 4.
-  # Raw (4/n)^2 = 1, 4, 16; Σ n_c w_c = 4 + 8 + 16 = 28 -> scale 7 / 28.
+  # Authors: raw (4/n)^2 = 1, 4, 16 over their sum 21 (mean 1/C).
   np.testing.assert_allclose(train_lib.class_nll_weights(labels, 3),
-                             [0.25, 1.0, 4.0], rtol=1e-6)
+                             [1 / 21, 4 / 21, 16 / 21], rtol=1e-6)
+  # 'samples': Σ n_c w_c = 4 + 8 + 16 = 28 -> scale 7 / 28.
+  np.testing.assert_allclose(
+      train_lib.class_nll_weights(labels, 3, norm='samples'),
+      [0.25, 1.0, 4.0], rtol=1e-6)
   # Absent class -> 0; power 1: raw 1, 2, (absent), 4 -> Σ n w = 4+4+4 = 12.
   np.testing.assert_allclose(
-      train_lib.class_nll_weights(np.array([0, 0, 0, 0, 1, 1, 3]), 4, 1.0),
+      train_lib.class_nll_weights(np.array([0, 0, 0, 0, 1, 1, 3]), 4, 1.0,
+                                  'samples'),
       [7 / 12, 14 / 12, 0.0, 28 / 12], rtol=1e-6)
+  np.testing.assert_allclose(
+      train_lib.class_nll_weights(np.array([0, 0, 0, 0, 1, 1, 3]), 4, 1.0),
+      [1 / 7, 2 / 7, 0.0, 4 / 7], rtol=1e-6)
+
+
+def test_class_uniform_pairs_chi_square():
+  """Both classes of a pair uniform over the present classes, never equal,
+  and the sample uniform within its class."""
+  counts = np.array([50, 0, 9, 3, 1])  # Class 1 absent.
+  labels = np.repeat(np.arange(5), counts)
+  starts = np.cumsum(counts) - counts
+  classes = np.array([0, 2, 3, 4, 0], np.int32)  # Present ones, padded.
+  n_draw = 20000
+  pos, neg = jax.jit(train_lib.sample_class_pairs, static_argnums=5)(
+      jax.random.PRNGKey(0), jnp.asarray(classes), jnp.asarray(4),
+      jnp.asarray(starts), jnp.asarray(counts), n_draw)
+  pos, neg = np.asarray(pos), np.asarray(neg)
+  assert pos.max() < labels.size and neg.max() < labels.size
+  yp, yn = labels[pos], labels[neg]
+  assert np.all(yp != yn)
+  for y in (yp, yn):
+    freq = np.bincount(y, minlength=5)
+    assert freq[1] == 0
+    assert stats.chisquare(freq[[0, 2, 3, 4]]).pvalue > 1e-3
+  # The positive's sample uniform within class 0 (50 samples).
+  within = np.bincount(pos[yp == 0], minlength=50)
+  assert stats.chisquare(within).pvalue > 1e-3
+  # The negative's class uniform over the 3 others given the positive's.
+  for c in (0, 2, 3, 4):
+    freq = np.bincount(yn[yp == c], minlength=5)[[0, 2, 3, 4]]
+    assert freq[[0, 2, 3, 4].index(c)] == 0
+    assert stats.chisquare(freq[freq > 0]).pvalue > 1e-3
+  # The χ² test does fail on a skewed draw (the check has power).
+  skew = np.bincount(labels[np.random.default_rng(0).integers(
+      0, labels.size, n_draw)], minlength=5)[[0, 2, 3, 4]]
+  assert stats.chisquare(skew).pvalue < 1e-10
+
+
+def test_authors_selection_score_by_hand():
+  # K = 4 clusters over 24 samples: cluster 0 pure (12), cluster 1 8/10
+  # pure, cluster 2 pure but 2 samples, cluster 3 empty.
+  clusters = np.repeat([0, 1, 2], [12, 10, 2])
+  labels = np.r_[np.zeros(12), np.ones(8), 2, 2, 0, 0].astype(int)
+  # Purity > 0.7 and size > 1: clusters 0, 1, 2 -> 3; size > 10: only 0.
+  assert train_lib.authors_selection_score(clusters, labels, 4, 3, 0.7,
+                                           1) == 3
+  assert train_lib.authors_selection_score(clusters, labels, 4, 3, 0.7,
+                                           10) == 1
+  assert train_lib.authors_selection_score(clusters, labels, 4, 3, 0.8,
+                                           1) == 2  # 0.8 is not > 0.8.
+  # Cap N / K * f = 6 f: the largest cluster (12) passes at f = 2, not 1.9.
+  assert train_lib.authors_selection_score(clusters, labels, 4, 3, 0.7, 1,
+                                           2.0) == 3
+  assert train_lib.authors_selection_score(clusters, labels, 4, 3, 0.7, 1,
+                                           1.9) == -1
 
 
 def test_sample_pairs_distribution():
@@ -60,10 +121,12 @@ def test_purity_metrics_by_hand():
                                   3) == pytest.approx(2 / 5)
 
 
-def _loss_setup(purity_type='hinge_ce', center_std=0.05, seed=0):
-  cfg = dlsa_config()
+def _loss_setup(purity_type='hinge_ce', center_std=0.05, seed=0, **kw):
+  cfg = with_preset(dlsa_config())
   cfg.num_clusters, cfg.purity_type, cfg.center_std = 6, purity_type, center_std
   cfg.purity_margin, cfg.purity_weight, cfg.balance_weight = 1.5, 0.7, 0.3
+  cfg.nll_per_dim, cfg.flow_separate_passes = True, False  # Today's form.
+  cfg.update(kw)
   dim, b = 3, 8
   model = flow_lib.MAF(dim)
   rng = np.random.default_rng(seed)
@@ -77,26 +140,37 @@ def _loss_setup(purity_type='hinge_ce', center_std=0.05, seed=0):
   return cfg, model, v, centers, (xp, xn, wp, valid), hp
 
 
-def test_flow_loss_matches_numpy():
-  cfg, model, v, centers, (xp, xn, wp, valid), hp = _loss_setup()
+@pytest.mark.parametrize('authors', [False, True])
+def test_flow_loss_matches_numpy(authors):
+  """Today's form (hinge, per-dim NLL, one pass) and the authors' (neg_ce,
+  full-D NLL times λ_lh = 2, two BatchNorm passes)."""
+  kw = (dict(purity_type='neg_ce', nll_per_dim=False, nll_weight=2.0,
+             flow_separate_passes=True) if authors else {})
+  cfg, model, v, centers, (xp, xn, wp, valid), hp = _loss_setup(**kw)
   loss_fn = jax.jit(train_lib.flow_loss_fn(model, hp))
   ema0 = jnp.zeros(6)
   total, (_, ema, m) = loss_fn(v['params'], v['batch_stats'], centers, xp, xn,
                                wp, valid, ema0, 1.0)
-  (z, logdet), _ = jax.jit(lambda v, x: model.apply(
-      v, x, train=True, mutable=['batch_stats']))(v, jnp.concatenate([xp, xn]))
+  fwd = jax.jit(lambda v, x: model.apply(v, x, train=True,
+                                         mutable=['batch_stats'])[0])
+  if authors:  # Each half normalised with its own batch statistics.
+    (zp, lp), (zn, ln) = fwd(v, xp), fwd(v, xn)
+    z, logdet = np.concatenate([zp, zn]), np.concatenate([lp, ln])
+  else:
+    z, logdet = fwd(v, jnp.concatenate([xp, xn]))
   z, logdet = np.asarray(z, np.float64), np.asarray(logdet, np.float64)
   c = np.asarray(centers, np.float64)
   ell = (-0.5 * ((z[:, None] - c[None]) ** 2).sum(-1) -
          1.5 * math.log(2 * math.pi))
   logp = special.logsumexp(ell, 1) - math.log(6) + logdet
   b = 8
-  nll = -np.mean(np.asarray(wp) * logp[:b]) / 3  # Nats per dimension.
+  nll = -np.mean(np.asarray(wp) * logp[:b])
+  nll = nll * 2.0 if authors else nll / 3  # λ_lh, or nats per dimension.
   logq = ell - special.logsumexp(ell, 1, keepdims=True)
   p = np.exp(logq)
   ce = -(p[:b] * logq[b:]).sum(1)
-  hinge = np.maximum(math.log(6) + 1.5 - ce, 0)
-  purity = (hinge * np.asarray(valid)).sum() / np.asarray(valid).sum()
+  per_pair = -ce if authors else np.maximum(math.log(6) + 1.5 - ce, 0)
+  purity = (per_pair * np.asarray(valid)).sum() / np.asarray(valid).sum()
   pbar = p[:b].mean(0)  # ema_hat at t = 1 after bias correction.
   balance = np.sum(pbar * np.log(pbar)) + math.log(6)
   np.testing.assert_allclose(m['nll'], nll, rtol=1e-4)
@@ -107,7 +181,7 @@ def test_flow_loss_matches_numpy():
   np.testing.assert_allclose(ema, (1 - cfg.ema_decay) * pbar, rtol=1e-4)
 
 
-@pytest.mark.parametrize('purity_type', ['hinge_ce', 'overlap'])
+@pytest.mark.parametrize('purity_type', ['neg_ce', 'hinge_ce', 'overlap'])
 def test_purity_term_separates_pairs(purity_type):
   """Descending the purity term alone lowers P(same cluster) of pairs."""
   _, model, v, centers, (xp, xn, wp, valid), hp = _loss_setup(
@@ -129,7 +203,10 @@ def test_purity_term_separates_pairs(purity_type):
   @jax.jit
   def step(params):
     g = jax.grad(purity)(params)
-    return jax.tree.map(lambda p, d: p - 0.3 * d, params, g)
+    # neg_ce is linear in log p_neg and unbounded below: large steps blow
+    # the flow up (the authors weight it by 0.02), so it gets a small lr.
+    lr = 0.02 if purity_type == 'neg_ce' else 0.3
+    return jax.tree.map(lambda p, d: p - lr * d, params, g)
 
   params = v['params']
   overlap = jax.jit(overlap)
@@ -137,3 +214,43 @@ def test_purity_term_separates_pairs(purity_type):
   for _ in range(30):
     params = step(params)
   assert float(overlap(params)) < 0.8 * before
+
+
+def test_neg_ce_gradient_moves_the_negative_away():
+  """A descent step on the negative's logits lowers Σ_k p_pos,k p_neg,k,
+  and the gradient is p_pos - p_neg Σ p_pos (finite differences agree)."""
+  rng = np.random.default_rng(0)
+  p_pos = jax.nn.softmax(jnp.asarray(rng.normal(size=(5, 7)) * 2))
+  logits = jnp.asarray(rng.normal(size=(5, 7)), jnp.float32)
+  f = lambda l: jnp.mean(train_lib.neg_ce_purity(p_pos, jax.nn.log_softmax(l)))
+  overlap = lambda l: jnp.sum(p_pos * jax.nn.softmax(l), -1)
+  g = jax.grad(f)(logits)
+  p_neg = np.asarray(jax.nn.softmax(logits), np.float64)
+  pp = np.asarray(p_pos, np.float64)
+  np.testing.assert_allclose(g, (pp - p_neg * pp.sum(1, keepdims=True)) / 5,
+                             atol=1e-6)
+  after = overlap(logits - 0.5 * g)
+  assert np.all(np.asarray(after) < np.asarray(overlap(logits)))
+
+
+def test_balance_term_matches_numpy_with_bias_corrected_ema():
+  rng = np.random.default_rng(1)
+  k, decay = 5, 0.7
+  means = [rng.dirichlet(np.ones(k)) for _ in range(3)]
+  ema = jnp.zeros(k)
+  ema_np = np.zeros(k)
+  for t, m in enumerate(means, start=1):
+    kl, ema_new = train_lib.balance_term(jnp.asarray(m), ema, float(t), decay)
+    ema_np = decay * ema_np + (1 - decay) * m
+    hat = ema_np / (1 - decay**t)
+    np.testing.assert_allclose(kl, np.sum(hat * np.log(hat)) + np.log(k),
+                               rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(ema_new, ema_np, rtol=1e-6)
+    # The gradient flows through this batch's share only.
+    g_mean, g_ema = jax.grad(
+        lambda m_, e_: train_lib.balance_term(m_, e_, float(t), decay)[0],
+        argnums=(0, 1))(jnp.asarray(m), ema)
+    np.testing.assert_allclose(
+        g_mean, (1 - decay) / (1 - decay**t) * (np.log(hat) + 1), rtol=1e-4)
+    np.testing.assert_array_equal(g_ema, 0.0)
+    ema = ema_new
