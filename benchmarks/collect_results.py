@@ -12,7 +12,8 @@ import sys
 
 import numpy as np
 
-STAGES = ('stage1', 'stage2', 'dlsa')
+# dlsa_depth0: DLSA's depth-0 control (the final classifier alone).
+STAGES = ('stage1', 'stage2', 'dlsa', 'dlsa_depth0')
 COLS = ('top1', 'many', 'medium', 'few', 'ece', 'nll')
 
 
