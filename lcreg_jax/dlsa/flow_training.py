@@ -381,7 +381,11 @@ def train_flow(x, y, x_val, y_val, *, num_classes: int, config, seed: int,
     if not has_val:
       return state.offer(step_num, current, np.nan, always=True), {}
     s = score(current)
-    return (state.offer(step_num, current, s),
+    # Authors: a flow over the cluster-size cap (-1) is never selected over
+    # an accepted one, but while none is accepted the latest flow is kept
+    # (their code falls back to the last epoch's model).
+    latest = metric == 'authors' and s < 0 and float(state.best_score) < 0
+    return (state.offer(step_num, current, s, always=latest),
             {label: s})
 
   train = dict(params=variables['params'],
@@ -390,6 +394,10 @@ def train_flow(x, y, x_val, y_val, *, num_classes: int, config, seed: int,
                ema=jnp.zeros((k,), jnp.float32), t=jnp.zeros((), jnp.float32),
                centers=centers)
   initial = score(variables) if has_val else -np.inf
+  if metric == 'authors':
+    # The untrained flow is no candidate in the authors' code: any trained
+    # one replaces it.
+    initial = min(initial, -1.0)
   log(f'{name}: n={n} D={dim} K={k} step 0 {label}='
       f'{initial:.4f}')
   state = loop.Selection.start(train, variables, initial)

@@ -254,3 +254,25 @@ def test_balance_term_matches_numpy_with_bias_corrected_ema():
         g_mean, (1 - decay) / (1 - decay**t) * (np.log(hat) + 1), rtol=1e-4)
     np.testing.assert_array_equal(g_ema, 0.0)
     ema = ema_new
+
+
+@pytest.mark.parametrize('cap,expected_step', [(1e-3, 20), (1e3, None)])
+def test_authors_selection_in_train_flow(tmp_path, cap, expected_step):
+  """Over the cap everywhere: the last flow is kept (the authors' fallback),
+  never the untrained one; otherwise the step with the highest count."""
+  rng = np.random.default_rng(0)
+  y = np.repeat(np.arange(3), [60, 30, 10])
+  x = (rng.normal(size=(3, 4))[y] * 3 + rng.normal(size=(100, 4))).astype(
+      np.float32)
+  cfg = with_preset(dlsa_config())
+  cfg.update(num_clusters=8, flow_steps=20, eval_every=10, flow_batch_size=32,
+             select_cap_factor=cap, select_min_size=2)
+  logs = []
+  _, _, _, info = train_lib.train_flow(
+      x, y, x[:0], y[:0], num_classes=3, config=cfg, seed=0,
+      workdir=str(tmp_path), log=logs.append)
+  if expected_step is not None:
+    assert info == {'val_score': -1.0, 'step': expected_step, 'n_train': 100}
+  else:
+    assert info['step'] in (10, 20) and info['val_score'] >= 0
+    assert any(f'train_authors={info["val_score"]:.4f}' in l for l in logs)
