@@ -60,11 +60,24 @@ def label_aware_smoothing(logits, labels, class_counts, head, tail,
   return ((1.0 - e) * nll + e * uniform).mean()
 
 
-def balanced_softmax_loss(logits, labels, class_counts, tiny: float = 1e-12):
+def balanced_softmax_loss(logits, labels, class_counts, tiny: float = 1e-12,
+                          class_weights=None):
   """Mean CE of softmax(logits + log(n_c + tiny)) (Ren et al., 2020).
 
   `tiny` keeps classes that are absent from the counts finite: their adjusted
-  logit is ~log(tiny), so they take (almost) no softmax mass.
+  logit is ~log(tiny), so they take (almost) no softmax mass. With
+  `class_weights` (stage-1 re-weighting), the class-weighted mean.
   """
   adj = logits + jnp.log(jnp.asarray(class_counts).astype(logits.dtype) + tiny)
-  return optax.softmax_cross_entropy_with_integer_labels(adj, labels).mean()
+  ce = optax.softmax_cross_entropy_with_integer_labels(adj, labels)
+  if class_weights is None:
+    return ce.mean()
+  w = jnp.asarray(class_weights, ce.dtype)[labels]
+  return (w * ce).sum() / w.sum()
+
+
+def mixup_loss(loss_fn, logits, labels, partner_labels, lam) -> jax.Array:
+  """Any integer-label loss under mixup, as MiSLAS and LDAM-DRW mix it:
+  λ loss(ŷ, y) + (1-λ) loss(ŷ, y[perm])."""
+  return (lam * loss_fn(logits, labels)
+          + (1.0 - lam) * loss_fn(logits, partner_labels))

@@ -1,0 +1,21 @@
+"""Focal loss in LDAM-DRW's form (DESIGN §8)."""
+
+import jax
+import jax.numpy as jnp
+import optax
+
+
+def focal_loss(logits, labels, gamma: float, class_weights=None) -> jax.Array:
+  """mean_i (1 - exp(-ℓ_i))^γ ℓ_i with ℓ_i = w_{y_i} CE_i.
+
+  As in LDAM-DRW, the class weights scale each sample's cross-entropy before
+  the focal factor and the result is a plain mean over the batch (not the
+  weighted mean of the other losses). γ = 0 without weights is the mean CE.
+  """
+  ce = optax.softmax_cross_entropy_with_integer_labels(
+      logits.astype(jnp.float32), labels)
+  if class_weights is not None:
+    ce = jnp.asarray(class_weights, jnp.float32)[labels] * ce
+  if gamma == 0:   # 0^0 = 1 in the limit; avoids a 0 * log 0 gradient at ℓ = 0
+    return ce.mean()
+  return ((-jnp.expm1(-ce)) ** gamma * ce).mean()
