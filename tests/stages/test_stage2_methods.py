@@ -24,10 +24,11 @@ from tests.steps.test_stage1 import batch
 COUNTS = np.arange(10) * 10 + 5
 
 
-def _config(method):
+def _config(method, latent=False):
   cfg = tiny.tiny_config()
-  cfg.model.latent.enabled = False
-  cfg.model.classify_on = 'feature'
+  if not latent:
+    cfg.model.latent.enabled = False
+    cfg.model.classify_on = 'feature'
   cfg.data.val_per_class = 3
   cfg.stage2.method = method
   cfg.seed = 3
@@ -66,8 +67,10 @@ def _flat(tree):
           for p, v in jax.tree_util.tree_leaves_with_path(tree)}
 
 
-def test_crt_reinitialises_the_classifier_and_trains_only_it():
-  cfg = _config('crt')
+# With the latent module (LCReg's stage 1) the same holds for its classifier.
+@pytest.mark.parametrize('latent', [False, True])
+def test_crt_reinitialises_the_classifier_and_trains_only_it(latent):
+  cfg = _config('crt', latent)
   s1 = _stage1(cfg)
   start, end, hp = _retrain(cfg, s1)
   # Plain CE, no shift-BN (the preset row's shift_bn is overridden).
