@@ -1,5 +1,6 @@
 """Baseline: class-wise ISDA (DESIGN §8) on the pooled feature, plain CE
-otherwise."""
+otherwise. Full per-class covariances for up to 100 classes, diagonal ones
+beyond (a full C × D × D is 16 GB at C = 1000, D = 2048)."""
 
 import os
 import runpy
@@ -9,5 +10,5 @@ _shared = runpy.run_path(os.path.join(os.path.dirname(__file__), '_shared.py'))
 
 def get_config(data=None):
   c = _shared['plain_ce'](data)
-  c.stage1.isda = 'classwise'
+  c.model.class_isda = 'full' if c.data.num_classes <= 100 else 'diagonal'
   return c
