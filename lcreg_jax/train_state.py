@@ -28,14 +28,23 @@ def init_variables(model, rng, image_shape):
 
 
 def create_train_state(model, rng, image_shape, tx, model_config=None):
-  """A fresh state; with a latent module, zero moments of its M latents."""
+  """A fresh state; with a latent module, zero moments of its M latents;
+  with class-wise ISDA (`model_config.class_isda`), of the C classes."""
   variables = init_variables(model, rng, image_shape)
   cov = {}
+  class_isda = (model_config.get('class_isda', 'none')
+                if model_config is not None else 'none')
+  shapes = None
+  if model.latent is not None or class_isda != 'none':
+    d, c = variables['params']['head']['fc']['kernel'].shape
   if model.latent is not None:
-    d = variables['params']['head']['fc']['kernel'].shape[0]
     shapes = jax.eval_shape(functools.partial(
         covariance.init_covariance, model.latent.num_latents, d,
         diagonal=model_config.latent.covariance == 'diagonal'))
+  elif class_isda != 'none':   # class-wise ISDA: moments of the C classes
+    shapes = jax.eval_shape(functools.partial(
+        covariance.init_covariance, c, d, diagonal=class_isda == 'diagonal'))
+  if shapes is not None:
     # Zeros on the host, whose pages the OS maps only when written: placing
     # the state (`parallel.place`) then gives each device its own rows, and
     # a split M × D × D covariance is never whole on one device.

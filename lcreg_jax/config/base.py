@@ -70,6 +70,13 @@ def base_config() -> ml_collections.ConfigDict:
       # do; the stem and earlier blocks are frozen (no gradient, BatchNorm in
       # inference mode), as for Places-LT's ImageNet trunk.
       trainable_blocks=placeholder(int),
+      # Class-wise ISDA baseline (DESIGN §8): none | diagonal | full, the form
+      # of the per-class feature covariances (C × D, or C × D × D: small C
+      # only; 16 GB at C = 1000, D = 2048). On, stage 1 trains on ISDA's
+      # bound over the C classes (λ = stage1.isda_lambda0 · t/T); it needs
+      # latent.enabled=False, plain CE and no mixup. A model key because the
+      # moments are part of the train state that stage 2 restores.
+      class_isda='none',
   ))
   c.model.latent = ml_collections.ConfigDict(dict(
       enabled=True, num_latents=40,
@@ -101,7 +108,20 @@ def base_config() -> ml_collections.ConfigDict:
       # gathering the batch across devices and hosts.
       mixup_partners='global',
       alpha=0.1, beta=0.1, gamma=1.0,   # eq. 7 weights of aug, recon, cls
-      isda_lambda0=0.5,
+      isda_lambda0=0.5,       # λ0 of the latent and the class-wise ISDA
+      # The classification loss L_cls (DESIGN §8 baselines): ce (MiSLAS) |
+      # focal | ldam | balanced_softmax | logit_adjusted; under mixup each is
+      # λ loss(y) + (1-λ) loss(y[perm]).
+      loss='ce',
+      focal_gamma=1.0,        # focal: γ (0 = CE)
+      ldam_max_margin=0.5, ldam_scale=30.0,   # ldam: largest margin, s
+      la_tau=1.0,             # logit_adjusted: τ of CE(z + τ log π, y)
+      # Class weights of L_cls: none | effective_number (Cui et al., from the
+      # first step) | drw (weights 1 until drw_epoch, then effective-number).
+      reweight='none',
+      reweight_beta=0.9999,   # β of the effective number (1-β^n)/(1-β)
+      # drw: the weights switch on at step round(drw_epoch · steps/epoch).
+      drw_epoch=160.0,
   ))
 
   c.stage2 = ml_collections.ConfigDict(dict(

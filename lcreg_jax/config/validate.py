@@ -16,6 +16,7 @@ from lcreg_jax import errors
 from lcreg_jax.config import base
 from lcreg_jax.config import dlsa as dlsa_config
 from lcreg_jax.config import presets
+from lcreg_jax.data import samplers
 from lcreg_jax.models import resnet
 
 CHOICES = {
@@ -30,6 +31,10 @@ CHOICES = {
     'model.dtype': ('float32', 'bfloat16'),
     'model.classify_on': ('sum', 'feature', 'reconstruction'),
     'model.latent.covariance': ('full', 'diagonal'),
+    'model.class_isda': ('none', 'diagonal', 'full'),
+    'stage1.loss': ('ce', 'focal', 'ldam', 'balanced_softmax',
+                    'logit_adjusted'),
+    'stage1.reweight': ('none', 'effective_number', 'drw'),
     'stage1.schedule': ('step', 'cosine'),
     'stage2.preset': presets.STAGE2_PRESET_NAMES,
     'stage2.las_shape': ('concave', 'linear', 'convex', 'exp'),
@@ -90,6 +95,10 @@ RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     'stage1.decay_factor': _FACTOR, 'stage1.mixup_alpha': _NONNEG,
     'stage1.alpha': _NONNEG, 'stage1.beta': _NONNEG, 'stage1.gamma': _NONNEG,
     'stage1.isda_lambda0': _NONNEG,
+    'stage1.focal_gamma': _NONNEG, 'stage1.ldam_max_margin': _POSITIVE,
+    'stage1.ldam_scale': _POSITIVE,
+    'stage1.la_tau': (_num, 'a finite number (1 = the prior itself)'),
+    'stage1.reweight_beta': _MOMENTUM, 'stage1.drw_epoch': _NONNEG,
     'stage2.epochs': _POSITIVE, 'stage2.steps': _POSITIVE_INT,
     'stage2.batch_size': _POSITIVE_INT, 'stage2.lr': _POSITIVE,
     'stage2.momentum': _MOMENTUM, 'stage2.weight_decay': _NONNEG,
@@ -198,6 +207,38 @@ def has_val_split(data) -> bool:
                   and data.tfds_val_split))
 
 
+def _stage1_loss_problems(config, flat: dict) -> list[str]:
+  """Cross-checks of the stage-1 loss, re-weighting and class-wise ISDA."""
+  problems = []
+  epochs, drw = flat['stage1.epochs'], flat['stage1.drw_epoch']
+  if (flat['stage1.reweight'] == 'drw' and flat['stage1.steps'] is None
+      and _num(epochs) and _num(drw) and drw >= epochs):
+    problems.append(
+        f'stage1.reweight=drw switches the weights on at stage1.drw_epoch='
+        f'{drw:g}, but stage 1 ends at epoch {epochs:g}, so they would never '
+        f'be used: set stage1.drw_epoch below {epochs:g} (LDAM-DRW: 160 of '
+        '200), or stage1.reweight=effective_number to weight from the start')
+  isda = flat['model.class_isda']
+  if isda != 'none':
+    if config.model.latent.enabled:
+      problems.append(
+          f'model.class_isda={isda} is the class-wise ISDA baseline on the '
+          'pooled feature, which runs without the latent module: set '
+          'model.latent.enabled=False (and model.classify_on=feature), or '
+          'model.class_isda=none for LCReg')
+    if flat['stage1.loss'] != 'ce':
+      problems.append(
+          f'model.class_isda={isda} trains on ISDA\'s bound of the '
+          f'cross-entropy, but stage1.loss={flat["stage1.loss"]!r}: set '
+          'stage1.loss=ce (class weights via stage1.reweight still apply)')
+    if _num(flat['stage1.mixup_alpha']) and flat['stage1.mixup_alpha'] > 0:
+      problems.append(
+          f'model.class_isda={isda} estimates each class\'s feature '
+          'covariance from its images, and a mixed image belongs to no one '
+          'class: set stage1.mixup_alpha=0')
+  return problems
+
+
 def _problems(config, flat: dict, optional: set[str]) -> list[str]:
   problems = []
   for key, choices in CHOICES.items():
@@ -240,6 +281,7 @@ def _problems(config, flat: dict, optional: set[str]) -> list[str]:
         'data.val_per_class (e.g. 20: that many training images per class '
         'are held out), or data.val_list (source=list) / data.tfds_val_split '
         '(TFDS) to the data set\'s validation list')
+  problems += _stage1_loss_problems(config, flat)
   if flat['stage2.las_shape'] == 'exp' and flat['stage2.las_power'] is None:
     problems.append('stage2.las_shape=exp needs stage2.las_power (> 0)')
   if config.stage2.enabled and flat['stage2.preset'] in (
@@ -355,6 +397,18 @@ def validate_against_data(config, info) -> None:
     if config[stage].enabled and config[stage].batch_size > n:
       problems.append(f'{stage}.batch_size={config[stage].batch_size} is '
                       f'larger than the {n} training images of {info.name}')
+  s1 = config.stage1
+  if s1.enabled and s1.reweight == 'drw':
+    spe = samplers.steps_per_epoch(n, s1.batch_size)
+    total = s1.steps or int(round(s1.epochs * spe))
+    switch = int(round(s1.drw_epoch * spe))
+    if switch >= total:
+      raise errors.ConfigError(
+          f'stage1.reweight=drw switches the weights on at step {switch} '
+          f'(stage1.drw_epoch={s1.drw_epoch:g} x {spe} steps per epoch of '
+          f'{info.name}), but stage 1 has {total} steps, so they would never '
+          f'be used: set stage1.drw_epoch below {total / spe:g}, or '
+          'stage1.reweight=effective_number. Nothing was trained.')
   if problems:
     raise errors.ConfigError(
         '; '.join(problems) + '. Lower the batch size (it must also divide '

@@ -62,7 +62,8 @@ def train(ctx: common.Context):
   shard = config.shard_covariance
   log_covariance_layout(config, ctx.mesh)
   state = parallel.place(initial_state(config, ctx.info, tx), ctx.mesh, shard)
-  hp = stage1_step.Stage1Hparams.from_config(config, total)
+  hp = stage1_step.Stage1Hparams.from_config(config, total, spe,
+                                             ctx.info.class_counts)
   step = parallel.jit_step(
       functools.partial(stage1_step.train_step, hp=hp,
                         cov_mesh=ctx.mesh if shard else None),

@@ -30,12 +30,41 @@ class Stage1Hparams:
   # each device (stage1.mixup_partners=per_device), so no device needs
   # another's images.
   mixup_groups: int = 1
+  # L_cls and its class weights (DESIGN §8); defaults: MiSLAS's plain CE.
+  loss: str = 'ce'
+  focal_gamma: float = 1.0
+  ldam_max_margin: float = 0.5
+  ldam_scale: float = 30.0
+  la_tau: float = 1.0
+  reweight: str = 'none'
+  reweight_beta: float = 0.9999
+  drw_step: int = 0          # reweight=drw: first step with the weights
+  class_counts: tuple | None = None   # training counts n_c (tuple: hashable)
+  class_isda: str = 'none'   # class-wise ISDA on the pooled feature
 
   @classmethod
-  def from_config(cls, config, total_steps: int) -> 'Stage1Hparams':
-    """From the resolved config; without latents, α = β = 0 (plain MiSLAS)."""
+  def from_config(cls, config, total_steps: int, steps_per_epoch: int = 1,
+                  class_counts=None) -> 'Stage1Hparams':
+    """From the resolved config; without latents, α = β = 0 (plain MiSLAS).
+
+    `class_counts` (the training set's) are needed by every loss but ce and
+    by re-weighting; `steps_per_epoch` places the DRW switch.
+    """
     s1, latent = config.stage1, config.model.latent
-    return cls(alpha=s1.alpha if latent.enabled else 0.0,
+    needs_counts = s1.loss not in ('ce',) or s1.reweight != 'none'
+    if needs_counts and class_counts is None:
+      raise ValueError(f'stage1.loss={s1.loss} / stage1.reweight='
+                       f'{s1.reweight} need the training class counts.')
+    return cls(loss=s1.loss, focal_gamma=s1.focal_gamma,
+               ldam_max_margin=s1.ldam_max_margin, ldam_scale=s1.ldam_scale,
+               la_tau=s1.la_tau, reweight=s1.reweight,
+               reweight_beta=s1.reweight_beta,
+               drw_step=int(round(s1.drw_epoch * steps_per_epoch)),
+               class_counts=(tuple(int(n) for n in class_counts)
+                             if class_counts is not None else None),
+               class_isda=(config.model.get('class_isda', 'none')
+                           if not latent.enabled else 'none'),
+               alpha=s1.alpha if latent.enabled else 0.0,
                beta=s1.beta if latent.enabled else 0.0,
                gamma=s1.gamma, mixup_alpha=s1.mixup_alpha,
                isda_lambda0=s1.isda_lambda0, total_steps=total_steps,
@@ -89,6 +118,38 @@ def sample_latent_noise(rng, cov_state, lam, batch: int, mesh=None):
                        out_specs=P(None, 'data'))(cov_state.cov, lam, n)
 
 
+def class_weights(hp: Stage1Hparams, step):
+  """The class weights of L_cls at `step`, or None (plain mean)."""
+  if hp.reweight == 'none':
+    return None
+  w = losses.effective_number_weights(hp.class_counts, hp.reweight_beta)
+  if hp.reweight == 'effective_number':
+    return jnp.asarray(w)
+  return losses.drw_weights(step, hp.drw_step, w)
+
+
+def class_loss(hp: Stage1Hparams, logits, labels, weights) -> jax.Array:
+  """L_cls for integer labels: the configured loss, class-weighted."""
+  if hp.loss == 'ce':
+    if weights is None:
+      return losses.cross_entropy(logits, labels)
+    ce = optax.softmax_cross_entropy_with_integer_labels(
+        logits.astype(jnp.float32), labels)
+    return losses.class_weighted_mean(ce, labels, weights)
+  if hp.loss == 'focal':
+    return losses.focal_loss(logits, labels, hp.focal_gamma, weights)
+  if hp.loss == 'ldam':
+    return losses.ldam_loss(logits, labels, hp.class_counts,
+                            hp.ldam_max_margin, hp.ldam_scale, weights)
+  if hp.loss == 'balanced_softmax':
+    return losses.balanced_softmax_loss(logits, labels, hp.class_counts,
+                                        class_weights=weights)
+  if hp.loss == 'logit_adjusted':
+    return losses.logit_adjusted_loss(logits, labels, hp.class_counts,
+                                      hp.la_tau, weights)
+  raise ValueError(f'Unknown stage1.loss {hp.loss!r}.')
+
+
 def train_step(state, batch, *, hp: Stage1Hparams, cov_mesh=None):
   """One stage-1 step: L = α L_aug + β L_recon + γ L_cls (eq. 7).
 
@@ -110,7 +171,10 @@ def train_step(state, batch, *, hp: Stage1Hparams, cov_mesh=None):
   partners = mixup_partners(perm_rng, bsz, hp.mixup_groups)
   mixed = lam_mix * images + (1 - lam_mix) * take_partners(images, partners)
   isda_lam = hp.isda_lambda0 * state.step / hp.total_steps
-  has_latent = isinstance(state.cov, covariance.CovarianceState)
+  class_isda = hp.class_isda != 'none'
+  has_latent = (isinstance(state.cov, covariance.CovarianceState)
+                and not class_isda)
+  weights = class_weights(hp, state.step)
 
   def loss_fn(params):
     noise = None
@@ -121,10 +185,28 @@ def train_step(state, batch, *, hp: Stage1Hparams, cov_mesh=None):
         {'params': params, 'batch_stats': state.batch_stats}, mixed,
         train=True, latent_noise=noise, mutable=['batch_stats'])
     partner_labels = take_partners(labels, partners)
-    cls = losses.mixup_cross_entropy(out['logits'], labels, partner_labels,
-                                     lam_mix)
-    aux = dict(cls_loss=cls, batch_stats=mutated['batch_stats'],
-               cov=state.cov)
+    aux = dict(batch_stats=mutated['batch_stats'], cov=state.cov)
+    if class_isda:
+      # ISDA's order: merge this batch's features, then use the moments.
+      # (No mixup here: config validation requires mixup_alpha=0.)
+      aux['cov'] = covariance.update_covariance(state.cov, out['features'],
+                                                labels)
+      kernel = params['head']['fc']['kernel']
+
+      def loss_of(z, y):
+        z = losses.classwise_isda_logits(z, kernel, aux['cov'].cov, y,
+                                         isda_lam)
+        return class_loss(hp, z, y, weights)
+    else:
+      def loss_of(z, y):
+        return class_loss(hp, z, y, weights)
+    if hp.loss == 'ce' and weights is None and not class_isda:
+      cls = losses.mixup_cross_entropy(out['logits'], labels, partner_labels,
+                                       lam_mix)   # MiSLAS, as it always was
+    else:
+      cls = losses.mixup_loss(loss_of, out['logits'], labels, partner_labels,
+                              lam_mix)
+    aux['cls_loss'] = cls
     loss = hp.gamma * cls
     if has_latent:
       samples = out['latent_samples']                    # (B, M, D)
