@@ -12,10 +12,11 @@ def focal_loss(logits, labels, gamma: float, class_weights=None) -> jax.Array:
   the focal factor and the result is a plain mean over the batch (not the
   weighted mean of the other losses). γ = 0 without weights is the mean CE.
   """
-  ce = optax.softmax_cross_entropy_with_integer_labels(
-      logits.astype(jnp.float32), labels)
+  # At least float32 (bfloat16 logits), float64 kept (finite differences).
+  z = logits.astype(jnp.promote_types(logits.dtype, jnp.float32))
+  ce = optax.softmax_cross_entropy_with_integer_labels(z, labels)
   if class_weights is not None:
-    ce = jnp.asarray(class_weights, jnp.float32)[labels] * ce
+    ce = jnp.asarray(class_weights, z.dtype)[labels] * ce
   if gamma == 0:   # 0^0 = 1 in the limit; avoids a 0 * log 0 gradient at ℓ = 0
     return ce.mean()
   return ((-jnp.expm1(-ce)) ** gamma * ce).mean()

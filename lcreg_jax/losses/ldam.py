@@ -20,8 +20,8 @@ def ldam_loss(logits, labels, class_counts, max_margin: float = 0.5,
               scale: float = 30.0, class_weights=None) -> jax.Array:
   """CE(s · z', y) with z'_y = z_y - m_y (other logits unchanged), the
   class-weighted mean Σ w_{y_i} ℓ_i / Σ w_{y_i} when weights are given."""
-  z = logits.astype(jnp.float32)
-  margins = jnp.asarray(ldam_margins(class_counts, max_margin))
+  z = logits.astype(jnp.promote_types(logits.dtype, jnp.float32))
+  margins = jnp.asarray(ldam_margins(class_counts, max_margin), z.dtype)
   onehot = jax.nn.one_hot(labels, z.shape[-1], dtype=z.dtype)
   z = z - onehot * margins[labels][:, None]
   ce = optax.softmax_cross_entropy_with_integer_labels(scale * z, labels)
