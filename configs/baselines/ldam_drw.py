@@ -11,4 +11,8 @@ def get_config(data=None):
   c = _shared['plain_ce'](data)
   c.stage1.loss = 'ldam'
   c.stage1.reweight = 'drw'
+  # LDAM-DRW defers the weights to epoch 160 of 200: the same share of any
+  # data set's schedule (a shorter --config.stage1.epochs needs its own
+  # --config.stage1.drw_epoch).
+  c.stage1.drw_epoch = 0.8 * c.stage1.epochs
   return c
