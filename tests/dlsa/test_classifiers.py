@@ -88,3 +88,23 @@ def test_classifier_selects_on_validation(tmp_path):
   assert info['best_step'] == 10
   last = classifiers.predict_probs(model, params, offset, (xv,)).argmax(1)
   assert info['val_accuracy'] == pytest.approx(np.mean(last == yv))
+
+
+def test_prior_correction_and_its_choice_on_validation():
+  from lcreg_jax.dlsa import run as run_lib
+  # log(n_stage / n_full): 5/10, 1/4, absent -> log(tiny).
+  np.testing.assert_allclose(
+      classifiers.prior_correction(np.array([5, 1, 0]), np.array([10, 4, 3]),
+                                   1e-12),
+      np.log([0.5, 0.25, 1e-12]), rtol=1e-5)
+  # Logits favour class 1; the correction favours class 0.
+  corr = np.array([2.0, 0.0])
+  zero = np.zeros(2)
+  choose = lambda mode, y: run_lib.choose_prior_correction(
+      mode, lambda off: np.tile([0.0, 1.0], (len(y), 1)) + off, zero, corr,
+      np.array(y))
+  assert choose('val', [0, 0, 1]) is True    # 2/3 with it, 1/3 without.
+  assert choose('val', [1, 1, 0]) is False   # 1/3 with it, 2/3 without.
+  assert choose('val', [0, 1]) is False      # A tie keeps it off.
+  assert choose('val', []) is False          # No validation samples.
+  assert choose('on', [1, 1]) is True and choose('off', [0, 0]) is False
