@@ -15,6 +15,7 @@ from absl import logging
 import numpy as np
 
 from lcreg_jax import files
+from lcreg_jax.config import dlsa as dlsa_config
 from lcreg_jax.dlsa import classifiers
 from lcreg_jax.dlsa import flow_training
 from lcreg_jax.dlsa import routing
@@ -77,6 +78,12 @@ def run_dlsa(config, *, train, val, test, num_classes: int, workdir: str,
   """
   t0 = time.time()
   cfg = config
+  if any(cfg[f] is None for f in dlsa_config.PRESET_FIELDS):
+    # A bare `dlsa_config()` (direct callers): the generic authors' values;
+    # full configs get the data set's row in config/validate.py.
+    cfg = cfg.copy_and_resolve_references()
+    cfg.unlock()
+    cfg = dlsa_config.with_preset(cfg)
   c = int(num_classes)
   data = {s: (np.asarray(d[0], np.float32), np.asarray(d[1]).astype(np.int32))
           for s, d in zip(_SPLITS, (train, val, test))}
