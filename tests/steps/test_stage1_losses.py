@@ -159,7 +159,7 @@ def test_drw_run_killed_across_the_switch_resumes_exactly(tmp_path):
         raise _Kill()
     cfg = tiny.tiny_config()
     cfg.stage2.enabled = False
-    cfg.stage1.update(loss='ldam', reweight='drw', drw_epoch=0.0834)
+    cfg.stage1.update(loss='focal', reweight='drw', drw_epoch=0.0834)
     return stages.train_and_evaluate(cfg, str(workdir), hooks=[hook])
 
   run(tmp_path / 'straight')
