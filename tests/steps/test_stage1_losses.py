@@ -172,3 +172,20 @@ def test_drw_run_killed_across_the_switch_resumes_exactly(tmp_path):
   jax.tree.map(
       lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7),
       _stage1_params(killed), _stage1_params(tmp_path / 'straight'))
+
+
+@pytest.mark.slow
+def test_class_isda_moments_are_checkpointed_and_stage2_restores_them(
+    tmp_path):
+  cfg = tiny.tiny_config()
+  cfg.model.latent.enabled = False
+  cfg.model.classify_on = 'feature'
+  cfg.model.class_isda = 'full'
+  cfg.stage1.mixup_alpha = 0.0
+  rows = stages.train_and_evaluate(cfg, str(tmp_path))
+  assert set(rows) == {'stage1', 'stage2'}
+  directory = tmp_path / 'stage1' / 'checkpoints'
+  saved = ocp.StandardCheckpointer().restore(directory / '6' / 'default')
+  # 6 steps of 16 images: every image counted once in its class's moments.
+  assert saved['cov']['count'].sum() == 6 * 16
+  assert saved['cov']['cov'].shape == (10, 64, 64)
