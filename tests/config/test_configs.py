@@ -28,12 +28,14 @@ def test_config_file_resolves_and_has_only_base_keys(path):
   resolved = config_lib.resolve_and_validate(config, num_visible_devices=1)
   # No placeholder is left for the run to interpret, except steps (which
   # defer to epochs), the power only las_shape=exp reads,
-  # trainable_blocks (None: the whole backbone learns) and eval.val_every
-  # (None: once per epoch of each stage).
+  # trainable_blocks (None: the whole backbone learns), eval.val_every
+  # (None: once per epoch of each stage) and dlsa.flow_grad_clip (None: no
+  # clipping, the authors' form).
   flat = config_lib.validate.flatten(resolved)
   unresolved = {k for k, v in flat.items() if v is None}
   assert unresolved <= {'stage1.steps', 'stage2.steps', 'stage2.las_power',
-                        'model.trainable_blocks', 'eval.val_every'}
+                        'model.trainable_blocks', 'eval.val_every',
+                        'dlsa.flow_grad_clip'}
   assert resolved.num_devices == 1
 
 
