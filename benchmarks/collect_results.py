@@ -6,15 +6,17 @@ Each NAME gets one row per stage found; with several workdirs (seeds) the
 cells are mean ± std over them.
 """
 
-import json
-import os
 import sys
 
 import numpy as np
 
+from lcreg_jax import files
+
 # dlsa_depth0: DLSA's depth-0 control (the final classifier alone).
 STAGES = ('stage1', 'stage2', 'dlsa', 'dlsa_depth0')
-COLS = ('top1', 'many', 'medium', 'few', 'ece', 'nll')
+# top1_best_val: test top-1 of the stage's best-on-validation parameters
+# (runs with a validation split; '-' otherwise).
+COLS = ('top1', 'many', 'medium', 'few', 'ece', 'nll', 'top1_best_val')
 
 
 def _cell(values, col):
@@ -36,9 +38,9 @@ def table(runs) -> str:
            '|---|---|---|' + '---|' * len(COLS)]
   for name, dirs in runs:
     for stage in STAGES:
-      reports = [json.load(open(os.path.join(d, stage, 'report.json')))
+      reports = [files.read_json(files.as_path(d) / stage / 'report.json')
                  for d in dirs
-                 if os.path.exists(os.path.join(d, stage, 'report.json'))]
+                 if (files.as_path(d) / stage / 'report.json').exists()]
       if reports:
         cells = [_cell([r.get(c) for r in reports], c) for c in COLS]
         lines.append(f'| {name} | {stage} | {len(reports)} | '
@@ -49,7 +51,8 @@ def table(runs) -> str:
 def main(args):
   runs = []
   for arg in args:
-    name, dirs = arg.split('=', 1)
+    # The workdirs follow the last '=' (names may contain one).
+    name, dirs = arg.rsplit('=', 1)
     runs.append((name, dirs.split(',')))
   print(table(runs))
 
