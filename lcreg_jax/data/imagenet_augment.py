@@ -15,7 +15,7 @@ on the process count, tf.data parallelism, the batch it falls in or the step a r
 from. The host's image work (`train_crop`) runs per example in a tf.data map, given the
 example's row of parameters: read, fused decode-and-crop of the window (whose acceptance rule,
 which needs the image's size, is vectorised over the attempts), then PIL's bilinear resize
-to uint8, as torchvision does to PIL images (and at about half the CPU time of TensorFlow's
+to uint8, as torchvision does to PIL images (and at about 60 % of the CPU time of TensorFlow's
 antialiased resize). Flip, colour jitter and normalisation run on the accelerator over the
 whole global batch (`device_augment`, called through `TrainAugment.finish` by the streaming
 iterator): on the host they took a quarter of each image's CPU time, and uint8 batches are a
@@ -219,7 +219,7 @@ def _pil_resize(image, height, width):
   filter widened by the scale when shrinking, fixed-point, rounded after each of its two
   passes): exactly what torchvision's Resize/RandomResizedCrop do to the PIL images MiSLAS
   trains on. PIL releases the GIL while it resamples, so tf.data threads run it in parallel;
-  it costs about half of TensorFlow's antialiased resize on the 2-core VM."""
+  it costs about 60 % of TensorFlow's antialiased resize's CPU time on the 2-core VM."""
   from PIL import Image  # pylint: disable=g-import-not-at-top
   return np.asarray(Image.fromarray(image).resize((int(width), int(height)),
                                                   Image.Resampling.BILINEAR))
