@@ -11,6 +11,11 @@ def get_config(data=None):
   c = _shared['plain_ce'](data)
   c.stage1.loss = 'ldam'
   c.stage1.reweight = 'drw'
+  # LDAM-DRW's own classifier: the normalised (cosine) one, with s = 30
+  # (on a plain linear head s = 30 multiplies unbounded logits and the
+  # loss diverges).
+  c.model.head = 'normed'
+  c.model.normed_scale = c.stage1.ldam_scale
   # LDAM-DRW defers the weights to epoch 160 of 200: the same share of any
   # data set's schedule (a shorter --config.stage1.epochs needs its own
   # --config.stage1.drw_epoch).

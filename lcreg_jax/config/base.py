@@ -77,6 +77,11 @@ def base_config() -> ml_collections.ConfigDict:
       # latent.enabled=False, plain CE and no mixup. A model key because the
       # moments are part of the train state that stage 2 restores.
       class_isda='none',
+      # linear (Dense with bias) | normed: s · cos(feature, w_c), the
+      # bias-free cosine classifier LDAM-DRW trains with (its NormedLinear),
+      # s = normed_scale (LDAM's 30; with stage1.loss=ldam it must equal
+      # stage1.ldam_scale, the loss then adds its margins to the cosines).
+      head='linear', normed_scale=30.0,
   ))
   c.model.latent = ml_collections.ConfigDict(dict(
       enabled=True, num_latents=40,

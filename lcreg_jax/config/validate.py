@@ -17,6 +17,7 @@ from lcreg_jax.config import base
 from lcreg_jax.config import dlsa as dlsa_config
 from lcreg_jax.config import presets
 from lcreg_jax.data import samplers
+from lcreg_jax.models import heads
 from lcreg_jax.models import resnet
 
 CHOICES = {
@@ -32,6 +33,7 @@ CHOICES = {
     'model.classify_on': ('sum', 'feature', 'reconstruction'),
     'model.latent.covariance': ('full', 'diagonal'),
     'model.class_isda': ('none', 'diagonal', 'full'),
+    'model.head': heads.HEADS,
     'stage1.loss': ('ce', 'focal', 'ldam', 'balanced_softmax',
                     'logit_adjusted'),
     'stage1.reweight': ('none', 'effective_number', 'drw'),
@@ -96,7 +98,7 @@ RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     'stage1.alpha': _NONNEG, 'stage1.beta': _NONNEG, 'stage1.gamma': _NONNEG,
     'stage1.isda_lambda0': _NONNEG,
     'stage1.focal_gamma': _NONNEG, 'stage1.ldam_max_margin': _POSITIVE,
-    'stage1.ldam_scale': _POSITIVE,
+    'stage1.ldam_scale': _POSITIVE, 'model.normed_scale': _POSITIVE,
     'stage1.la_tau': (_num, 'a finite number (1 = the prior itself)'),
     'stage1.reweight_beta': _MOMENTUM, 'stage1.drw_epoch': _NONNEG,
     'stage2.epochs': _POSITIVE, 'stage2.steps': _POSITIVE_INT,
@@ -219,6 +221,25 @@ def _stage1_loss_problems(config, flat: dict) -> list[str]:
         f'be used: set stage1.drw_epoch below {epochs:g} (LDAM-DRW: 160 of '
         '200), or stage1.reweight=effective_number to weight from the start')
   isda = flat['model.class_isda']
+  if flat['model.head'] == 'normed':
+    if (flat['stage1.loss'] == 'ldam' and _num(flat['stage1.ldam_scale'])
+        and flat['stage1.ldam_scale'] != flat['model.normed_scale']):
+      problems.append(
+          f'stage1.loss=ldam with model.head=normed scales the cosines by '
+          f'stage1.ldam_scale={flat["stage1.ldam_scale"]:g} in training but '
+          f'by model.normed_scale={flat["model.normed_scale"]:g} in '
+          'evaluation: set both to the same s (LDAM-DRW: 30)')
+    if isda != 'none':
+      problems.append(
+          f'model.class_isda={isda} augments the logits of a linear head '
+          '(w_c·a + b_c); the cosine head has no such form: set '
+          'model.head=linear')
+    if config.stage2.enabled and flat['stage2.method'] == 'tau_norm':
+      problems.append(
+          'stage2.method=tau_norm rescales the classifier\'s columns by '
+          '‖w_c‖^-τ, but model.head=normed already uses unit columns, so '
+          'every τ gives the same classifier: use another stage2.method or '
+          'model.head=linear')
   if isda != 'none':
     if config.model.latent.enabled:
       problems.append(

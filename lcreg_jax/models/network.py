@@ -16,6 +16,8 @@ class LongTailNet(nn.Module):
   latent: latent_lib.LatentCategories | None = None
   classify_on: str = 'sum'
   lws: bool = False
+  head: str = 'linear'          # heads.HEADS
+  normed_scale: float = 30.0
 
   @nn.compact
   def __call__(self, x, train: bool = True, latent_noise=None):
@@ -31,9 +33,9 @@ class LongTailNet(nn.Module):
                 'reconstruction': recon}[self.classify_on]
     pooled = cls_in.mean(1)
     out['features'] = pooled
-    head = (heads.LWSHead if self.lws else heads.LinearHead)(self.num_classes,
-                                                             name='head')
-    out['logits'] = head(pooled)
+    out['logits'] = heads.Head(self.num_classes, kind=self.head,
+                               normed_scale=self.normed_scale, lws=self.lws,
+                               name='head')(pooled)
     return out
 
 
@@ -54,4 +56,6 @@ def make_model(model_config, num_classes: int, lws: bool = False):
         tau_assign=model_config.latent.tau_assign)
   return LongTailNet(backbone=backbone, num_classes=num_classes,
                      latent=module,
-                     classify_on=model_config.classify_on, lws=lws)
+                     classify_on=model_config.classify_on, lws=lws,
+                     head=model_config.head,
+                     normed_scale=model_config.normed_scale)

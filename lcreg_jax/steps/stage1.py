@@ -35,6 +35,9 @@ class Stage1Hparams:
   focal_gamma: float = 1.0
   ldam_max_margin: float = 0.5
   ldam_scale: float = 30.0
+  # The fixed scale the model's logits already carry (model.head=normed:
+  # s · cos), divided out so LDAM's margins apply to the cosines.
+  ldam_logit_scale: float = 1.0
   la_tau: float = 1.0
   reweight: str = 'none'
   reweight_beta: float = 0.9999
@@ -57,6 +60,8 @@ class Stage1Hparams:
                        f'{s1.reweight} need the training class counts.')
     return cls(loss=s1.loss, focal_gamma=s1.focal_gamma,
                ldam_max_margin=s1.ldam_max_margin, ldam_scale=s1.ldam_scale,
+               ldam_logit_scale=(config.model.normed_scale
+                                 if config.model.head == 'normed' else 1.0),
                la_tau=s1.la_tau, reweight=s1.reweight,
                reweight_beta=s1.reweight_beta,
                drw_step=int(round(s1.drw_epoch * steps_per_epoch)),
@@ -139,7 +144,8 @@ def class_loss(hp: Stage1Hparams, logits, labels, weights) -> jax.Array:
   if hp.loss == 'focal':
     return losses.focal_loss(logits, labels, hp.focal_gamma, weights)
   if hp.loss == 'ldam':
-    return losses.ldam_loss(logits, labels, hp.class_counts,
+    return losses.ldam_loss(logits / hp.ldam_logit_scale, labels,
+                            hp.class_counts,
                             hp.ldam_max_margin, hp.ldam_scale, weights)
   if hp.loss == 'balanced_softmax':
     return losses.balanced_softmax_loss(logits, labels, hp.class_counts,

@@ -12,6 +12,10 @@ def _config(**s1):
   c = config_lib.base_config()
   isda = s1.pop('class_isda', None)
   latent = s1.pop('latent', True)
+  c.model.head = s1.pop('head', 'linear')
+  c.model.normed_scale = s1.pop('normed_scale', 30.0)
+  if 'stage2_method' in s1:
+    c.stage2.method = s1.pop('stage2_method')
   if isda is not None:
     c.model.class_isda = isda
   c.model.latent.enabled = latent
@@ -47,6 +51,15 @@ def _error(c) -> str:
      'a mixed image belongs to no one class: set stage1.mixup_alpha=0'),
     (dict(class_isda='full', latent=False, mixup_alpha=0.0, loss='focal'),
      "stage1.loss='focal': set stage1.loss=ce"),
+    (dict(head='cosine'), "model.head='cosine' is not one of linear, normed"),
+    (dict(head='normed', normed_scale=0.0),
+     'model.normed_scale=0.0 must be a number > 0'),
+    (dict(head='normed', loss='ldam', ldam_scale=16.0),
+     'by model.normed_scale=30 in evaluation: set both to the same s'),
+    (dict(head='normed', class_isda='diagonal', latent=False,
+          mixup_alpha=0.0), 'the cosine head has no such form'),
+    (dict(head='normed', stage2_method='tau_norm'),
+     'model.head=normed already uses unit columns'),
 ])
 def test_bad_stage1_loss_settings_are_named_with_a_fix(changes, what):
   msg = _error(_config(**changes))
@@ -56,6 +69,7 @@ def test_bad_stage1_loss_settings_are_named_with_a_fix(changes, what):
 
 @pytest.mark.parametrize('changes', [
     dict(loss='ldam', reweight='drw'),
+    dict(loss='ldam', reweight='drw', head='normed'),
     dict(loss='ldam', reweight='effective_number', mixup_alpha=0.0),
     dict(loss='focal', focal_gamma=0.0, reweight='drw', drw_epoch=0.0),
     dict(loss='logit_adjusted', la_tau=0.0),

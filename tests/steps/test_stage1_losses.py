@@ -32,10 +32,11 @@ def _batch(n=16, seed=0):
               label=jnp.asarray(rng.integers(0, 10, n), jnp.int32))
 
 
-def _setup(**s1):
+def _setup(head='linear', **s1):
   cfg = tiny.tiny_config()
   cfg.model.latent.enabled = False
   cfg.model.classify_on = 'feature'
+  cfg.model.head = head
   isda = s1.pop('class_isda', 'none')
   cfg.model.class_isda = isda
   cfg.stage1.update(**s1)
@@ -89,6 +90,25 @@ def test_each_loss_is_the_configured_function():
   # And the step trains on it (no mixup: λ = 1).
   [focal] = _cls_losses(state, dataclasses.replace(hp, loss='focal'), [0])
   np.testing.assert_allclose(focal, got['focal'], rtol=2e-5)
+
+
+def test_ldam_on_the_normed_head_puts_the_margins_on_the_cosines():
+  # LDAM-DRW's form: CE(s · (cos - m_y e_y)) with the head's logits s · cos.
+  state, hp = _setup(head='normed', mixup_alpha=0.0, loss='ldam')
+  b = _batch()
+  out = _forward(state, b['image'])
+  y = np.asarray(b['label'])
+  f = out['features'].astype(np.float64)
+  w = np.asarray(state.params['head']['fc']['kernel'], np.float64)
+  cos = (f / np.linalg.norm(f, axis=1, keepdims=True)) @ (
+      w / np.linalg.norm(w, axis=0, keepdims=True))
+  np.testing.assert_allclose(out['logits'], 30.0 * cos, rtol=1e-4, atol=1e-4)
+  m = losses.ldam_margins(COUNTS, 0.5).astype(np.float64)
+  z = cos.copy()
+  z[np.arange(len(y)), y] -= m[y]
+  want = _np_ce(30.0 * z, y).mean()
+  [got] = _cls_losses(state, hp, [0])
+  np.testing.assert_allclose(got, want, rtol=1e-4)
 
 
 def test_drw_switches_the_weights_on_at_exactly_its_step():
