@@ -18,6 +18,7 @@ import time
 
 from absl import logging
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 from lcreg_jax import errors
@@ -160,3 +161,46 @@ class StageCheckpoints:
       self.manager.wait_until_finished()
       self.manager.close()
       self.manager = None
+
+
+def read_variables(directory, target: dict, step: int | None = None
+                   ) -> tuple[int, dict]:
+  """(step, variables) of a finished run's checkpoint, for inference.
+
+  Reads only the entries of `target` (e.g. {'params', 'batch_stats'}, as
+  shape/dtype structs or arrays) into host NumPy arrays: the optimizer state
+  and the latent moments stay on disk. `step` None is the newest step.
+  """
+  directory = files.as_path(directory)
+  manager = ocp.CheckpointManager(
+      directory, item_handlers=ocp.PyTreeCheckpointHandler(),
+      options=ocp.CheckpointManagerOptions(read_only=True))
+  try:
+    step = manager.latest_step() if step is None else step
+    if step is None:
+      raise errors.CheckpointError(
+          f'{directory} holds no checkpoint step. Train the stage first, or '
+          'point at the workdir of a finished run.')
+    stored = manager.item_metadata(step).tree
+    missing = sorted(set(target) - set(stored))
+    reason = None if not missing else f'it lacks {", ".join(missing)}'
+    for key in target:
+      if reason is None:
+        for a, b in itertools.zip_longest(_shapes(stored[key]),
+                                          _shapes(target[key])):
+          if a != b:
+            reason = f'{key}: stored {a}, this model {b}'
+            break
+    if reason is not None:
+      raise errors.CheckpointError(
+          f'Step {step} in {directory} does not fit the model its config '
+          f'describes ({reason}). Was the workdir written by another '
+          'version or configuration? Pass the matching workdir and stage.')
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+    restore_args = jax.tree.map(
+        lambda _: ocp.RestoreArgs(restore_type=np.ndarray), abstract)
+    variables = manager.restore(step, args=ocp.args.PyTreeRestore(
+        item=abstract, restore_args=restore_args, partial_restore=True))
+  finally:
+    manager.close()
+  return step, variables

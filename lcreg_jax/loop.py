@@ -17,6 +17,7 @@ import numpy as np
 from lcreg_jax import checkpoints as checkpoints_lib
 from lcreg_jax import errors
 from lcreg_jax import preemption
+from lcreg_jax import progress as progress_lib
 
 # hook(name, step, state), called after every step (tests use it to kill runs).
 Hook = Callable[[str, int, object], None]
@@ -89,7 +90,8 @@ def fit(state, *, name: str, step_fn: Callable,
         workdir: str, log_every: int, checkpoint_every: int,
         evaluate_every: int = 0, evaluate_fn: Callable | None = None,
         advice: str = 'Lower the learning rate.',
-        hooks: Iterable[Hook] = ()):
+        hooks: Iterable[Hook] = (), batch_size: int | None = None,
+        unit: str = 'img'):
   """Trains `state` to `total_steps`, resuming from the newest checkpoint.
 
   Args:
@@ -111,6 +113,8 @@ def fit(state, *, name: str, step_fn: Callable,
       choice inside the state, so it is checkpointed and resumes with it).
     advice: what to try when the loss becomes non-finite.
     hooks: called as hook(name, step, state) after every step.
+    batch_size, unit: `batch_size` `unit`s (images; DLSA: features, pairs)
+      per step, for the progress line's speed (None: it shows steps/s).
   Returns:
     The state after `total_steps`.
   """
@@ -129,6 +133,8 @@ def fit(state, *, name: str, step_fn: Callable,
       os.fspath(workdir), just_logging=jax.process_index() > 0)
   progress = periodic_actions.ReportProgress(num_train_steps=total_steps,
                                              writer=writer)
+  line = progress_lib.ProgressLine(name, total_steps, start,
+                                  batch_size=batch_size, unit=unit)
   data = iter(batches(start))
   pending, last_saved = [], start or None
   try:
@@ -137,6 +143,7 @@ def fit(state, *, name: str, step_fn: Callable,
         state, metrics = step_fn(state, next(data))
       pending.append(metrics)
       progress(step)
+      line.update(step)
       last = step == total_steps
       stop = preemption.reached(step)
       save = step % checkpoint_every == 0 or last or stop
@@ -164,6 +171,7 @@ def fit(state, *, name: str, step_fn: Callable,
       for hook in hooks:
         hook(name, step, state)
   finally:
+    line.close()
     checkpoints.close()
     writer.flush()
   return state

@@ -170,3 +170,19 @@ def test_damaged_latest_checkpoint_falls_back_and_is_kept_aside(tmp_path):
   (aside,) = os.listdir(f'{ckpt}.corrupt')
   assert aside.startswith('10-')
   assert _digest(f'{ckpt}.corrupt/{aside}') == aside_digest
+
+
+def test_progress_line_follows_the_run_and_its_resume(tmp_path, monkeypatch,
+                                                      capsys):
+  monkeypatch.setenv('LCREG_PROGRESS', '1')
+  with pytest.raises(Kill):
+    _fit(tmp_path, kill_at=4, batch_size=8)
+  first = capsys.readouterr().out
+  assert first.startswith('\rtoy: step 1/10') and first.endswith('\n')
+  _fit(tmp_path, batch_size=8)
+  resumed = capsys.readouterr().out
+  # Resumed after the checkpoint of step 3: the line starts at step 4 and
+  # ends on the last step with its speed in images (8 per step).
+  assert resumed.startswith('\rtoy: step 4/10')
+  last = resumed.rstrip('\n').split('\r')[-1]
+  assert last.startswith('toy: step 10/10 (100%) · ') and ' img/s' in last

@@ -204,6 +204,7 @@ def train_classifier(model: nn.Module,
       workdir=workdir, log_every=int(cfg.eval_every),
       checkpoint_every=checkpoint_every, evaluate_every=int(cfg.eval_every),
       evaluate_fn=evaluate, hooks=hooks,
+      batch_size=int(cfg.classifier_batch_size), unit='features',
       advice='Lower --config.dlsa.classifier_lr.')
   if not n_val:
     log(f'{name}: no validation samples, keeping the last parameters')

@@ -413,6 +413,7 @@ def train_flow(x, y, x_val, y_val, *, num_classes: int, config, seed: int,
       workdir=workdir, log_every=int(cfg.eval_every),
       checkpoint_every=checkpoint_every, evaluate_every=int(cfg.eval_every),
       evaluate_fn=evaluate, hooks=hooks,
+      batch_size=int(cfg.flow_batch_size), unit='pairs',
       advice='Lower --config.dlsa.flow_lr, or set --config.dlsa.'
              'flow_grad_clip.')
   best_score, best_step = float(state.best_score), int(state.best_step)

@@ -80,7 +80,8 @@ def fit(ctx: Context, stage: str, state, step, *, total_steps: int,
         checkpoint_every=ctx.config.checkpoint_every, advice=advice,
         evaluate_every=(ctx.config.eval.val_every or
                         schedule_length(stage_config, ctx.info)[0]),
-        evaluate_fn=select, hooks=ctx.hooks)
+        evaluate_fn=select, hooks=ctx.hooks,
+        batch_size=stage_config.batch_size)
   finally:
     if select is not None:
       select.close()
