@@ -174,7 +174,9 @@ def read_variables(directory, target: dict, step: int | None = None
   directory = files.as_path(directory)
   manager = ocp.CheckpointManager(
       directory, item_handlers=ocp.PyTreeCheckpointHandler(),
-      options=ocp.CheckpointManagerOptions(read_only=True))
+      # What read_only implies, spelled out so orbax does not warn about it.
+      options=ocp.CheckpointManagerOptions(read_only=True, create=False,
+                                           save_interval_steps=0))
   try:
     step = manager.latest_step() if step is None else step
     if step is None:

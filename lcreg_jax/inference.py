@@ -123,24 +123,31 @@ class Predictor:
     """(images, labels) of a split of the run's data set, as the evaluation
     pipeline feeds them to the model (reads the data set)."""
     from lcreg_jax.data import dataset as dataset_lib  # pylint: disable=g-import-not-at-top
-    data = dataset_lib.load(self.config.data)
-    if not data.info.has_split(split):
-      raise errors.DataError(
-          f'The data set has no {split!r} split (it has '
-          f'{", ".join(data.info.split_sizes)}).')
-    mesh = parallel.make_mesh(1)
-    images, labels = [], []
-    for batch in data.eval_batches(
-        split, global_batch_size=self.config.eval.batch_size,
-        sharding=parallel.batch_sharding(mesh)):
-      host = parallel.to_host(batch)
-      keep = host['mask'] > 0
-      images.append(host['image'][keep])
-      labels.append(host['label'][keep])
-      if limit is not None and sum(map(len, labels)) >= limit:
-        break
-    images, labels = np.concatenate(images), np.concatenate(labels)
-    return images[:limit], labels[:limit]
+    return split_arrays(dataset_lib.load(self.config.data), split,
+                        self.config.eval.batch_size, limit)
+
+
+def split_arrays(data, split: str = 'test', batch_size: int = 256,
+                 limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+  """(images, labels) of a split of a loaded data set (`data.dataset.load`)
+  through its evaluation pipeline: every example once, in order; the first
+  `limit` only when given."""
+  if not data.info.has_split(split):
+    raise errors.DataError(
+        f'The data set has no {split!r} split (it has '
+        f'{", ".join(data.info.split_sizes)}).')
+  mesh = parallel.make_mesh(1)
+  images, labels = [], []
+  for batch in data.eval_batches(split, global_batch_size=batch_size,
+                                 sharding=parallel.batch_sharding(mesh)):
+    host = parallel.to_host(batch)
+    keep = host['mask'] > 0
+    images.append(host['image'][keep])
+    labels.append(host['label'][keep])
+    if limit is not None and sum(map(len, labels)) >= limit:
+      break
+  images, labels = np.concatenate(images), np.concatenate(labels)
+  return images[:limit], labels[:limit]
 
 
 def load_workdir(workdir, stage: str = 'stage2', which: str = 'final'
