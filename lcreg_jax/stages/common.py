@@ -43,11 +43,18 @@ def schedule_length(stage_config, info) -> tuple[int, int]:
   return spe, max(total, 1)
 
 
+# Model keys added after checkpoints were first written, with the value
+# every earlier run used. At that value they are left out of the
+# fingerprint, so the checkpoints of earlier runs still resume and load.
+MODEL_KEYS_ADDED = {'head': 'linear', 'normed_scale': 30.0}
+
+
 def fingerprint(ctx: Context, stage: str) -> dict:
   """What a stage's checkpoints are for; a resumed run must match it."""
+  model = {k: v for k, v in ctx.config.model.to_dict().items()
+           if k not in MODEL_KEYS_ADDED or v != MODEL_KEYS_ADDED[k]}
   return dict(stage=stage, num_classes=int(ctx.info.num_classes),
-              image_shape=list(ctx.info.image_shape),
-              model=ctx.config.model.to_dict())
+              image_shape=list(ctx.info.image_shape), model=model)
 
 
 def fit(ctx: Context, stage: str, state, step, *, total_steps: int,
