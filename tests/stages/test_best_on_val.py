@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from lcreg_jax import config as config_lib
+from lcreg_jax import inference
 from lcreg_jax import parallel
 from lcreg_jax import stages
 from lcreg_jax.data import dataset as dataset_lib
@@ -68,6 +69,13 @@ def test_best_on_val_is_the_best_evaluated_step_and_resumes(tmp_path):
                              rtol=1e-6)
   summary = json.load(open(tmp_path / 'a' / 'summary.json'))
   assert summary['stage1']['top1_best_val'] == report['top1_best_val']
+  # The inference API loads the same parameters (which='best_on_val').
+  model = inference.load_workdir(tmp_path / 'a', 'stage1',
+                                 which='best_on_val')
+  images, labels = model.eval_split('test')
+  assert model.step == want
+  assert np.mean(model.predict(images)['probs'].argmax(1) == labels) == (
+      pytest.approx(report['top1_best_val'], abs=1e-12))
 
   # Killed after step 7 (checkpoint at 6), resumed: the same choice.
   def kill(stage, step, state):
