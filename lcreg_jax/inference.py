@@ -91,6 +91,9 @@ class Predictor:
     weights over the M latent categories (they sum to 1).
     """
     images = np.asarray(images, np.float32)
+    if images.ndim and not len(images):
+      raise errors.DataError('predict got no images (an empty batch); pass '
+                             'at least one.')
     if images.shape[1:] != tuple(self.image_shape):
       raise errors.DataError(
           f'predict got images of shape {images.shape[1:]} but the model was '
@@ -122,6 +125,8 @@ class Predictor:
                  ) -> tuple[np.ndarray, np.ndarray]:
     """(images, labels) of a split of the run's data set, as the evaluation
     pipeline feeds them to the model (reads the data set)."""
+    # Imported here: the data modules import TensorFlow, which predict()
+    # on in-memory images does not need.
     from lcreg_jax.data import dataset as dataset_lib  # pylint: disable=g-import-not-at-top
     return split_arrays(dataset_lib.load(self.config.data), split,
                         self.config.eval.batch_size, limit)

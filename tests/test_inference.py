@@ -92,3 +92,5 @@ def test_bad_requests_are_named(finished_run, tmp_path):
   model = inference.load_workdir(workdir, 'stage1')
   with pytest.raises(errors.DataError, match='trained on'):
     model.predict(np.zeros((2, 9, 9, 1)))
+  with pytest.raises(errors.DataError, match='no images'):
+    model.predict(np.zeros((0, 8, 8, 1)))
