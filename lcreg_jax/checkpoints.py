@@ -33,6 +33,37 @@ def _shapes(tree) -> list[tuple]:
                 if hasattr(x, 'shape'))
 
 
+class _Manager(ocp.CheckpointManager):
+  """Orbax's manager, minus its own preemption check.
+
+  Orbax asks JAX's preemption service at every save, with the loop's step
+  number. The service remembers the last number it was given from each
+  process, so that call would overwrite the run-wide count of agreed points
+  that `preemption.reached` reports, and a signal could then be lost. The
+  loop decides where to stop; orbax only saves.
+  """
+
+  def reached_preemption(self, step: int) -> bool:
+    del step
+    return False
+
+
+def savable(tree):
+  """`tree` in a form orbax saves from every process of a run.
+
+  With several processes orbax saves only global arrays (on the mesh) and
+  NumPy arrays (written by process 0). An array on this process's devices
+  alone (DLSA's, which every process computes identically from the same
+  gathered features) becomes NumPy; restoring puts it back on the device
+  of the target's array.
+  """
+  if jax.process_count() == 1:
+    return tree
+  return jax.tree.map(
+      lambda x: np.asarray(x) if (isinstance(x, jax.Array) and
+                                  x.is_fully_addressable) else x, tree)
+
+
 class StageCheckpoints:
   """The checkpoints of one training run (a stage, or a DLSA component).
 
@@ -56,7 +87,7 @@ class StageCheckpoints:
     self._open()
 
   def _open(self):
-    self.manager = ocp.CheckpointManager(
+    self.manager = _Manager(
         self.directory,
         item_handlers=ocp.StandardCheckpointHandler(),
         options=ocp.CheckpointManagerOptions(
@@ -153,7 +184,8 @@ class StageCheckpoints:
     if jax.process_index() == 0 and not self._fingerprint_path.exists():
       files.write_json(self._fingerprint_path, self.fingerprint, indent=2,
                        sort_keys=True)
-    self.manager.save(step, args=ocp.args.StandardSave(state), force=force)
+    self.manager.save(step, args=ocp.args.StandardSave(savable(state)),
+                      force=force)
 
   def close(self):
     """Waits for the last save to be on disk; a second call does nothing."""

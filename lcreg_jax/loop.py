@@ -11,7 +11,6 @@ from clu import metric_writers
 from clu import periodic_actions
 import flax
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from lcreg_jax import checkpoints as checkpoints_lib
@@ -28,17 +27,20 @@ class Selection:
   """A training state and the best candidate on validation so far.
 
   Kept as one state so that the loop checkpoints the choice with the
-  training, and a resumed run continues the same selection.
+  training, and a resumed run continues the same selection. The score and
+  step are host NumPy scalars: every process holds the same ones, and
+  orbax saves them from process 0 (a jax.Array on one local device could
+  not be saved by several processes).
   """
   train: Any
   best: Any
-  best_score: jax.Array   # float32 scalar; NaN when there is no validation
-  best_step: jax.Array    # int32 scalar
+  best_score: np.ndarray   # float32 0-d; NaN when there is no validation
+  best_step: np.ndarray    # int32 0-d
 
   @classmethod
   def start(cls, train, best, score: float = -np.inf) -> 'Selection':
-    return cls(train=train, best=best, best_score=jnp.float32(score),
-               best_step=jnp.int32(0))
+    return cls(train=train, best=best, best_score=np.asarray(score, np.float32),
+               best_step=np.asarray(0, np.int32))
 
   def offer(self, step: int, candidate, score: float,
             always: bool = False) -> 'Selection':
@@ -47,8 +49,9 @@ class Selection:
     # Compared in the stored float32, so that an equal score never counts
     # as better after the round trip through the state.
     if always or np.float32(score) > np.float32(self.best_score):
-      return self.replace(best=candidate, best_score=jnp.float32(score),
-                          best_step=jnp.int32(step))
+      return self.replace(best=candidate,
+                          best_score=np.asarray(score, np.float32),
+                          best_step=np.asarray(step, np.int32))
     return self
 
   def advance(self, train_step: Callable, *args) -> tuple['Selection', dict]:
@@ -125,7 +128,7 @@ def fit(state, *, name: str, step_fn: Callable,
   if start >= total_steps:
     checkpoints.close()
     return state
-  if preemption.requested():   # the signal came between stages
+  if preemption.reached():   # the signal came before this loop
     checkpoints.close()
     raise preemption.Preempted(preemption.stopped_message(name, start,
                                                           checkpoints.directory))
@@ -145,7 +148,7 @@ def fit(state, *, name: str, step_fn: Callable,
       progress(step)
       line.update(step)
       last = step == total_steps
-      stop = preemption.reached(step)
+      stop = preemption.reached()
       save = step % checkpoint_every == 0 or last or stop
       evaluate = evaluate_fn is not None and (
           step % evaluate_every == 0 or last)

@@ -18,6 +18,7 @@ import pytest
 
 from lcreg_jax import distributed
 from lcreg_jax import errors
+from lcreg_jax import inference
 from tests import cli
 from tests.cli import ROOT
 from tests.cli import run_cli
@@ -68,64 +69,140 @@ def launch(workdir, *args, **kw):
   return finish(start(workdir, *args, **kw))
 
 
+# Short DLSA: a flow and a classifier per stage, the final classifier and
+# the depth-0 control, each checked on validation every 10 steps.
+DLSA = ('--config.dlsa.enabled=True', '--config.dlsa.flow_steps=20',
+        '--config.dlsa.classifier_steps=20', '--config.dlsa.eval_every=10')
+# tests/tiny.py with a validation split, best-on-validation checked every 2
+# of stage 1's 6 steps, and DLSA.
+WITH_VAL = ('--config=tests/tiny.py', '--config.data.val_per_class=5',
+            '--config.eval.val_every=2', *DLSA)
+RUNS = {
+    # class-wise ISDA (plain CE, no latents, no mixup), τ-normalisation.
+    'isda_tau_norm': (*WITH_VAL, '--config.model.latent.enabled=False',
+                      '--config.stage1.mixup_alpha=0.0',
+                      '--config.model.class_isda=full',
+                      '--config.stage2.method=tau_norm'),
+    # LCReg with LDAM-DRW on the cosine head, then MiSLAS's stage 2.
+    'ldam_drw_mislas': (*WITH_VAL, '--config.stage1.loss=ldam',
+                        '--config.stage1.reweight=drw',
+                        '--config.stage1.drw_epoch=0.1',
+                        '--config.model.head=normed'),
+}
+
+
+def reports(workdir) -> dict:
+  return {os.path.basename(os.path.dirname(p)): json.load(open(p))
+          for p in glob.glob(f'{workdir}/*/report.json')}
+
+
+def written(workdir) -> list[str]:
+  """The files and folders a run wrote, two levels deep, with TensorBoard
+  event files counted by folder (their names hold host and time)."""
+  out = []
+  for path in glob.glob(f'{workdir}/*') + glob.glob(f'{workdir}/*/*'):
+    rel = os.path.relpath(path, workdir)
+    out.append(re.sub(r'events\.out\.tfevents\..*', 'events', rel))
+  return sorted(out)
+
+
+def assert_same_reports(one, two):
+  """Every stage's report from 2 × 2 devices equals 1 × 4's: the same
+  examples counted once, the same choices, the same accuracies (float32
+  round-off aside: the cross-process all-reduce sums in another order)."""
+  a, b = reports(one), reports(two)
+  assert a.keys() == b.keys()
+  for stage in a:
+    assert a[stage]['num_examples'] == b[stage]['num_examples'] == 300, stage
+    for key in ('top1', 'top1_best_val', 'many', 'medium', 'few', 'tau',
+                'method', 'val_top1', 'val_accuracy'):
+      assert a[stage].get(key) == b[stage].get(key), (stage, key)
+    np.testing.assert_allclose(b[stage]['nll'], a[stage]['nll'], rtol=1e-4)
+    if 'best_on_val' in a[stage]:
+      assert a[stage]['best_on_val']['step'] == b[stage]['best_on_val']['step']
+  for key in ('share', 'accuracy', 'train_routed', 'flow_step'):
+    assert ([r.get(key) for r in a['dlsa']['routing'].values()] ==
+            [r.get(key) for r in b['dlsa']['routing'].values()]), key
+
+
 @pytest.mark.slow
-def test_two_processes_train_and_evaluate_like_one(finished_run, tmp_path):
-  one, _ = finished_run            # tests/tiny.py, 1 process × 4 devices
-  two = tmp_path / 'two'
-  results = launch(str(two), '--config=tests/tiny.py')
+@pytest.mark.parametrize('name', sorted(RUNS))
+def test_two_processes_run_every_stage_like_one(name, tmp_path):
+  """Stage 1 with best-on-validation, a stage-2 method and DLSA (flows,
+  classifiers, routing, the depth-0 control) on 2 processes × 2 devices
+  give 1 process × 4 devices' reports, and one set of files."""
+  one, two = tmp_path / 'one', tmp_path / 'two'
+  single = cli.run_cli(*RUNS[name], f'--workdir={one}')
+  assert single.returncode == 0, single.stderr[-3000:]
+  results = launch(str(two), *RUNS[name])
   for code, _, err in results:
     assert code == 0, err[-3000:]
-  for stage in ('stage1', 'stage2'):
-    a = json.load(open(one / stage / 'report.json'))
-    b = json.load(open(two / stage / 'report.json'))
-    # Every test example counted once: same count, same per-class accuracy.
-    assert a['num_examples'] == b['num_examples'] == 300
-    assert a['top1'] == b['top1']
-    np.testing.assert_allclose(b['nll'], a['nll'], rtol=1e-5)
-    # Same global batches, same updates: the parameters agree to float32
-    # round-off (the cross-process all-reduce sums in another order).
-    (step_a, pa), (step_b, pb) = cli.final_params(one / stage), cli.final_params(two / stage)
-    assert step_a == step_b
+  assert_same_reports(one, two)
+  assert reports(one)['stage1']['best_on_val']['step'] in (2, 4, 6)
+  assert written(one) == written(two)
+  # One writer: one TensorBoard file, one summary table.
+  assert len(glob.glob(str(two / 'stage1' / 'events.out.tfevents.*'))) == 1
+  assert '| dlsa |' in results[0][1] and '| dlsa |' not in results[1][1]
+  if name == 'ldam_drw_mislas':
+    # Same global batches, same updates: the stage-2 parameters agree to
+    # float32 round-off.
+    (step_a, pa), (step_b, pb) = (cli.final_params(d / 'stage2')
+                                  for d in (one, two))
+    assert step_a == step_b == 4
     for x, y in zip(jax.tree.leaves(pa), jax.tree.leaves(pb), strict=True):
-      np.testing.assert_allclose(np.asarray(y), np.asarray(x), rtol=2e-4, atol=2e-5)
-    # One writer: one TensorBoard file, one report.
-    assert len(glob.glob(str(two / stage / 'events.out.tfevents.*'))) == 1
-  assert '| stage1 |' in results[0][1] and '| stage1 |' not in results[1][1]
-  assert json.load(open(two / 'summary.json')).keys() == json.load(
-      open(one / 'summary.json')).keys()
+      np.testing.assert_allclose(np.asarray(y), np.asarray(x), rtol=2e-4,
+                                 atol=2e-5)
+    # A workdir that several processes wrote loads and predicts as reported.
+    model = inference.load_workdir(str(two), stage='stage2')
+    images, labels = model.eval_split('test')
+    top1 = np.mean(model.predict(images)['probs'].argmax(-1) == labels)
+    assert top1 == pytest.approx(reports(two)['stage2']['top1'])
 
 
 @pytest.mark.slow
-def test_sigterm_stops_both_processes_at_one_step_and_they_resume(tmp_path):
-  """SIGTERM to both processes (as a scheduler sends it): JAX's preemption
-  service makes them agree on a step, both save it and exit 143, and the
-  same command resumes from it."""
+def test_sigterm_between_stages_stops_both_processes_and_they_resume(tmp_path):
+  """SIGTERM to both processes after stage 1's last step (during its final
+  evaluation), with stage 2 shorter than stage 1: they stop at one agreed
+  point within seconds, and the re-run ends where an uninterrupted run
+  does. (When each loop reported its own step number to JAX's preemption
+  service, the sync point lay beyond stage 2's last step and the signal was
+  lost: the run went on to the end.)"""
   work = tmp_path / 'work'
-  args = ('--config=tests/tiny.py', '--config.stage1.steps=60',
-          '--config.stage2.enabled=False', '--config.checkpoint_every=1000',
+  args = ('--config=tests/tiny.py', '--config.stage1.steps=40',
+          '--config.stage2.steps=10', '--config.checkpoint_every=1000',
           '--config.log_every=1')
   running = start(str(work), *args)
   deadline = time.time() + 300
-  while '] [5] ' not in open(running[0][2].name).read():      # step 5 logged
+  while '] [40] ' not in open(running[0][2].name).read():   # stage 1's last
     assert all(p.poll() is None for p, _, _ in running) and time.time() < deadline
-    time.sleep(0.2)
+    time.sleep(0.05)
   for p, _, _ in running:
     p.send_signal(signal.SIGTERM)
+  signalled = time.time()
   results = finish(running, timeout=120)
-  steps = set()
+  assert time.time() - signalled < 60
+  messages = set()
   for code, _, err in results:
     assert code == 143, err[-3000:]
-    found = re.search(r'stopped by SIGTERM \(preemption\) at step (\d+) of stage1', err)
+    found = re.search(r'stopped by SIGTERM \(preemption\) (before stage2 '
+                      r'trained a step|at step \d+ of stage2)', err)
     assert found, err[-3000:]
-    steps.add(int(found.group(1)))
-  assert len(steps) == 1 and 5 <= min(steps) < 60
-  step = steps.pop()
-  assert os.path.isdir(work / 'stage1' / 'checkpoints' / str(step))
+    messages.add(found.group(1))
+    assert 'Traceback' not in err
+  assert len(messages) == 1
+  assert not os.path.exists(work / 'stage2' / 'report.json')
   resumed = launch(str(work), *args)
   for code, _, err in resumed:
     assert code == 0, err[-3000:]
-    assert f'resumed from step {step} of 60' in err
-  assert cli.final_params(work / 'stage1')[0] == 60
+  assert 'stage1: resumed from step 40 of 40' in resumed[0][2]   # not retrained
+  whole = cli.run_cli(*args, f'--workdir={tmp_path / "whole"}')
+  assert whole.returncode == 0, whole.stderr[-3000:]
+  a, b = reports(tmp_path / 'whole'), reports(work)
+  assert a.keys() == b.keys() == {'stage1', 'stage2'}
+  for stage in a:
+    assert a[stage]['top1'] == b[stage]['top1'], stage
+    np.testing.assert_allclose(b[stage]['nll'], a[stage]['nll'], rtol=1e-4)
+  assert cli.final_params(work / 'stage2')[0] == 10
 
 
 @pytest.mark.parametrize('env,message', [

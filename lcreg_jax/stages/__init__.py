@@ -15,6 +15,7 @@ from lcreg_jax import config as config_lib
 from lcreg_jax import errors
 from lcreg_jax import files
 from lcreg_jax import parallel
+from lcreg_jax import preemption
 from lcreg_jax.data import dataset as dataset_lib
 from lcreg_jax.evaluate import report
 from lcreg_jax.stages import common
@@ -81,8 +82,12 @@ def train_and_evaluate(config, workdir: str, hooks=()) -> dict:
   if (config.stage2.enabled or config.dlsa.enabled) and state1 is None:
     state1 = stage2.load_stage1(ctx)
   if config.stage2.enabled:
+    # An agreed point (see preemption): a SIGTERM during the evaluation
+    # above stops here; stage 1 is saved and re-evaluated on the re-run.
+    preemption.stop_between('stage2', workdir)
     rows['stage2'] = stage2.run(ctx, state1)
   if config.dlsa.enabled:
+    preemption.stop_between('dlsa', workdir)
     rows['dlsa'] = dlsa_stage.run(ctx, state1)
   report.write_summary(workdir, rows, data.info)
   return rows

@@ -13,7 +13,6 @@ resumes with the same choice.
 
 from absl import logging
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from lcreg_jax import checkpoints
@@ -27,8 +26,12 @@ def enabled(ctx) -> bool:
 
 
 def _candidate(state, score=-np.inf, step=0) -> dict:
+  # Score and step as host NumPy: the same on every process, saved from
+  # process 0 (orbax cannot save a jax.Array on one local device when there
+  # are several processes).
   return dict(params=state.params, batch_stats=state.batch_stats,
-              score=jnp.float32(score), step=jnp.int32(step))
+              score=np.asarray(score, np.float32),
+              step=np.asarray(step, np.int32))
 
 
 class BestOnVal:

@@ -1,5 +1,13 @@
 """DLSA after stage 1 (DESIGN §6), on the frozen stage-1 pooled features;
-selects on validation only, never on the test split."""
+selects on validation only, never on the test split.
+
+DLSA is single-host: its flows and classifiers are small, so every process
+gathers all the features (`common.predict` returns the whole split on each
+process) and runs the same DLSA on its first local device. The inputs,
+seeds and programs are the same on every process, and so are the results;
+checkpoints hold host copies (`checkpoints.savable`), reports are written
+by process 0, and every process passes the same preemption points.
+"""
 
 from lcreg_jax import dlsa
 from lcreg_jax.data import sources
