@@ -4,6 +4,10 @@
 # tests/test_distributed.py checks against one process).
 #   launch/local_processes.sh 2 2 tests/tiny.py /tmp/two_processes [--config.x=y ...]
 # Each process logs to WORKDIR.p<i>.log; the command fails if any does.
+# Every stage and option runs this way as on one process (validation
+# selection, each stage-2 method, DLSA); benchmarks/pods_parity.py compares
+# the two. `kill -TERM` to all N processes stops them at one agreed point
+# with a checkpoint (exit 143); the same command resumes.
 set -euo pipefail
 n=$1 d=$2 config=$3 workdir=$4; shift 4
 port=$(python -c 'import socket; s = socket.socket(); s.bind(("localhost", 0)); print(s.getsockname()[1])')

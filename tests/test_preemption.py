@@ -16,12 +16,11 @@ import pytest
 from lcreg_jax import preemption
 from tests import cli
 
-pytestmark = pytest.mark.slow
-
 ARGS = ('--config=tests/tiny.py', '--config.stage1.steps=60', '--config.stage2.enabled=False',
         '--config.checkpoint_every=1000', '--config.log_every=1')
 
 
+@pytest.mark.slow
 def test_sigterm_saves_a_checkpoint_and_the_rerun_resumes_exactly(tmp_path):
   cut = tmp_path / 'cut'
   with open(tmp_path / 'err.txt', 'w+') as err:
@@ -57,3 +56,52 @@ def test_sigterm_saves_a_checkpoint_and_the_rerun_resumes_exactly(tmp_path):
 def test_the_message_for_a_stage_that_has_not_started():
   assert 'before stage2 trained a step' in preemption.stopped_message('stage2', 0, '/w')
   assert 'at step 7 of stage1' in preemption.stopped_message('stage1', 7, '/w/c')
+
+
+def test_several_processes_report_a_count_that_only_grows(monkeypatch):
+  """With several processes every agreed point reports the next number of
+  one run-wide count, whatever loop asks: a sync point JAX's service sets
+  during one loop is reached in the next loop too."""
+  seen = []
+  monkeypatch.setattr(jax, 'process_count', lambda: 2)
+  monkeypatch.setattr(preemption.multihost_utils, 'reached_preemption_sync_point',
+                      lambda n: seen.append(n) or n == seen[0] + 3)
+  answers = [preemption.reached() for _ in range(3)]     # e.g. stage 1's last steps
+  with pytest.raises(preemption.Preempted, match='before stage2 trained a step'):
+    preemption.stop_between('stage2', '/w')               # the 4th point
+  assert not preemption.reached()                         # the 5th
+  assert answers == [False, False, False]
+  assert seen == list(range(seen[0], seen[0] + 5))
+
+
+def test_a_single_process_stops_at_the_next_point_after_the_signal(monkeypatch):
+  monkeypatch.setattr(preemption, '_signalled', preemption.threading.Event())
+  assert not preemption.reached()
+  preemption.stop_between('dlsa', '/w')                   # no signal: goes on
+  preemption._signalled.set()
+  assert preemption.reached()
+  with pytest.raises(preemption.Preempted, match='parts before it are saved in /w'):
+    preemption.stop_between('dlsa', '/w')
+
+
+def test_checkpoint_saves_leave_the_preemption_count_alone(tmp_path, monkeypatch):
+  """Orbax's manager would report the loop's step to JAX's preemption
+  service at each save, overwriting the run-wide count."""
+  from lcreg_jax import checkpoints  # pylint: disable=g-import-not-at-top
+  calls = []
+  monkeypatch.setattr('jax.experimental.multihost_utils.reached_preemption_sync_point',
+                      lambda n: calls.append(n) or False)
+  ckpt = checkpoints.StageCheckpoints(tmp_path / 'c', {'a': 1})
+  ckpt.save(3, {'x': np.zeros(2, np.float32)})
+  ckpt.close()
+  assert calls == []
+
+
+def test_arrays_of_one_process_are_saved_as_host_copies(monkeypatch):
+  from lcreg_jax import checkpoints  # pylint: disable=g-import-not-at-top
+  tree = {'local': jax.numpy.arange(3.0), 'host': np.ones(2), 'n': 4}
+  assert checkpoints.savable(tree) is tree                # one process: as is
+  monkeypatch.setattr(jax, 'process_count', lambda: 2)
+  out = checkpoints.savable(tree)
+  assert type(out['local']) is np.ndarray and out['host'] is tree['host']
+  np.testing.assert_array_equal(out['local'], [0.0, 1.0, 2.0])
