@@ -1,4 +1,4 @@
-"""CIFAR-100-LT, MiSLAS recipe + LCReg with M = 50 (DESIGN §1–5).
+"""CIFAR-100-LT, MiSLAS recipe + LCReg with M = 50 (docs/method.md §1–5).
 
 --config.data.data_dir points at the extracted python-format
 `cifar-100-python`; or --config.data.source=tfds.

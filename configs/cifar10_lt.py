@@ -1,4 +1,4 @@
-"""CIFAR-10-LT, MiSLAS recipe + LCReg with M = 40 (DESIGN §1–5).
+"""CIFAR-10-LT, MiSLAS recipe + LCReg with M = 40 (docs/method.md §1–5).
 
 --config.data.data_dir points at the extracted python-format
 `cifar-10-batches-py`; or --config.data.source=tfds.

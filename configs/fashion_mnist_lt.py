@@ -1,4 +1,4 @@
-"""Fashion-MNIST-LT with the CIFAR-LT recipe (DESIGN §1, §4, §5).
+"""Fashion-MNIST-LT with the CIFAR-LT recipe (docs/method.md §1, §4, §5).
 
 IDX files from Debian's `dataset-fashion-mnist` (default location) or any
 MNIST-format directory via --config.data.data_dir; TFDS via

@@ -1,5 +1,5 @@
 """ImageNet-LT (Liu et al. 2019 lists), MiSLAS's ImageNet recipe + LCReg with
-M = 100 (DESIGN §1, §2, §4, §5). ResNet-50; ResNet-10 with
+M = 100 (docs/method.md §1, §2, §4, §5). ResNet-50; ResNet-10 with
 --config.model.backbone=resnet10.
 
 Images stream from disk: point data.image_root at the ImageNet (ILSVRC-12)
@@ -44,7 +44,7 @@ def get_config():
   c.model.latent.covariance = 'diagonal'
   c.stage1.update(epochs=180.0, batch_size=256, lr=0.1, weight_decay=5e-4,
                   schedule='cosine', warmup_epochs=0.0, mixup_alpha=0.2)
-  # Stage 2's weight decay and batch size come from the preset row (DESIGN §4).
+  # Stage 2's weight decay and batch size come from the preset row (docs/method.md §4).
   c.stage2.update(preset='imagenet_lt', epochs=10.0)
   c.eval.batch_size = 256
   c.log_every = 100

@@ -1,4 +1,4 @@
-"""iNaturalist 2018, MiSLAS's recipe + LCReg with M = 200 (DESIGN §1, §2,
+"""iNaturalist 2018, MiSLAS's recipe + LCReg with M = 200 (docs/method.md §1, §2,
 §4, §5). ResNet-50. The official validation set (24,426 images) is the test
 set, as in the papers.
 
@@ -33,7 +33,7 @@ def get_config():
   c.model.latent.covariance = 'diagonal'
   c.stage1.update(epochs=200.0, batch_size=256, lr=0.1, weight_decay=1e-4,
                   schedule='cosine', warmup_epochs=0.0, mixup_alpha=0.2)
-  # Stage 2's weight decay and batch size come from the preset row (DESIGN §4).
+  # Stage 2's weight decay and batch size come from the preset row (docs/method.md §4).
   c.stage2.update(preset='inat2018', epochs=10.0)
   c.eval.batch_size = 256
   c.log_every = 100

@@ -1,5 +1,5 @@
 """Places-LT (Liu et al. 2019 lists), MiSLAS's recipe + LCReg with M = 100
-(DESIGN §1, §2, §4, §5).
+(docs/method.md §1, §2, §4, §5).
 
 As MiSLAS: torchvision's ImageNet ResNet-152 is the trunk, frozen (no
 gradient, BatchNorm in inference mode) except its last bottleneck block,
@@ -47,7 +47,7 @@ def get_config():
   m.latent.covariance = 'diagonal'
   c.stage1.update(epochs=90.0, batch_size=256, lr=0.1, weight_decay=5e-4,
                   schedule='cosine', warmup_epochs=0.0, mixup_alpha=0.2)
-  # Stage 2's weight decay and batch size come from the preset row (DESIGN §4).
+  # Stage 2's weight decay and batch size come from the preset row (docs/method.md §4).
   c.stage2.update(preset='places_lt', epochs=10.0)
   c.eval.batch_size = 256
   c.log_every = 100

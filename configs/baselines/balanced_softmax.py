@@ -1,4 +1,4 @@
-"""Baseline: balanced softmax, CE(z + log n_c, y) (DESIGN §8)."""
+"""Baseline: balanced softmax, CE(z + log n_c, y) (docs/method.md §8)."""
 
 import os
 import runpy

@@ -1,5 +1,5 @@
 """Baseline: classifier re-training (cRT) on the frozen plain CE model: a
-fresh linear classifier, class-balanced sampling, plain CE (DESIGN §8)."""
+fresh linear classifier, class-balanced sampling, plain CE (docs/method.md §8)."""
 
 import os
 import runpy

@@ -1,4 +1,4 @@
-"""Baseline: focal loss (DESIGN §8; γ = stage1.focal_gamma)."""
+"""Baseline: focal loss (docs/method.md §8; γ = stage1.focal_gamma)."""
 
 import os
 import runpy

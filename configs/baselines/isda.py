@@ -1,4 +1,4 @@
-"""Baseline: class-wise ISDA (DESIGN §8) on the pooled feature, plain CE
+"""Baseline: class-wise ISDA (docs/method.md §8) on the pooled feature, plain CE
 otherwise. Full per-class covariances for up to 100 classes, diagonal ones
 beyond (a full C × D × D is 16 GB at C = 1000, D = 2048)."""
 

@@ -1,4 +1,4 @@
-"""LCReg, MiSLAS's stage 2, then DLSA (DESIGN §6)."""
+"""LCReg, MiSLAS's stage 2, then DLSA (docs/method.md §6)."""
 
 import os
 import runpy

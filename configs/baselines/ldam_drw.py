@@ -1,5 +1,5 @@
 """Baseline: LDAM loss with deferred re-weighting (effective-number
-weights from stage1.drw_epoch on; DESIGN §8)."""
+weights from stage1.drw_epoch on; docs/method.md §8)."""
 
 import os
 import runpy

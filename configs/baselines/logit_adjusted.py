@@ -1,4 +1,4 @@
-"""Baseline: logit-adjusted loss, CE(z + τ log π_c, y), τ = 1 (DESIGN §8)."""
+"""Baseline: logit-adjusted loss, CE(z + τ log π_c, y), τ = 1 (docs/method.md §8)."""
 
 import os
 import runpy

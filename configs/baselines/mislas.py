@@ -1,4 +1,4 @@
-"""Baseline: MiSLAS (mixup stage 1, DESIGN §4 stage 2), no latent module."""
+"""Baseline: MiSLAS (mixup stage 1, docs/method.md §4 stage 2), no latent module."""
 
 import os
 import runpy

@@ -1,5 +1,5 @@
 """Baseline: post-hoc logit adjustment of the plain CE model, τ chosen on
-validation (DESIGN §8)."""
+validation (docs/method.md §8)."""
 
 import os
 import runpy

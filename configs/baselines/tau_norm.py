@@ -1,5 +1,5 @@
 """Baseline: τ-normalised classifier of the plain CE model, τ chosen on
-validation (DESIGN §8)."""
+validation (docs/method.md §8)."""
 
 import os
 import runpy
