@@ -100,9 +100,10 @@ def _by_table(records):
   return tables
 
 
-def record_table(entries) -> str:
+def record_table(entries, stages=STAGES) -> str:
   """One table of the records `entries` ((name, record) pairs of a table):
-  a row per label and stage, mean ± sample std over the label's records."""
+  a row per label and stage (of `stages`), mean ± sample std over the
+  label's records."""
   labels = {}
   for _, rec in entries:
     labels.setdefault(rec['label'], []).append(rec)
@@ -110,7 +111,7 @@ def record_table(entries) -> str:
       'top1_best_val' in m for _, r in entries for m in r['metrics'].values())]
   rows = []
   for label, recs in labels.items():
-    for stage in STAGES:
+    for stage in stages:
       runs = [r['metrics'][stage] for r in recs if stage in r['metrics']]
       if runs:
         rows.append((label, stage, runs))
@@ -163,7 +164,7 @@ def results_page(records) -> str:
   return '\n'.join(out) + '\n'
 
 
-_BLOCK = re.compile(r'(<!-- results:([\w-]+):(table|summary) -->\n)'
+_BLOCK = re.compile(r'(<!-- results:([\w-]+):(table|summary)(?::([\w,]+))? -->\n)'
                     r'.*?(<!-- /results -->)', re.S)
 
 
@@ -173,12 +174,13 @@ def fill_blocks(text: str, records) -> str:
 
   def repl(m):
     key, form = m.group(2), m.group(3)
+    stages = tuple(m.group(4).split(',')) if m.group(4) else STAGES
     if key not in tables:
       raise SystemExit(f'error: a results block names table {key!r}, which '
                        f'no record in results/ has ({", ".join(tables)}).')
-    body = (record_table(tables[key]) if form == 'table'
+    body = (record_table(tables[key], stages) if form == 'table'
             else summary_block(tables[key][0][1]))
-    return f'{m.group(1)}{body}\n{m.group(4)}'
+    return f'{m.group(1)}{body}\n{m.group(5)}'
   return _BLOCK.sub(repl, text)
 
 

@@ -173,6 +173,9 @@ def main(argv=None) -> str:
   parser.add_argument('--wall_s', type=float, default=None)
   parser.add_argument('--note', default='',
                       help='conditions worth knowing (e.g. a shared CPU)')
+  parser.add_argument('--commit', default=None,
+                      help='the commit the run used (default: HEAD of this '
+                           'checkout)')
   parser.add_argument('--results_dir', default=RESULTS)
   args = parser.parse_args(argv)
   wall_s, data_name, test_size = args.wall_s, None, None
@@ -197,7 +200,7 @@ def main(argv=None) -> str:
   record = make_record(workdir, command=shown, table=args.table,
                        label=args.label or args.name, wall_s=wall_s,
                        note=args.note, data_name=data_name,
-                       test_size=test_size)
+                       test_size=test_size, commit=args.commit)
   path = write_record(record, args.name, args.results_dir)
   print(f'wrote {path}')
   return path
