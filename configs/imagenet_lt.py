@@ -16,6 +16,15 @@ Or from a prepared TFDS build (ArrayRecord; `tfds build imagenet_lt
   [--config.data.tfds_val_split=validation]
 (the build's splits: train, validation = the 20-per-class ImageNet-LT val,
 test = the 50,000 ILSVRC-12 validation images).
+
+Command:
+  python -m lcreg_jax.main --config=configs/imagenet_lt.py --workdir=workdirs/imagenet_lt \
+      --config.data.image_root=/data/imagenet \
+      --config.data.train_list=/data/ImageNet_LT/ImageNet_LT_train.txt \
+      --config.data.val_list=/data/ImageNet_LT/ImageNet_LT_val.txt \
+      --config.data.test_list=/data/ImageNet_LT/ImageNet_LT_test.txt
+Result to expect: no run record yet (docs/results.md lists the recorded
+runs; docs/method.md §7 gives the published figures).
 """
 
 from lcreg_jax import config

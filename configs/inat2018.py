@@ -11,6 +11,14 @@ validation split is the test set:
   --config.data.source=tfds_stream --config.data.tfds_name=i_naturalist2018
   --config.data.tfds_data_dir=/data/tfds --config.data.tfds_test_split=validation
   --config.data.image_root= --config.data.train_list= --config.data.test_list=
+
+Command:
+  python -m lcreg_jax.main --config=configs/inat2018.py --workdir=workdirs/inat2018 \
+      --config.data.image_root=/data/inat2018 \
+      --config.data.train_list=/data/iNat2018/iNaturalist18_train.txt \
+      --config.data.test_list=/data/iNat2018/iNaturalist18_val.txt
+Result to expect: no run record yet (docs/results.md lists the recorded
+runs; docs/method.md §7 gives the published figures).
 """
 
 from lcreg_jax import config

@@ -17,6 +17,15 @@ test from its validation split):
   --config.data.tfds_data_dir=/data/tfds --config.data.image_root=
   --config.data.tfds_test_split=validation
   [--config.data.val_list=.../Places_LT_val.txt --config.data.tfds_val_split=train]
+
+Command:
+  python -m lcreg_jax.main --config=configs/places_lt.py --workdir=workdirs/places_lt \
+      --config.model.pretrained_weights=/data/weights/resnet152.npz \
+      --config.data.image_root=/data/places365 \
+      --config.data.train_list=/data/Places_LT/Places_LT_train.txt \
+      --config.data.test_list=/data/Places_LT/Places_LT_test.txt
+Result to expect: no run record yet (docs/results.md lists the recorded
+runs; docs/method.md §7 gives the published figures).
 """
 
 from lcreg_jax import config

@@ -212,3 +212,20 @@ def test_nothing_cites_a_file_outside_the_repository():
         if needle in f.read():
           citing.append(rel)
   assert not citing, f'{citing} cite {needle}; cite docs/method.md sections'
+
+
+def test_config_docstrings_give_command_and_the_recorded_result():
+  import ast  # pylint: disable=g-import-not-at-top
+  import json  # pylint: disable=g-import-not-at-top
+  for rel in sorted(p for p in os.listdir(os.path.join(ROOT, 'configs'))
+                    if p.endswith('.py')):
+    doc = ast.get_docstring(ast.parse(read(os.path.join('configs', rel))))
+    assert 'Command:' in doc and 'Result to expect' in doc, rel
+  with open(os.path.join(ROOT, 'results', 'default.json')) as f:
+    record = json.load(f)
+  doc = ast.get_docstring(ast.parse(read('configs/default.py')))
+  for stage in ('stage1', 'stage2'):
+    m = record['metrics'][stage]
+    shown = ' / '.join(f'{100 * m[k]:.2f}'
+                       for k in ('top1', 'many', 'medium', 'few'))
+    assert shown in doc, f'configs/default.py: {stage} {shown} not in docstring'
