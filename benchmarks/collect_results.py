@@ -9,9 +9,10 @@ cells are mean ± std over them.
 
 With --markdown it reads the run records in results/ (one JSON file per run,
 written by benchmarks/record_run.py) and writes docs/results.md, and the
-blocks between `<!-- results:TABLE:FORM -->` and `<!-- /results -->` in
-README.md and docs/*.md (FORM `table`: the table; `summary`: the table as
-the run prints it). Every results table of the documentation comes from
+blocks between `<!-- results:TABLE:FORM[:STAGES] -->` and
+`<!-- /results -->` in README.md and docs/*.md (FORM `table`: the table,
+only the comma-separated STAGES if given; `summary`: the table as the run
+prints it). Every results table of the documentation comes from
 here. With --check nothing is written: it exits 1 when a page differs from
 what the records give.
 """

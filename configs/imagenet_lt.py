@@ -49,7 +49,7 @@ def get_config():
   c.model.latent.num_latents = 100
   # A full M × D × D covariance at D = 2048 is 1.7 GB, and its update needs
   # two more of that: diagonal keeps the train state of a 16 GB accelerator
-  # for the network (README, "ImageNet-LT, iNaturalist 2018, Places-LT").
+  # for the network (docs/data.md, "Memory").
   c.model.latent.covariance = 'diagonal'
   c.stage1.update(epochs=180.0, batch_size=256, lr=0.1, weight_decay=5e-4,
                   schedule='cosine', warmup_epochs=0.0, mixup_alpha=0.2)

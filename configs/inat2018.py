@@ -37,7 +37,7 @@ def get_config():
   d.augment = 'imagenet'
   c.model.backbone = 'resnet50'
   c.model.latent.num_latents = 200
-  # Full covariance at M = 200, D = 2048 is 3.4 GB (README): diagonal.
+  # Full covariance at M = 200, D = 2048 is 3.4 GB (docs/data.md, "Memory"): diagonal.
   c.model.latent.covariance = 'diagonal'
   c.stage1.update(epochs=200.0, batch_size=256, lr=0.1, weight_decay=1e-4,
                   schedule='cosine', warmup_epochs=0.0, mixup_alpha=0.2)

@@ -52,7 +52,7 @@ def get_config():
                             'batch_stats/backbone/stage4_block3/.*')
   m.latent.num_latents = 100
   # Full covariance at D = 2048 does not fit beside ResNet-152 on 16 GB
-  # (README, "Memory"): diagonal.
+  # (docs/data.md, "Memory"): diagonal.
   m.latent.covariance = 'diagonal'
   c.stage1.update(epochs=90.0, batch_size=256, lr=0.1, weight_decay=5e-4,
                   schedule='cosine', warmup_epochs=0.0, mixup_alpha=0.2)

@@ -1,4 +1,4 @@
-"""The README's benchmark commands run from a checkout, as written there."""
+"""The benchmark commands of docs/benchmarks.md run from a checkout, as written there."""
 
 import json
 import os
