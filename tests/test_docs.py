@@ -72,6 +72,31 @@ def mentioned_paths(rel: str) -> set[str]:
   return found
 
 
+def anchors(rel: str) -> set[str]:
+  """GitHub's anchors of a page's headings."""
+  out = set()
+  for heading in re.findall(r'^#+ (.+)$', re.sub(r'```.*?```', '', read(rel),
+                                                  flags=re.S), re.M):
+    slug = re.sub(r'[^\w\- ]', '', heading.strip().lower()).replace(' ', '-')
+    out.add(slug)
+  return out
+
+
+@pytest.mark.parametrize('page', pages())
+def test_every_link_anchor_exists(page):
+  bad = []
+  for target in _LINK.findall(read(page)):
+    if '#' not in target or re.match(r'[a-z]+:', target):
+      continue
+    path, anchor = target.split('#', 1)
+    rel = (os.path.normpath(os.path.join(os.path.dirname(page), path))
+           if path else page)
+    if rel.endswith('.md') and os.path.exists(os.path.join(ROOT, rel)) and (
+        anchor not in anchors(rel)):
+      bad.append(target)
+  assert not bad, f'{page} links to headings that do not exist: {bad}'
+
+
 @pytest.mark.parametrize('page', pages())
 def test_every_path_a_page_names_exists(page):
   missing = sorted(p for p in mentioned_paths(page)
