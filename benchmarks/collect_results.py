@@ -56,12 +56,18 @@ def _cell(values, col):
   return f'{mean} ± {fmt.format(scale * np.std(values, ddof=1))}'
 
 
-def _rows_table(rows, cols=COLS) -> str:
-  """rows: (name, stage, [metrics dict per run]) → a Markdown table."""
-  lines = ['| method | stage | runs | ' + ' | '.join(cols) + ' |',
-           '|---|---|---|' + '---|' * len(cols)]
+def _rows_table(rows, cols=COLS, routing=False) -> str:
+  """rows: (name, stage, [metrics dict per run]) → a Markdown table; with
+  `routing`, a last column of DLSA's test share per routing stage."""
+  extra = ['routing, % of test'] if routing else []
+  lines = ['| method | stage | runs | ' + ' | '.join(list(cols) + extra) + ' |',
+           '|---|---|---|' + '---|' * (len(cols) + len(extra))]
   for name, stage, runs in rows:
     cells = [_cell([r.get(c) for r in runs], c) for c in cols]
+    if routing:
+      shares = [r.get('routing_share') for r in runs]
+      cells.append(' / '.join(f'{100 * x:.1f}' for x in shares[0])
+                   if len(runs) == 1 and shares[0] else '-')
     lines.append(f'| {name} | {stage} | {len(runs)} | '
                  + ' | '.join(cells) + ' |')
   return '\n'.join(lines)
@@ -95,8 +101,11 @@ def load_records(results_dir: str = RESULTS) -> dict[str, dict]:
 
 
 def _by_table(records):
+  """{table: [(name, record), ...]}, each table's records in the order
+  they were made (date, then name)."""
   tables = {}
-  for name, rec in records.items():
+  for name, rec in sorted(records.items(),
+                          key=lambda kv: (kv[1]['date'], kv[0])):
     tables.setdefault(rec['table'], []).append((name, rec))
   return tables
 
@@ -116,7 +125,8 @@ def record_table(entries, stages=STAGES) -> str:
       runs = [r['metrics'][stage] for r in recs if stage in r['metrics']]
       if runs:
         rows.append((label, stage, runs))
-  return _rows_table(rows, cols)
+  routing = any('routing_share' in runs[0] for _, _, runs in rows)
+  return _rows_table(rows, cols, routing)
 
 
 def summary_block(rec) -> str:
@@ -134,18 +144,16 @@ def _hours(seconds):
 
 
 def provenance(entries) -> str:
+  """A line per record: where the numbers come from."""
   lines = []
   for name, rec in entries:
-    share = rec['metrics'].get('dlsa', {}).get('routing_share')
-    routing = ('; DLSA routed ' + ' / '.join(f'{100 * s:.1f} %' for s in share)
-               + ' of the test set to its stages' if share else '')
     note = f' {rec["note"]}' if rec.get('note') else ''
     lines.append(
         f'- `results/{name}.json`: `{rec["command"]}`; '
         f'{rec["data"]["name"]}, {rec["data"]["test_examples"]} test '
         f'images; {_hours(rec["wall_s"])} wall on {rec["machine"]}; '
         f'{rec["date"]}, commit {rec["git_commit"][:10]}, config '
-        f'{rec["config_hash"]}{routing}.{note}')
+        f'{rec["config_hash"]}.{note}')
   return '\n'.join(lines)
 
 
