@@ -41,6 +41,8 @@ COLS = ('top1', 'many', 'medium', 'few', 'ece', 'nll', 'top1_best_val')
 TABLES = {
     'default': 'Default config (digits-LT, IF 10)',
     'default_dlsa': 'Default config with DLSA (digits-LT, IF 10)',
+    'dlsa_switches': "DLSA's switches on the default config's stage 1 "
+                     '(digits-LT, IF 10)',
 }
 
 
