@@ -19,12 +19,12 @@ PNG is lossless: the streamed batches then equal the in-memory ones
 
 import os
 
-from absl import app
 from absl import flags
 from ml_collections import config_flags
 import numpy as np
 from PIL import Image
 
+from lcreg_jax import cli
 from lcreg_jax import config as config_lib
 from lcreg_jax.data import sources
 
@@ -67,4 +67,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

@@ -71,6 +71,8 @@ from absl import flags
 import numpy as np
 from PIL import Image
 
+from lcreg_jax import cli  # --help exits 0
+
 flags.DEFINE_integer('images', 512, 'JPEG files to generate (or reuse) in --dir.')
 flags.DEFINE_string('dir', os.path.join(tempfile.gettempdir(), 'lcreg_jax_input_throughput'),
                     'Folder of the generated images and list file; reused if present.')
@@ -347,4 +349,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

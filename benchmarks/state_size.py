@@ -17,12 +17,12 @@ that many devices, with the latent moments replicated and split along M
 divide over the devices (the run then replicates them).
 """
 
-from absl import app
 from absl import flags
 import jax
 from ml_collections import config_flags
 import numpy as np
 
+from lcreg_jax import cli
 from lcreg_jax import config as config_lib
 from lcreg_jax import errors
 from lcreg_jax import optim
@@ -109,4 +109,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

@@ -36,6 +36,7 @@ import jax.numpy as jnp
 from ml_collections import config_flags
 import numpy as np
 
+from lcreg_jax import cli
 from lcreg_jax import config as config_lib
 from lcreg_jax import optim
 from lcreg_jax import parallel
@@ -245,4 +246,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

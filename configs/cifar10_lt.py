@@ -1,7 +1,13 @@
-"""CIFAR-10-LT, MiSLAS recipe + LCReg with M = 40 (DESIGN §1–5).
+"""CIFAR-10-LT, MiSLAS recipe + LCReg with M = 40 (docs/method.md §1–5).
 
 --config.data.data_dir points at the extracted python-format
 `cifar-10-batches-py`; or --config.data.source=tfds.
+
+Command:
+  python -m lcreg_jax.main --config=configs/cifar10_lt.py --workdir=workdirs/cifar10_lt \
+      --config.data.data_dir=/path/to/cifar-10-batches-py --config.data.imbalance_factor=100
+Result to expect: no run record yet (docs/results.md lists the recorded
+runs; docs/method.md §7 gives the published figures).
 """
 
 from lcreg_jax import config

@@ -1,8 +1,13 @@
-"""Fashion-MNIST-LT with the CIFAR-LT recipe (DESIGN §1, §4, §5).
+"""Fashion-MNIST-LT with the CIFAR-LT recipe (docs/method.md §1, §4, §5).
 
 IDX files from Debian's `dataset-fashion-mnist` (default location) or any
 MNIST-format directory via --config.data.data_dir; TFDS via
 --config.data.source=tfds --config.data.tfds_name=fashion_mnist.
+
+Command:
+  python -m lcreg_jax.main --config=configs/fashion_mnist_lt.py --workdir=workdirs/fashion_mnist_lt
+Result to expect: no run record yet (docs/results.md lists the recorded
+runs; docs/method.md §7 gives the published figures).
 """
 
 from lcreg_jax import config

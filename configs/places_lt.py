@@ -1,5 +1,5 @@
 """Places-LT (Liu et al. 2019 lists), MiSLAS's recipe + LCReg with M = 100
-(DESIGN §1, §2, §4, §5).
+(docs/method.md §1, §2, §4, §5).
 
 As MiSLAS: torchvision's ImageNet ResNet-152 is the trunk, frozen (no
 gradient, BatchNorm in inference mode) except its last bottleneck block,
@@ -17,6 +17,15 @@ test from its validation split):
   --config.data.tfds_data_dir=/data/tfds --config.data.image_root=
   --config.data.tfds_test_split=validation
   [--config.data.val_list=.../Places_LT_val.txt --config.data.tfds_val_split=train]
+
+Command:
+  python -m lcreg_jax.main --config=configs/places_lt.py --workdir=workdirs/places_lt \
+      --config.model.pretrained_weights=/data/weights/resnet152.npz \
+      --config.data.image_root=/data/places365 \
+      --config.data.train_list=/data/Places_LT/Places_LT_train.txt \
+      --config.data.test_list=/data/Places_LT/Places_LT_test.txt
+Result to expect: no run record yet (docs/results.md lists the recorded
+runs; docs/method.md §7 gives the published figures).
 """
 
 from lcreg_jax import config
@@ -43,11 +52,11 @@ def get_config():
                             'batch_stats/backbone/stage4_block3/.*')
   m.latent.num_latents = 100
   # Full covariance at D = 2048 does not fit beside ResNet-152 on 16 GB
-  # (README, "Memory"): diagonal.
+  # (docs/data.md, "Memory"): diagonal.
   m.latent.covariance = 'diagonal'
   c.stage1.update(epochs=90.0, batch_size=256, lr=0.1, weight_decay=5e-4,
                   schedule='cosine', warmup_epochs=0.0, mixup_alpha=0.2)
-  # Stage 2's weight decay and batch size come from the preset row (DESIGN §4).
+  # Stage 2's weight decay and batch size come from the preset row (docs/method.md §4).
   c.stage2.update(preset='places_lt', epochs=10.0)
   c.eval.batch_size = 256
   c.log_every = 100

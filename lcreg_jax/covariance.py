@@ -1,4 +1,4 @@
-"""Online per-class feature moments, as in ISDA (DESIGN §3).
+"""Online per-class feature moments, as in ISDA (docs/method.md §3).
 
 The same update is vmapped over classes; for LCReg the "classes" are the M
 latent categories. The state holds, per class c, the running mean, the

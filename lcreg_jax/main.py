@@ -16,12 +16,12 @@ import sys
 # it says nothing about the run. Set before anything imports TensorFlow.
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '1')
 
-from absl import app
 from absl import flags
 from absl import logging
 import jax
 from ml_collections import config_flags
 
+from lcreg_jax import cli
 from lcreg_jax import config as config_lib
 from lcreg_jax.config import validate as config_validate
 from lcreg_jax import errors
@@ -149,7 +149,7 @@ def main(argv):
 
 
 def run():
-  app.run(main, flags_parser=parse_flags)
+  cli.run(main, flags_parser=parse_flags)
 
 
 if __name__ == '__main__':

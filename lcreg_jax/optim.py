@@ -1,4 +1,4 @@
-"""Optimisers and learning-rate schedules of both stages (DESIGN §4, §5)."""
+"""Optimisers and learning-rate schedules of both stages (docs/method.md §4, §5)."""
 
 import flax
 import jax.numpy as jnp

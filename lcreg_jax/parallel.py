@@ -2,7 +2,7 @@
 
 Everything runs under `jax.jit` over a 1-D ('data',) mesh: batches are split
 over it, the train state is replicated, except (with `shard_covariance`) the
-latent categories' moments, split along M (DESIGN §9). BatchNorm means and the
+latent categories' moments, split along M (docs/method.md §9). BatchNorm means and the
 covariance estimator's batch moments are reductions over the batch axis, so
 XLA makes them global across devices and hosts.
 

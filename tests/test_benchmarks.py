@@ -1,4 +1,4 @@
-"""The README's benchmark commands run from a checkout, as written there."""
+"""The benchmark commands of docs/benchmarks.md run from a checkout, as written there."""
 
 import json
 import os
@@ -72,6 +72,34 @@ def test_collect_results_reads_the_reports(finished_run):
   row = next(l for l in res.stdout.splitlines() if '| stage2 |' in l)
   # Two identical runs: mean = the value, std = 0.
   assert f'| tiny | stage2 | 2 | {top1:.2f} ± 0.00 |' in row
+
+
+def test_record_run_writes_a_record_that_collect_results_renders(
+    finished_run, tmp_path):
+  workdir = str(finished_run[0])
+  res = _run('benchmarks/record_run.py', '--name=tiny', '--table=tiny_t',
+             '--label=Tiny', f'--workdir={workdir}',
+             '--command=python -m lcreg_jax.main --config=tests/tiny.py',
+             f'--results_dir={tmp_path}')
+  assert res.returncode == 0, res.stderr[-2000:]
+  with open(tmp_path / 'tiny.json') as f:
+    record = json.load(f)
+  for field in ('command', 'config_hash', 'git_commit', 'date', 'machine',
+                'wall_s', 'metrics'):
+    assert record[field] not in (None, ''), field
+  with open(os.path.join(workdir, 'stage2', 'report.json')) as f:
+    top1 = json.load(f)['top1']
+  assert record['metrics']['stage2']['top1'] == top1
+  assert record['config_hash'].startswith('sha256:')
+  sys.path.insert(0, os.path.join(cli.ROOT, 'benchmarks'))
+  try:
+    import collect_results  # pylint: disable=g-import-not-at-top
+  finally:
+    sys.path.pop(0)
+  page = collect_results.results_page(
+      collect_results.load_records(str(tmp_path)))
+  assert '## tiny_t' in page and '`results/tiny.json`' in page
+  assert f'| Tiny | stage2 | 1 | {100 * top1:.2f} |' in page
 
 
 def test_state_size_counts_the_covariance():

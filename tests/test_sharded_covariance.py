@@ -1,4 +1,4 @@
-"""Latent moments split along M over the mesh (DESIGN §9, `shard_covariance`):
+"""Latent moments split along M over the mesh (docs/method.md §9, `shard_covariance`):
 the layout is what `parallel.state_sharding` says, everywhere (placement, the
 jitted step, checkpoints), the results equal the replicated computation, and
 no M × D × D array crosses devices."""

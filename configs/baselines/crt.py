@@ -1,5 +1,11 @@
 """Baseline: classifier re-training (cRT) on the frozen plain CE model: a
-fresh linear classifier, class-balanced sampling, plain CE (DESIGN §8)."""
+fresh linear classifier, class-balanced sampling, plain CE (docs/method.md §8).
+
+Command:
+  python benchmarks/compare.py --methods=crt --seeds=0 --root=workdirs/compare
+(it trains ce.py's stage 1 first; this config retrains from it).
+Result to expect: no run record yet (docs/results.md).
+"""
 
 import os
 import runpy

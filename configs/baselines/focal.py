@@ -1,4 +1,11 @@
-"""Baseline: focal loss (DESIGN §8; γ = stage1.focal_gamma)."""
+"""Baseline: focal loss (docs/method.md §8; γ = stage1.focal_gamma).
+
+Command:
+  python -m lcreg_jax.main --config=configs/baselines/focal.py --workdir=workdirs/focal
+(Fashion-MNIST-LT; add :cifar10_lt etc. after the file name for another
+data set).
+Result to expect: no run record yet (docs/results.md).
+"""
 
 import os
 import runpy

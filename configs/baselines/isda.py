@@ -1,6 +1,13 @@
-"""Baseline: class-wise ISDA (DESIGN §8) on the pooled feature, plain CE
+"""Baseline: class-wise ISDA (docs/method.md §8) on the pooled feature, plain CE
 otherwise. Full per-class covariances for up to 100 classes, diagonal ones
-beyond (a full C × D × D is 16 GB at C = 1000, D = 2048)."""
+beyond (a full C × D × D is 16 GB at C = 1000, D = 2048).
+
+Command:
+  python -m lcreg_jax.main --config=configs/baselines/isda.py --workdir=workdirs/isda
+(Fashion-MNIST-LT; add :cifar10_lt etc. after the file name for another
+data set).
+Result to expect: no run record yet (docs/results.md).
+"""
 
 import os
 import runpy

@@ -1,4 +1,11 @@
-"""LCReg, MiSLAS's stage 2, then DLSA (DESIGN §6)."""
+"""LCReg, MiSLAS's stage 2, then DLSA (docs/method.md §6).
+
+Command:
+  python -m lcreg_jax.main --config=configs/baselines/lcreg_dlsa.py --workdir=workdirs/lcreg_dlsa
+(Fashion-MNIST-LT; add :cifar10_lt etc. after the file name for another
+data set).
+Result to expect: no run record yet (docs/results.md).
+"""
 
 import os
 import runpy

@@ -1,5 +1,12 @@
 """Baseline: LDAM loss with deferred re-weighting (effective-number
-weights from stage1.drw_epoch on; DESIGN §8)."""
+weights from stage1.drw_epoch on; docs/method.md §8).
+
+Command:
+  python -m lcreg_jax.main --config=configs/baselines/ldam_drw.py --workdir=workdirs/ldam_drw
+(Fashion-MNIST-LT; add :cifar10_lt etc. after the file name for another
+data set).
+Result to expect: no run record yet (docs/results.md).
+"""
 
 import os
 import runpy

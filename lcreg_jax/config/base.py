@@ -18,8 +18,8 @@ def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0
   c.num_devices = placeholder(int)   # None: every visible device
-  # Split the latent moments (M × D × D) along M over the devices (DESIGN
-  # §9). None: when the covariance is full, there is more than one device
+  # Split the latent moments (M × D × D) along M over the devices
+  # (docs/method.md §9). None: when the covariance is full, there is more than one device
   # and they divide M (JAX shards evenly only); otherwise replicated.
   c.shard_covariance = placeholder(bool)
   c.log_every = 50                   # steps between metric writes / NaN checks
@@ -70,7 +70,7 @@ def base_config() -> ml_collections.ConfigDict:
       # do; the stem and earlier blocks are frozen (no gradient, BatchNorm in
       # inference mode), as for Places-LT's ImageNet trunk.
       trainable_blocks=placeholder(int),
-      # Class-wise ISDA baseline (DESIGN §8): none | diagonal | full, the form
+      # Class-wise ISDA baseline (docs/method.md §8): none | diagonal | full, the form
       # of the per-class feature covariances (C × D, or C × D × D: small C
       # only; 16 GB at C = 1000, D = 2048). On, stage 1 trains on ISDA's
       # bound over the C classes (λ = stage1.isda_lambda0 · t/T); it needs
@@ -114,7 +114,7 @@ def base_config() -> ml_collections.ConfigDict:
       mixup_partners='global',
       alpha=0.1, beta=0.1, gamma=1.0,   # eq. 7 weights of aug, recon, cls
       isda_lambda0=0.5,       # λ0 of the latent and the class-wise ISDA
-      # The classification loss L_cls (DESIGN §8 baselines): ce (MiSLAS) |
+      # The classification loss L_cls (docs/method.md §8 baselines): ce (MiSLAS) |
       # focal | ldam | balanced_softmax | logit_adjusted; under mixup each is
       # λ loss(y) + (1-λ) loss(y[perm]).
       loss='ce',
@@ -138,15 +138,15 @@ def base_config() -> ml_collections.ConfigDict:
       lr=0.1, momentum=0.9,
       weight_decay=placeholder(float),   # None: the preset row's
       samples_per_class=4,
-      preset='cifar10',       # row of DESIGN §4, with data.imbalance_factor
+      preset='cifar10',       # row of docs/method.md §4, with data.imbalance_factor
       # None: the value of the preset row; set, it overrides the row.
       las_head=placeholder(float), las_tail=placeholder(float),
       shift_bn=placeholder(bool), lr_factor=placeholder(float),
       las_shape='concave',    # concave | linear | convex | exp
       las_power=placeholder(float),     # needed by las_shape=exp only
-      # mislas (DESIGN §4) | crt (a re-initialised linear classifier, plain
+      # mislas (docs/method.md §4) | crt (a re-initialised linear classifier, plain
       # CE) | lws (only the per-class scale, plain CE) | tau_norm |
-      # posthoc_la (no training; τ chosen on the validation split, DESIGN §8).
+      # posthoc_la (no training; τ chosen on the validation split, docs/method.md §8).
       # crt and lws: class-balanced batches, frozen trunk, no shift-BN.
       method='mislas',
       # tau_norm / posthoc_la: τ searched over 0, tau_step, ..., tau_max.

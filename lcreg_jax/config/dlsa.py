@@ -1,4 +1,4 @@
-"""Defaults of every DLSA knob (DESIGN §6).
+"""Defaults of every DLSA knob (docs/method.md §6).
 
 The defaults are the authors' code (silicx/DLSA); every deviation the project
 offers is a switch whose non-default value is named in the comment.

@@ -1,4 +1,4 @@
-"""Per-data-set settings the papers publish as tables (DESIGN §4).
+"""Per-data-set settings the papers publish as tables (docs/method.md §4).
 
 The stage-2 row of MiSLAS: label-aware smoothing ε_1 (head) and ε_K (tail),
 shift learning on BatchNorm, the classifier's lr factor, the weight decay and

@@ -87,7 +87,7 @@ class FileDataset:
   (`data.source='tfds_stream'`); `splits` maps split names to
   `readers.StreamSplit`.
 
-  With `data.augment='imagenet'` the MiSLAS ImageNet recipe (DESIGN §5):
+  With `data.augment='imagenet'` the MiSLAS ImageNet recipe (docs/method.md §5):
   random-resized crop, flip, colour jitter for training; resize to
   `eval_resize` and centre crop for evaluation; ImageNet mean/std. With the
   CIFAR-style augmentations (small images of one size, e.g. a data set

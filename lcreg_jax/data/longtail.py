@@ -23,7 +23,7 @@ def lt_counts(n_max: int, num_classes: int, imbalance_factor: float) -> np.ndarr
 
 
 def lt_indices(labels, imbalance_factor: float, seed: int = 0) -> np.ndarray:
-  """Indices into `labels` of the long-tailed subset, class by class (DESIGN §1).
+  """Indices into `labels` of the long-tailed subset, class by class (docs/method.md §1).
 
   n_max is the smallest per-class count present (50000 / C for CIFAR). Every class is
   shuffled, the head class too, because each shuffle advances the shared generator; the

@@ -1,5 +1,5 @@
 """Which training samples each step reads: shuffled epochs or MiSLAS's
-class-balanced order (DESIGN §4).
+class-balanced order (docs/method.md §4).
 
 Every order is a pure function of (seed, epoch), so the batch of global step t
 does not depend on where a run started: a killed run resumed at step t reads
@@ -18,7 +18,7 @@ def steps_per_epoch(num_examples: int, global_batch_size: int) -> int:
 
 def class_balanced_order(labels, num_samples: int, samples_per_class: int,
                          rng: np.random.Generator) -> np.ndarray:
-  """MiSLAS class-aware sampling order (DESIGN §4) of `num_samples` indices into `labels`.
+  """MiSLAS class-aware sampling order (docs/method.md §4) of `num_samples` indices into `labels`.
 
   Classes are visited in a random order that is redrawn each time every class has been
   visited once; each visit takes `samples_per_class` consecutive items from that class's own

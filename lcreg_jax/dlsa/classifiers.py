@@ -1,4 +1,4 @@
-"""DLSA's classifiers on frozen features (DESIGN §6): the cluster-aided
+"""DLSA's classifiers on frozen features (docs/method.md §6): the cluster-aided
 classifier of each routing stage and the final ordinary one, trained with
 balanced softmax through the shared loop and selected on validation."""
 

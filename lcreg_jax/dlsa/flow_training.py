@@ -1,4 +1,4 @@
-"""Training DLSA's flow filter (DESIGN §6): pairs, class-weighted NLL,
+"""Training DLSA's flow filter (docs/method.md §6): pairs, class-weighted NLL,
 purity and balance terms, and checkpoint selection.
 
 Defaults follow the authors' code (silicx/DLSA); each deviation is a switch:
@@ -199,7 +199,7 @@ def balance_term(mean_posterior, ema, t, decay: float):
 
 
 def flow_loss_fn(model: flow_lib.MAF, hp: FlowHParams):
-  """Loss of one batch of (positive, negative) pairs (DESIGN §6).
+  """Loss of one batch of (positive, negative) pairs (docs/method.md §6).
 
   Returns loss_fn(params, batch_stats, centers, xp, xn, wp, valid, ema, t)
   -> (total, (new batch_stats, new ema, metrics)); wp are the positives'

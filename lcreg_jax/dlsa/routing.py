@@ -1,4 +1,4 @@
-"""DLSA routing by flow likelihood (DESIGN §6): which samples each stage's
+"""DLSA routing by flow likelihood (docs/method.md §6): which samples each stage's
 classifier takes, and the cluster prior it is given."""
 
 import math

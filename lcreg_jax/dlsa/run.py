@@ -1,5 +1,5 @@
 """DLSA end to end on frozen features: flow training, likelihood routing and
-the staged classifiers (DESIGN §6).
+the staged classifiers (docs/method.md §6).
 
 Every flow and classifier trains through the shared loop with its own
 checkpoints under `workdir/<component>/`, so a killed DLSA run resumes where

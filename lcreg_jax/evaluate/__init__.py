@@ -1,4 +1,4 @@
-"""Evaluation (DESIGN §7): predictions (predict), metrics (metrics), plots
+"""Evaluation (docs/method.md §7): predictions (predict), metrics (metrics), plots
 (plots) and the one report writer (report)."""
 
 from lcreg_jax.evaluate.metrics import calibration

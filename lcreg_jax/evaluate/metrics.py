@@ -1,4 +1,4 @@
-"""Evaluation metrics (DESIGN §7): top-1, per-class and shot-group accuracy,
+"""Evaluation metrics (docs/method.md §7): top-1, per-class and shot-group accuracy,
 ECE/MCE and NLL, computed in float64 NumPy."""
 
 import numpy as np

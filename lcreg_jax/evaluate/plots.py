@@ -1,4 +1,4 @@
-"""Plots of a stage's test predictions (DESIGN §7): reliability diagram,
+"""Plots of a stage's test predictions (docs/method.md §7): reliability diagram,
 per-class accuracy against training count, latent-category usage."""
 
 import numpy as np

@@ -1,4 +1,4 @@
-"""Post-hoc classifier adjustments with τ chosen on validation (DESIGN §8).
+"""Post-hoc classifier adjustments with τ chosen on validation (docs/method.md §8).
 
 τ-normalisation rescales the classifier's columns, post-hoc logit adjustment
 subtracts τ log π_c from the logits; both pick τ from a grid by top-1 on the

@@ -32,7 +32,7 @@ def write_json(path, report: dict):
 
 def compute_metrics(outputs, labels, info, eval_config,
                     are_probs: bool = False) -> dict:
-  """DESIGN §7's metrics with the shot groups of the training counts."""
+  """docs/method.md §7's metrics with the shot groups of the training counts."""
   return metrics_lib.compute_metrics(
       outputs, labels, info.class_counts,
       many_threshold=eval_config.many_threshold,

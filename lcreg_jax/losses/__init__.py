@@ -1,4 +1,4 @@
-"""Losses as pure functions (DESIGN §3, §4, §6, §8).
+"""Losses as pure functions (docs/method.md §3, §4, §6, §8).
 
 `lcreg_jax.losses.<name>` is the public API; each concept has its own module.
 """

@@ -1,5 +1,5 @@
 """Classification losses: cross-entropy, mixup, label-aware smoothing
-(MiSLAS, DESIGN §3–4) and balanced softmax (DESIGN §6, §8)."""
+(MiSLAS, docs/method.md §3–4) and balanced softmax (docs/method.md §6, §8)."""
 
 import jax
 import jax.numpy as jnp
@@ -21,7 +21,7 @@ def mixup_cross_entropy(logits, labels, partner_labels, lam) -> jax.Array:
 
 def las_epsilons(class_counts, head: float, tail: float,
                  shape: str = 'concave', power: float | None = None):
-  """Per-class smoothing ε_y from the class counts (DESIGN §4).
+  """Per-class smoothing ε_y from the class counts (docs/method.md §4).
 
   ε_1 (`head`) goes to the most frequent class, ε_K (`tail`) to the rarest.
   With equal counts every class gets `head` (there is no tail to favour).

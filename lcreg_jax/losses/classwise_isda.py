@@ -1,4 +1,4 @@
-"""Class-wise ISDA (Wang et al.; DESIGN §8): ISDA's bound over the C classes
+"""Class-wise ISDA (Wang et al.; docs/method.md §8): ISDA's bound over the C classes
 on the pooled feature, each sample's σ² row computed from W and Σ_{y_i}.
 
 The latent version (`losses.isda`) builds an (M, M) table; over C classes of

@@ -1,4 +1,4 @@
-"""Focal loss in LDAM-DRW's form (DESIGN §8)."""
+"""Focal loss in LDAM-DRW's form (docs/method.md §8)."""
 
 import jax
 import jax.numpy as jnp

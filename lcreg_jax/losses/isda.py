@@ -1,5 +1,5 @@
 """ISDA's closed-form upper bound of the augmented cross-entropy (eqs. 5–6,
-DESIGN §3), for LCReg's latent categories or any classes."""
+docs/method.md §3), for LCReg's latent categories or any classes."""
 
 import functools
 

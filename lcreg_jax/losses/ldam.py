@@ -1,4 +1,4 @@
-"""Label-distribution-aware margin loss (Cao et al., 2019; DESIGN §8)."""
+"""Label-distribution-aware margin loss (Cao et al., 2019; docs/method.md §8)."""
 
 import jax
 import jax.numpy as jnp

@@ -1,4 +1,4 @@
-"""Logit-adjusted loss (Menon et al., 2021; DESIGN §8)."""
+"""Logit-adjusted loss (Menon et al., 2021; docs/method.md §8)."""
 
 import jax
 import jax.numpy as jnp

@@ -1,4 +1,4 @@
-"""LCReg's reconstruction loss (eq. 4, DESIGN §3)."""
+"""LCReg's reconstruction loss (eq. 4, docs/method.md §3)."""
 
 import jax
 import jax.numpy as jnp

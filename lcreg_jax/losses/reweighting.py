@@ -1,4 +1,4 @@
-"""Class re-weighting (DESIGN §8): effective-number weights (Cui et al.),
+"""Class re-weighting (docs/method.md §8): effective-number weights (Cui et al.),
 their deferred form DRW (Cao et al.) and PyTorch's class-weighted mean."""
 
 import jax

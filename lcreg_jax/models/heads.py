@@ -57,7 +57,7 @@ class Head(nn.Module):
 
 
 def tau_normalize(kernel, tau: float):
-  """τ-normalisation (Kang et al., DESIGN §8): column c of the (D, C) kernel
+  """τ-normalisation (Kang et al., docs/method.md §8): column c of the (D, C) kernel
   divided by ‖w_c‖^τ; τ = 0 leaves it, τ = 1 gives unit columns."""
   norms = jnp.linalg.norm(kernel, axis=0, keepdims=True)
   return kernel / norms ** tau

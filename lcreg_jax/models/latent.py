@@ -1,4 +1,4 @@
-"""The latent-category module of LCReg (DESIGN §3)."""
+"""The latent-category module of LCReg (docs/method.md §3)."""
 
 import flax.linen as nn
 import jax

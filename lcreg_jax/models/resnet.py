@@ -1,4 +1,4 @@
-"""ResNet backbones (DESIGN §2) that return the last feature map.
+"""ResNet backbones (docs/method.md §2) that return the last feature map.
 
 The CIFAR ResNet-32 follows He et al. (3 stages of BasicBlocks, 16/32/64
 channels) with the option-A (parameter-free) or option-B (1×1 conv) shortcut;

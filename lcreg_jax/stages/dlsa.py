@@ -1,4 +1,4 @@
-"""DLSA after stage 1 (DESIGN §6), on the frozen stage-1 pooled features;
+"""DLSA after stage 1 (docs/method.md §6), on the frozen stage-1 pooled features;
 selects on validation only, never on the test split.
 
 DLSA is single-host: its flows and classifiers are small, so every process

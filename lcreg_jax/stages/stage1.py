@@ -1,4 +1,4 @@
-"""Stage 1: LCReg on a MiSLAS mixup backbone (DESIGN §3, §5)."""
+"""Stage 1: LCReg on a MiSLAS mixup backbone (docs/method.md §3, §5)."""
 
 import functools
 

@@ -1,7 +1,7 @@
 """Stage 2: MiSLAS classifier retraining on the frozen stage-1 model
-(DESIGN §4): LWS head, class-balanced sampling, label-aware smoothing,
+(docs/method.md §4): LWS head, class-balanced sampling, label-aware smoothing,
 shift-BN; or, by `stage2.method`, one of Kang et al.'s decoupled baselines
-(DESIGN §8): cRT, LWS, τ-normalisation, or post-hoc logit adjustment."""
+(docs/method.md §8): cRT, LWS, τ-normalisation, or post-hoc logit adjustment."""
 
 import functools
 

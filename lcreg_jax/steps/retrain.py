@@ -1,4 +1,4 @@
-"""The stage-2 step: MiSLAS classifier retraining on a frozen trunk (DESIGN §4).
+"""The stage-2 step: MiSLAS classifier retraining on a frozen trunk (docs/method.md §4).
 
 The stage-1 classifier is fine-tuned with a learnable per-class scale (LWS)
 under label-aware smoothing; with shift learning on BatchNorm the running

@@ -1,4 +1,4 @@
-"""The stage-1 step: LCReg on a MiSLAS mixup backbone (DESIGN §3, eq. 7)."""
+"""The stage-1 step: LCReg on a MiSLAS mixup backbone (docs/method.md §3, eq. 7)."""
 
 import dataclasses
 
@@ -30,7 +30,7 @@ class Stage1Hparams:
   # each device (stage1.mixup_partners=per_device), so no device needs
   # another's images.
   mixup_groups: int = 1
-  # L_cls and its class weights (DESIGN §8); defaults: MiSLAS's plain CE.
+  # L_cls and its class weights (docs/method.md §8); defaults: MiSLAS's plain CE.
   loss: str = 'ce'
   focal_gamma: float = 1.0
   ldam_max_margin: float = 0.5

@@ -48,12 +48,12 @@ def test_cifar_configs_pick_a_stage2_row_for_each_imbalance(path, imbalance):
   resolved = config_lib.resolve_and_validate(config, num_visible_devices=1)
   row = presets.STAGE2_PRESETS[(config.stage2.preset, imbalance)]
   assert tuple(resolved.stage2[f] for f in presets.STAGE2_FIELDS) == row
-  # The paper's M per data set (DESIGN §5).
+  # The paper's M per data set (docs/method.md §5).
   assert config.model.latent.num_latents == (
       50 if config.data.num_classes == 100 else 40)
 
 
-# DESIGN §5 stage-1 recipes and §4 stage-2 rows of the ImageNet-scale sets.
+# docs/method.md §5 stage-1 recipes and §4 stage-2 rows of the ImageNet-scale sets.
 RECIPES = {
     'imagenet_lt.py': dict(backbone='resnet50', M=100, epochs=180, wd=5e-4,
                            wd2=5e-4, classes=1000, preset='imagenet_lt'),

@@ -1,4 +1,4 @@
-"""Validation of the stage-1 baseline keys (DESIGN §8): each bad value is
+"""Validation of the stage-1 baseline keys (docs/method.md §8): each bad value is
 named with its fix before any data is read."""
 
 import ml_collections

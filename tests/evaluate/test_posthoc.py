@@ -1,4 +1,4 @@
-"""Post-hoc logit adjustment and the τ search (DESIGN §8)."""
+"""Post-hoc logit adjustment and the τ search (docs/method.md §8)."""
 
 import numpy as np
 

@@ -1,4 +1,4 @@
-"""Class-wise ISDA (DESIGN §8): per-sample σ² rows against a NumPy
+"""Class-wise ISDA (docs/method.md §8): per-sample σ² rows against a NumPy
 transcription that forms the (C, D, C) product, and at C = 1000, D = 2048
 (diagonal) a program with no array of C·D·C elements."""
 

@@ -1,4 +1,4 @@
-"""Stage-1 baseline losses (DESIGN §8) against float64 NumPy transcriptions,
+"""Stage-1 baseline losses (docs/method.md §8) against float64 NumPy transcriptions,
 hand-worked cases and finite differences."""
 
 import jax

@@ -1,4 +1,4 @@
-"""τ-normalisation of the classifier's columns (DESIGN §8)."""
+"""τ-normalisation of the classifier's columns (docs/method.md §8)."""
 
 import numpy as np
 import pytest

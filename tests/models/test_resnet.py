@@ -16,7 +16,7 @@ def _shapes(name, shortcut, size, channels):
 
 def test_resnet32_cifar_map_and_parameter_count():
   shape, params = _shapes('resnet32', 'A', 32, 3)
-  assert shape == (2, 8, 8, 64)  # DESIGN §2
+  assert shape == (2, 8, 8, 64)  # docs/method.md §2
   # He et al.'s CIFAR ResNet-32 has 0.46M parameters (option A: none in
   # shortcuts); conv weights + BN scale/offset.
   n = sum(v.size for v in params.values())

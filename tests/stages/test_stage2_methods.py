@@ -1,4 +1,4 @@
-"""Stage 2's decoupled baselines (DESIGN §8): cRT re-initialises and trains
+"""Stage 2's decoupled baselines (docs/method.md §8): cRT re-initialises and trains
 only the classifier, LWS only the scale; the post-hoc methods choose τ on
 validation and never look at test to do it."""
 

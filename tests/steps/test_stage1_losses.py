@@ -1,4 +1,4 @@
-"""The stage-1 step with DESIGN §8's baseline losses: each stage1.loss is
+"""The stage-1 step with docs/method.md §8's baseline losses: each stage1.loss is
 wired to its function, DRW switches the weights on at exactly its step,
 class-wise ISDA matches a NumPy transcription of one step, and a run killed
 across the DRW switch resumes to the uninterrupted result."""
