@@ -43,6 +43,10 @@ TABLES = {
     'default_dlsa': 'Default config with DLSA (digits-LT, IF 10)',
     'dlsa_switches': "DLSA's switches on the default config's stage 1 "
                      '(digits-LT, IF 10)',
+    'pods_tau_norm': 'configs/baselines/tau_norm.py:default on 1 process '
+                     'and on 2 (digits-LT, IF 10)',
+    'pods_dlsa': 'configs/default.py with DLSA on 1 process and on 2 '
+                 '(digits-LT, IF 10)',
 }
 
 
