@@ -128,7 +128,9 @@ def posthoc(ctx: common.Context, stage1_state) -> dict:
   """τ-normalisation or post-hoc logit adjustment of the stage-1 model.
 
   τ is chosen on the validation split only; the test split is predicted
-  after the choice and adjusted with that τ. Writes stage2's report.
+  after the choice and adjusted with that τ. Writes stage2's report. With
+  several processes every one gets the whole split's outputs
+  (`common.predict`) and makes the same choice.
   """
   cfg = ctx.config.stage2
   counts = ctx.info.class_counts
