@@ -12,6 +12,7 @@ used; nothing is deleted. Orbax writes each step to a temporary folder and
 renames it when complete, so a save cut short never looks like a step.
 """
 
+import hashlib
 import itertools
 import json
 import time
@@ -46,6 +47,18 @@ class _Manager(ocp.CheckpointManager):
   def reached_preemption(self, step: int) -> bool:
     del step
     return False
+
+
+def barrier_prefix(directory) -> str:
+  """The prefix of orbax's cross-process barriers for one directory.
+
+  Orbax names a save's barriers by its step alone. A stage's checkpoints
+  and its best-on-validation copy save the same step at the same time
+  (asynchronously), and two barriers of one name stop a multi-process run
+  ('Barrier _async_write_complete.2 is already ongoing'). Every process
+  names the same directory, so the prefix agrees across processes.
+  """
+  return 'ckpt_' + hashlib.sha256(str(directory).encode()).hexdigest()[:16]
 
 
 def savable(tree):
@@ -92,7 +105,9 @@ class StageCheckpoints:
         item_handlers=ocp.StandardCheckpointHandler(),
         options=ocp.CheckpointManagerOptions(
             max_to_keep=self._max_to_keep, create=not self.read_only,
-            read_only=self.read_only))
+            read_only=self.read_only,
+            multiprocessing_options=ocp.options.MultiprocessingOptions(
+                barrier_sync_key_prefix=barrier_prefix(self.directory))))
 
   @property
   def _fingerprint_path(self):

@@ -4,6 +4,7 @@ recognised as damage, not as a mismatch."""
 import json
 import os
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -80,3 +81,36 @@ def test_damaged_steps(tmp_path, damage):
   assert step == (1 if damage == 'metadata' else 0)
   assert len(os.listdir(f'{tmp_path}/c.corrupt')) == (
       1 if damage == 'metadata' else 2)
+
+
+def test_checkpoint_saves_leave_the_preemption_count_alone(tmp_path, monkeypatch):
+  """Orbax's manager would report the loop's step to JAX's preemption
+  service at each save, overwriting the run-wide count."""
+  calls = []
+  monkeypatch.setattr('jax.experimental.multihost_utils.reached_preemption_sync_point',
+                      lambda n: calls.append(n) or False)
+  ckpt = checkpoints.StageCheckpoints(tmp_path / 'c', {'a': 1})
+  ckpt.save(3, {'x': np.zeros(2, np.float32)})
+  ckpt.close()
+  assert calls == []
+
+
+def test_arrays_of_one_process_are_saved_as_host_copies(monkeypatch):
+  tree = {'local': jax.numpy.arange(3.0), 'host': np.ones(2), 'n': 4}
+  assert checkpoints.savable(tree) is tree                # one process: as is
+  monkeypatch.setattr(jax, 'process_count', lambda: 2)
+  out = checkpoints.savable(tree)
+  assert type(out['local']) is np.ndarray and out['host'] is tree['host']
+  np.testing.assert_array_equal(out['local'], [0.0, 1.0, 2.0])
+
+
+def test_each_checkpoint_directory_has_its_own_barriers(tmp_path):
+  """A stage's checkpoints and its best-on-validation copy save the same
+  step at once; with one barrier name for both, 2 processes abort."""
+  a, b = tmp_path / 'stage1' / 'checkpoints', tmp_path / 'stage1' / 'best_on_val'
+  assert checkpoints.barrier_prefix(a) != checkpoints.barrier_prefix(b)
+  assert checkpoints.barrier_prefix(a) == checkpoints.barrier_prefix(str(a))
+  ckpt = checkpoints.StageCheckpoints(a, {'a': 1})
+  options = ckpt.manager._options.multiprocessing_options  # pylint: disable=protected-access
+  assert options.barrier_sync_key_prefix == checkpoints.barrier_prefix(a)
+  ckpt.close()

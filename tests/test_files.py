@@ -12,6 +12,7 @@ import tensorflow as tf
 from etils.epath import gpath
 from etils.epath import register
 
+from lcreg_jax import checkpoints
 from lcreg_jax import files
 from lcreg_jax import stages
 from tests import tiny
@@ -66,15 +67,18 @@ def test_run_with_a_ram_workdir_equals_a_local_run(finished_run, tmp_path,
   # and no in-memory one that survives orbax's folder renames, so the
   # arrays go to a local mirror of the ram:// path; orbax's own metadata,
   # and every file the project writes, stay on ram://.
-  real_manager = ocp.CheckpointManager
   mirror = tmp_path / 'orbax'
 
-  def manager(directory, *args, **kwargs):
-    directory = os.fspath(directory)
-    assert directory.startswith('ram://'), directory
-    return real_manager(mirror / directory[len('ram://'):], *args, **kwargs)
+  def mirrored(real_manager):
+    def manager(directory, *args, **kwargs):
+      directory = os.fspath(directory)
+      assert directory.startswith('ram://'), directory
+      return real_manager(mirror / directory[len('ram://'):], *args, **kwargs)
+    return manager
 
-  monkeypatch.setattr(ocp, 'CheckpointManager', manager)
+  # Inference reads through orbax's manager, training saves through ours.
+  monkeypatch.setattr(ocp, 'CheckpointManager', mirrored(ocp.CheckpointManager))
+  monkeypatch.setattr(checkpoints, '_Manager', mirrored(checkpoints._Manager))
   monkeypatch.chdir(tmp_path)
   config = tiny.tiny_config()
   config.eval.plots = True

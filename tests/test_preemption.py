@@ -82,26 +82,3 @@ def test_a_single_process_stops_at_the_next_point_after_the_signal(monkeypatch):
   assert preemption.reached()
   with pytest.raises(preemption.Preempted, match='parts before it are saved in /w'):
     preemption.stop_between('dlsa', '/w')
-
-
-def test_checkpoint_saves_leave_the_preemption_count_alone(tmp_path, monkeypatch):
-  """Orbax's manager would report the loop's step to JAX's preemption
-  service at each save, overwriting the run-wide count."""
-  from lcreg_jax import checkpoints  # pylint: disable=g-import-not-at-top
-  calls = []
-  monkeypatch.setattr('jax.experimental.multihost_utils.reached_preemption_sync_point',
-                      lambda n: calls.append(n) or False)
-  ckpt = checkpoints.StageCheckpoints(tmp_path / 'c', {'a': 1})
-  ckpt.save(3, {'x': np.zeros(2, np.float32)})
-  ckpt.close()
-  assert calls == []
-
-
-def test_arrays_of_one_process_are_saved_as_host_copies(monkeypatch):
-  from lcreg_jax import checkpoints  # pylint: disable=g-import-not-at-top
-  tree = {'local': jax.numpy.arange(3.0), 'host': np.ones(2), 'n': 4}
-  assert checkpoints.savable(tree) is tree                # one process: as is
-  monkeypatch.setattr(jax, 'process_count', lambda: 2)
-  out = checkpoints.savable(tree)
-  assert type(out['local']) is np.ndarray and out['host'] is tree['host']
-  np.testing.assert_array_equal(out['local'], [0.0, 1.0, 2.0])
