@@ -74,10 +74,10 @@ class ClassifierHparams:
 
   @classmethod
   def from_config(cls, cfg) -> 'ClassifierHparams':
-    return cls(lr=float(cfg.classifier_lr),
-               weight_decay=float(cfg.classifier_weight_decay),
-               batch=int(cfg.classifier_batch_size),
-               tiny=float(cfg.balanced_softmax_tiny))
+    return cls(lr=cfg.classifier_lr,
+               weight_decay=cfg.classifier_weight_decay,
+               batch=cfg.classifier_batch_size,
+               tiny=cfg.balanced_softmax_tiny)
 
 
 @functools.lru_cache(maxsize=None)
@@ -198,13 +198,13 @@ def train_classifier(model: nn.Module,
   state = loop.fit(
       state, name=name,
       step_fn=lambda s, key: s.advance(step, key, xs, ys, n, train_counts),
-      batches=loop.step_keys(seed + 1), total_steps=int(cfg.classifier_steps),
+      batches=loop.step_keys(seed + 1), total_steps=cfg.classifier_steps,
       checkpoints=checkpoints_lib.StageCheckpoints(
           files.as_path(workdir) / 'checkpoints', fingerprint),
-      workdir=workdir, log_every=int(cfg.eval_every),
-      checkpoint_every=checkpoint_every, evaluate_every=int(cfg.eval_every),
+      workdir=workdir, log_every=cfg.eval_every,
+      checkpoint_every=checkpoint_every, evaluate_every=cfg.eval_every,
       evaluate_fn=evaluate, hooks=hooks,
-      batch_size=int(cfg.classifier_batch_size), unit='features',
+      batch_size=cfg.classifier_batch_size, unit='features',
       advice='Lower --config.dlsa.classifier_lr.')
   if not n_val:
     log(f'{name}: no validation samples, keeping the last parameters')

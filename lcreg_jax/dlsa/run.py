@@ -98,8 +98,8 @@ def run_dlsa(config, *, train, val, test, num_classes: int, workdir: str,
   x_of = {s: d[0] for s, d in data.items()}
   y_of = {s: d[1] for s, d in data.items()}
   n_of = {s: y.size for s, y in y_of.items()}
-  depth = int(cfg.depth)
-  k = int(cfg.num_clusters)
+  depth = cfg.depth
+  k = cfg.num_clusters
   base_fingerprint = {'dlsa': cfg.to_dict(), 'num_classes': c}
   common = dict(num_classes=c, config=cfg, checkpoint_every=checkpoint_every,
                 hooks=hooks, log=log)
@@ -111,7 +111,7 @@ def run_dlsa(config, *, train, val, test, num_classes: int, workdir: str,
                 fingerprint=dict(base_fingerprint, inputs=digest(*arrays)))
 
   full_counts = np.bincount(y_of['train'], minlength=c)
-  tiny = float(cfg.balanced_softmax_tiny)
+  tiny = cfg.balanced_softmax_tiny
   remaining = {s: np.ones(n_of[s], bool) for s in _SPLITS}
   stage_of = {s: np.full(n_of[s], depth, np.int32) for s in _SPLITS}
   probs = {s: np.zeros((n_of[s], c), np.float32) for s in _SPLITS}
@@ -129,7 +129,7 @@ def run_dlsa(config, *, train, val, test, num_classes: int, workdir: str,
                    'flow_select_score': float(finfo['val_score']),
                    'flow_step': int(finfo['step'])}
       outs = {s: flow_training.flow_evaluate(model, variables, centers,
-                                             x_of[s], int(cfg.eval_chunk))
+                                             x_of[s], cfg.eval_chunk)
               for s in _SPLITS}
     logp = {s: outs[s][0] for s in _SPLITS}
     cluster = {s: outs[s][1] for s in _SPLITS}

@@ -67,7 +67,7 @@ class Stage1Hparams:
                drw_step=int(round(s1.drw_epoch * steps_per_epoch)),
                class_counts=(tuple(int(n) for n in class_counts)
                              if class_counts is not None else None),
-               class_isda=(config.model.get('class_isda', 'none')
+               class_isda=(config.model.class_isda
                            if not latent.enabled else 'none'),
                alpha=s1.alpha if latent.enabled else 0.0,
                beta=s1.beta if latent.enabled else 0.0,
