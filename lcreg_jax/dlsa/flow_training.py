@@ -33,6 +33,7 @@ from lcreg_jax import checkpoints as checkpoints_lib
 from lcreg_jax import files
 from lcreg_jax import loop
 from lcreg_jax.dlsa import flow as flow_lib
+from lcreg_jax.dlsa import rows
 from lcreg_jax.train_state import all_finite
 
 
@@ -301,17 +302,12 @@ def flow_evaluate(model, variables, centers, x, chunk: int = 4096):
   Rows go through in `chunk`-row padded blocks so every split shares one
   compilation.
   """
-  fn = _flow_outputs_jit(model)
-  outs = []
-  for i in range(0, x.shape[0], chunk):
-    part = np.asarray(x[i:i + chunk], np.float32)
-    res = fn(variables, jnp.asarray(
-        np.pad(part, ((0, chunk - part.shape[0]), (0, 0)))), centers)
-    outs.append([np.asarray(r)[:part.shape[0]] for r in res])
-  if not outs:
+  if x.shape[0] == 0:
     return (np.zeros(0, np.float32), np.zeros(0, np.int32),
             np.zeros((0, x.shape[1]), np.float32))
-  return tuple(np.concatenate(o, 0) for o in zip(*outs))
+  fn = _flow_outputs_jit(model)
+  return tuple(rows.map_in_chunks(lambda xb: fn(variables, xb, centers), [x],
+                                  chunk))
 
 
 def train_flow(x, y, x_val, y_val, *, num_classes: int, config, seed: int,
@@ -341,9 +337,7 @@ def train_flow(x, y, x_val, y_val, *, num_classes: int, config, seed: int,
   order = np.argsort(y, kind='stable')
   ys_np = y[order].astype(np.int32)
   counts_np = np.bincount(ys_np, minlength=num_classes).astype(np.int32)
-  rows = max(pad_to or 0, n)
-  pad = lambda a: jnp.asarray(
-      np.pad(a, [(0, rows - n)] + [(0, 0)] * (a.ndim - 1)))
+  pad = lambda a: rows.pad_rows(a, pad_to)
   xs = pad(x[order].astype(np.float32))
   ys = pad(ys_np)
   w = pad(class_nll_weights(ys_np, num_classes, cfg.nll_weight_power,

@@ -15,6 +15,7 @@ from absl import logging
 import numpy as np
 
 from lcreg_jax import files
+from lcreg_jax import losses
 from lcreg_jax.config import dlsa as dlsa_config
 from lcreg_jax.dlsa import classifiers
 from lcreg_jax.dlsa import flow_training
@@ -207,7 +208,7 @@ def run_dlsa(config, *, train, val, test, num_classes: int, workdir: str,
   def accuracy(s, mask):
     if not mask.any():
       return float('nan')
-    return float(np.mean(probs[s][mask].argmax(1) == y_of[s][mask]))
+    return float(losses.top1(probs[s][mask], y_of[s][mask]))
 
   report = {}
   for st in range(depth + 1):
@@ -239,8 +240,9 @@ def run_dlsa(config, *, train, val, test, num_classes: int, workdir: str,
       everything = {s: np.ones(n_of[s], bool) for s in _SPLITS}
       _, cprobs = final_classifier('classifier_depth0', 0, everything)
       control_probs = cprobs['test']
-      control_val = (float(np.mean(cprobs['val'].argmax(1) == y_of['val']))
-                     if n_of['val'] else float('nan'))
+      control_val = float('nan')
+      if n_of['val']:
+        control_val = float(losses.top1(np.asarray(cprobs['val']), y_of['val']))
     log(f'DLSA depth-0 control: val_acc={control_val:.4f}')
   return DLSAResult(test_probs=probs['test'], test_stage=stage_of['test'],
                     val_accuracy=val_acc, stage_report=report,
@@ -261,5 +263,5 @@ def choose_prior_correction(mode: str, predict, offset, correction,
     return mode == 'on'
   if val_labels.size == 0:
     return False
-  acc = lambda off: float(np.mean(predict(off).argmax(1) == val_labels))
+  acc = lambda off: float(losses.top1(np.asarray(predict(off)), val_labels))
   return acc(offset + correction) > acc(offset)

@@ -16,6 +16,7 @@ import jax
 import numpy as np
 
 from lcreg_jax import checkpoints
+from lcreg_jax import losses
 
 
 def enabled(ctx) -> bool:
@@ -53,7 +54,7 @@ class BestOnVal:
 
   def __call__(self, step: int, state):
     pred = self._predict(self._ctx, state, 'val')
-    score = float(np.mean(pred['logits'].argmax(-1) == pred['labels']))
+    score = float(losses.top1(np.asarray(pred['logits']), pred['labels']))
     # Compared in float32, as stored, so that an equal score re-evaluated
     # after a resume never counts as better.
     if np.float32(score) > np.float32(self.score):

@@ -239,8 +239,8 @@ def train_step(state, batch, *, hp: Stage1Hparams, cov_mesh=None):
         aug = losses.cross_entropy(g, latent_labels)
         aux['aug_loss'] = aug
         loss += hp.alpha * aug
-    acc = (out['logits'].argmax(-1) == labels).mean()
-    acc_p = (out['logits'].argmax(-1) == partner_labels).mean()
+    acc = losses.top1(out['logits'], labels)
+    acc_p = losses.top1(out['logits'], partner_labels)
     aux['accuracy'] = lam_mix * acc + (1 - lam_mix) * acc_p
     return loss, aux
 
