@@ -159,8 +159,9 @@ def with_preset(cfg: ml_collections.ConfigDict,
                 dataset_name: str = 'default') -> ml_collections.ConfigDict:
   """cfg with its None per-data-set keys filled from DATASET_PRESETS.
 
-  config/validate.py does this for full configs; this serves direct callers
-  of `lcreg_jax.dlsa` (tests, notebooks) that hold only the dlsa section.
+  The one fill: config/validate.py calls it on full configs (with
+  config.data.name), and run_dlsa on a bare dlsa section (direct callers:
+  tests, notebooks).
   """
   row = preset_row(dataset_name)
   for field in PRESET_FIELDS:

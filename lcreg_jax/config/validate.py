@@ -9,6 +9,7 @@ rest of the package reads plain values.
 import math
 import os
 from typing import Any, Callable
+import weakref
 
 import ml_collections
 
@@ -152,6 +153,7 @@ def _placeholders(config, prefix='') -> set[str]:
 
 
 def _set(config, key: str, value):
+  """config['a']['b'] = value for key 'a.b' (tests set keys by name)."""
   *parents, leaf = key.split('.')
   for p in parents:
     config = config[p]
@@ -209,17 +211,40 @@ def has_val_split(data) -> bool:
                   and data.tfds_val_split))
 
 
-def _stage1_loss_problems(config, flat: dict) -> list[str]:
-  """Cross-checks of the stage-1 loss, re-weighting and class-wise ISDA."""
-  problems = []
-  epochs, drw = flat['stage1.epochs'], flat['stage1.drw_epoch']
-  if (flat['stage1.reweight'] == 'drw' and flat['stage1.steps'] is None
-      and _num(epochs) and _num(drw) and drw >= epochs):
-    problems.append(
+def drw_problems(s1, steps_per_epoch: int | None = None,
+                 data_name: str = '') -> list[str]:
+  """The one check that stage1.reweight=drw switches its weights on before
+  stage 1 ends. Before the data is read (steps_per_epoch None) it compares
+  epochs, and only when stage1.steps is unset; with the data's size it
+  compares the steps the run will take."""
+  if s1.reweight != 'drw':
+    return []
+  epochs, drw = s1.epochs, s1.drw_epoch
+  if steps_per_epoch is None:
+    if s1.steps is not None or not (_num(epochs) and _num(drw)) or (
+        drw < epochs):
+      return []
+    return [
         f'stage1.reweight=drw switches the weights on at stage1.drw_epoch='
         f'{drw:g}, but stage 1 ends at epoch {epochs:g}, so they would never '
         f'be used: set stage1.drw_epoch below {epochs:g} (LDAM-DRW: 160 of '
-        '200), or stage1.reweight=effective_number to weight from the start')
+        '200), or stage1.reweight=effective_number to weight from the start']
+  spe = steps_per_epoch
+  total = s1.steps or int(round(epochs * spe))
+  switch = int(round(drw * spe))
+  if switch < total:
+    return []
+  return [
+      f'stage1.reweight=drw switches the weights on at step {switch} '
+      f'(stage1.drw_epoch={drw:g} x {spe} steps per epoch of {data_name}), '
+      f'but stage 1 has {total} steps, so they would never be used: set '
+      f'stage1.drw_epoch below {total / spe:g}, or '
+      'stage1.reweight=effective_number']
+
+
+def _stage1_loss_problems(config, flat: dict) -> list[str]:
+  """Cross-checks of the stage-1 loss, re-weighting and class-wise ISDA."""
+  problems = drw_problems(config.stage1)
   isda = flat['model.class_isda']
   if flat['model.head'] == 'normed':
     if (flat['stage1.loss'] == 'ldam' and _num(flat['stage1.ldam_scale'])
@@ -328,7 +353,10 @@ def resolve_and_validate(config: ml_collections.ConfigDict,
     num_visible_devices: devices the mesh may use; default `jax.device_count()`.
   Raises:
     errors.ConfigError naming every problem at once.
+  A config it returned, passed again unchanged, comes back as it is.
   """
+  if _already_resolved(config):
+    return config
   reference = base.base_config()
   flat, expected = flatten(config), flatten(reference)
   extra = sorted(set(flat) - set(expected))
@@ -398,16 +426,28 @@ def resolve_and_validate(config: ml_collections.ConfigDict,
     resolved.model.latent.similarity_scale = 1.0 / math.sqrt(dim)
   if resolved.dlsa.hidden_dim is None:
     resolved.dlsa.hidden_dim = dim
-  dlsa_row = dlsa_config.preset_row(config.data.name)
-  for field in dlsa_config.PRESET_FIELDS:  # The authors' per-data-set values.
-    if resolved.dlsa[field] is None:
-      _set(resolved, f'dlsa.{field}', dlsa_row[field])
+  # The authors' per-data-set values.
+  dlsa_config.with_preset(resolved.dlsa, config.data.name)
   row = presets.stage2_row(config.stage2.preset, config.data.imbalance_factor)
   for field in presets.STAGE2_FIELDS:
     if resolved.stage2[field] is None and row is not None:
-      _set(resolved, f'stage2.{field}', row[field])
+      resolved.stage2[field] = row[field]
   resolved.lock()
+  _RESOLVED[id(resolved)] = (weakref.ref(resolved), resolved.to_dict())
+  weakref.finalize(resolved, _RESOLVED.pop, id(resolved), None)
   return resolved
+
+
+# The configs resolve_and_validate returned, by id, with the values they had
+# then: one handed back unchanged (main.py's, again in train_and_evaluate)
+# is returned as it is instead of being checked and resolved twice.
+_RESOLVED: dict[int, tuple[weakref.ref, dict]] = {}
+
+
+def _already_resolved(config) -> bool:
+  ref, values = _RESOLVED.get(id(config), (None, None))
+  return (ref is not None and ref() is config
+          and values == config.to_dict())
 
 
 def validate_against_data(config, info) -> None:
@@ -416,22 +456,14 @@ def validate_against_data(config, info) -> None:
   problems = []
   for stage in ('stage1', 'stage2'):
     if config[stage].enabled and config[stage].batch_size > n:
-      problems.append(f'{stage}.batch_size={config[stage].batch_size} is '
-                      f'larger than the {n} training images of {info.name}')
+      problems.append(
+          f'{stage}.batch_size={config[stage].batch_size} is larger than the '
+          f'{n} training images of {info.name}: lower it (it must also '
+          'divide evenly over the devices), or use more data (e.g. a '
+          'smaller data.imbalance_factor)')
   s1 = config.stage1
-  if s1.enabled and s1.reweight == 'drw':
-    spe = samplers.steps_per_epoch(n, s1.batch_size)
-    total = s1.steps or int(round(s1.epochs * spe))
-    switch = int(round(s1.drw_epoch * spe))
-    if switch >= total:
-      raise errors.ConfigError(
-          f'stage1.reweight=drw switches the weights on at step {switch} '
-          f'(stage1.drw_epoch={s1.drw_epoch:g} x {spe} steps per epoch of '
-          f'{info.name}), but stage 1 has {total} steps, so they would never '
-          f'be used: set stage1.drw_epoch below {total / spe:g}, or '
-          'stage1.reweight=effective_number. Nothing was trained.')
+  if s1.enabled:
+    problems += drw_problems(s1, samplers.steps_per_epoch(n, s1.batch_size),
+                             info.name)
   if problems:
-    raise errors.ConfigError(
-        '; '.join(problems) + '. Lower the batch size (it must also divide '
-        'evenly over the devices), or use more data (e.g. a smaller '
-        'data.imbalance_factor). Nothing was trained.')
+    raise errors.ConfigError('; '.join(problems) + '. Nothing was trained.')
