@@ -183,3 +183,13 @@ def test_progress_line_follows_the_run_and_its_resume(tmp_path, monkeypatch,
   assert resumed.startswith('\rtoy: step 4/10')
   last = resumed.rstrip('\n').split('\r')[-1]
   assert last.startswith('toy: step 10/10 (100%) · ') and ' img/s' in last
+
+
+def test_one_selection_rule_strictly_better_in_float32():
+  assert loop.is_better(0.5, 0.25)
+  assert not loop.is_better(0.5, 0.5)              # the first best wins
+  # Equal once stored as float32: not better after a resume.
+  assert not loop.is_better(1 / 3, np.float32(1 / 3))
+  assert not loop.is_better(0.1, np.nan)           # no validation score
+  kept = loop.Selection.start('train', 'first', 0.5).offer(3, 'second', 0.5)
+  assert kept.best == 'first' and int(kept.best_step) == 0
