@@ -22,6 +22,14 @@ from lcreg_jax import progress as progress_lib
 Hook = Callable[[str, int, object], None]
 
 
+def is_better(score, best_score) -> bool:
+  """The one model-selection rule (Selection here, stages/best_on_val.py on
+  disk): strictly better, compared in float32 as the score is stored, so the
+  first best wins and an equal score re-evaluated after a resume never
+  counts as better."""
+  return bool(np.float32(score) > np.float32(best_score))
+
+
 @flax.struct.dataclass
 class Selection:
   """A training state and the best candidate on validation so far.
@@ -46,9 +54,7 @@ class Selection:
             always: bool = False) -> 'Selection':
     """Keeps `candidate` if it scores strictly better (the first best wins),
     or unconditionally with `always` (no validation: the last one wins)."""
-    # Compared in the stored float32, so that an equal score never counts
-    # as better after the round trip through the state.
-    if always or np.float32(score) > np.float32(self.best_score):
+    if always or is_better(score, self.best_score):
       return self.replace(best=candidate,
                           best_score=np.asarray(score, np.float32),
                           best_step=np.asarray(step, np.int32))

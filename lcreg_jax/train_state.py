@@ -32,7 +32,7 @@ def create_train_state(model, rng, image_shape, tx, model_config=None):
   with class-wise ISDA (`model_config.class_isda`), of the C classes."""
   variables = init_variables(model, rng, image_shape)
   cov = {}
-  class_isda = (model_config.get('class_isda', 'none')
+  class_isda = (model_config.class_isda
                 if model_config is not None else 'none')
   shapes = None
   if model.latent is not None or class_isda != 'none':

@@ -15,6 +15,7 @@ import pytest
 from lcreg_jax import checkpoints
 from lcreg_jax import errors
 from lcreg_jax import loop
+from tests import killing
 
 TX = optax.sgd(0.1, momentum=0.5)
 W_TRUE = np.array([1.0, -2.0, 0.5], np.float32)
@@ -43,17 +44,13 @@ def _step(state, key):
       loss=loss, params_finite=jnp.all(jnp.isfinite(params)))
 
 
-class Kill(Exception):
-  pass
-
-
 def _fit(workdir, total=10, kill_at=None, step_fn=None, seed=0, **kw):
   seen = []
 
   def hook(name, step, state):
     seen.append(step)
     if step == kill_at:
-      raise Kill()
+      raise killing.Kill()
 
   state = loop.fit(
       kw.pop('state', _initial()), name='toy',
@@ -89,7 +86,7 @@ def test_cadence_and_exact_resume_after_a_kill(tmp_path):
   # It learns (so the state is not trivially the same everywhere).
   assert np.linalg.norm(ref.params - W_TRUE) < 0.3 * np.linalg.norm(W_TRUE)
 
-  with pytest.raises(Kill):
+  with pytest.raises(killing.Kill):
     _fit(tmp_path / 'run', kill_at=8)
   assert _saved_steps(tmp_path / 'run') == [3, 6]
   got, seen = _fit(tmp_path / 'run')
@@ -103,7 +100,7 @@ def test_cadence_and_exact_resume_after_a_kill(tmp_path):
 def test_resume_depends_on_the_step_keys(tmp_path):
   """The check above can fail: resuming with other data gives other params."""
   ref, _ = _fit(tmp_path / 'ref')
-  with pytest.raises(Kill):
+  with pytest.raises(killing.Kill):
     _fit(tmp_path / 'run', kill_at=7)
   got, _ = _fit(tmp_path / 'run', seed=1)
   assert not np.array_equal(got.params, ref.params)
@@ -115,7 +112,7 @@ def test_nan_stops_and_leaves_the_last_good_checkpoint(tmp_path):
     bad = jnp.all(key == jax.random.fold_in(jax.random.PRNGKey(0), 5))
     return new, dict(metrics, loss=jnp.where(bad, jnp.nan, metrics['loss']))
 
-  with pytest.raises(Kill):
+  with pytest.raises(killing.Kill):
     _fit(tmp_path, kill_at=4)
   before = _digest(tmp_path / 'checkpoints')
   with pytest.raises(errors.NonFiniteLossError) as e:
@@ -143,7 +140,7 @@ def test_selection_keeps_the_best_and_resumes_with_it(tmp_path):
   assert calls == [2, 4, 6, 8, 10]
   assert int(ref.best_step) == 4 and float(ref.best_score) == np.float32(0.9)
   calls.clear()
-  with pytest.raises(Kill):
+  with pytest.raises(killing.Kill):
     fit(tmp_path / 'run', kill_at=7)
   got, _ = fit(tmp_path / 'run')
   assert calls == [2, 4, 6, 8, 10]        # 2, 4, 6 before the kill
@@ -175,7 +172,7 @@ def test_damaged_latest_checkpoint_falls_back_and_is_kept_aside(tmp_path):
 def test_progress_line_follows_the_run_and_its_resume(tmp_path, monkeypatch,
                                                       capsys):
   monkeypatch.setenv('LCREG_PROGRESS', '1')
-  with pytest.raises(Kill):
+  with pytest.raises(killing.Kill):
     _fit(tmp_path, kill_at=4, batch_size=8)
   first = capsys.readouterr().out
   assert first.startswith('\rtoy: step 1/10') and first.endswith('\n')
@@ -186,3 +183,13 @@ def test_progress_line_follows_the_run_and_its_resume(tmp_path, monkeypatch,
   assert resumed.startswith('\rtoy: step 4/10')
   last = resumed.rstrip('\n').split('\r')[-1]
   assert last.startswith('toy: step 10/10 (100%) · ') and ' img/s' in last
+
+
+def test_one_selection_rule_strictly_better_in_float32():
+  assert loop.is_better(0.5, 0.25)
+  assert not loop.is_better(0.5, 0.5)              # the first best wins
+  # Equal once stored as float32: not better after a resume.
+  assert not loop.is_better(1 / 3, np.float32(1 / 3))
+  assert not loop.is_better(0.1, np.nan)           # no validation score
+  kept = loop.Selection.start('train', 'first', 0.5).offer(3, 'second', 0.5)
+  assert kept.best == 'first' and int(kept.best_step) == 0

@@ -7,11 +7,8 @@ Command:
 Result to expect: no run record yet (docs/results.md).
 """
 
-import os
-import runpy
-
-_shared = runpy.run_path(os.path.join(os.path.dirname(__file__), '_shared.py'))
+from lcreg_jax.config import baselines
 
 
 def get_config(data=None):
-  return _shared['decoupled']('crt', data)
+  return baselines.decoupled('crt', data)

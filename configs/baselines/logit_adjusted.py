@@ -7,13 +7,10 @@ data set).
 Result to expect: no run record yet (docs/results.md).
 """
 
-import os
-import runpy
-
-_shared = runpy.run_path(os.path.join(os.path.dirname(__file__), '_shared.py'))
+from lcreg_jax.config import baselines
 
 
 def get_config(data=None):
-  c = _shared['plain_ce'](data)
+  c = baselines.plain_ce(data)
   c.stage1.loss = 'logit_adjusted'
   return c

@@ -7,14 +7,11 @@ data set).
 Result to expect: no run record yet (docs/results.md).
 """
 
-import os
-import runpy
-
-_shared = runpy.run_path(os.path.join(os.path.dirname(__file__), '_shared.py'))
+from lcreg_jax.config import baselines
 
 
 def get_config(data=None):
-  c = _shared['data_config'](data)
+  c = baselines.data_config(data)
   c.model.latent.enabled = False
   c.model.classify_on = 'feature'
   return c

@@ -1,5 +1,6 @@
-"""Config: every key with its type (base), published tables (presets), and
-the one check that runs before any work (validate)."""
+"""Config: every key declared once (base, dlsa, via schema), published
+tables (presets), and the one check that runs before any work (validate:
+the keys' own checks, the rules across keys, then resolve)."""
 
 from lcreg_jax.config.base import base_config
 from lcreg_jax.config.validate import resolve_and_validate

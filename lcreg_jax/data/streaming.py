@@ -92,6 +92,147 @@ def _bad_file_error(tf, example_fn, reader, candidates, seed, error, where, fix)
                    f'remove the file (and its line in the list){fix}.')
 
 
+class _TrainStream:
+  """make_train_iterator's steps: each epoch's order and global positions,
+  its tf.data pipeline, the local batches (re-cut after skipped files) and
+  the global batches."""
+
+  def __init__(self, tf, reader, labels, *, batch: int, sharding, seed: int, sampler: str,
+               samples_per_class: int, example_fn, on_bad_image: str, where: str,
+               threads: int | None):
+    self.tf, self.reader, self.labels = tf, reader, labels
+    self.batch, self.sharding, self.seed = batch, sharding, seed
+    self.sampler, self.samples_per_class = sampler, samples_per_class
+    self.example_fn, self.on_bad_image, self.where = example_fn, on_bad_image, where
+    self.threads = threads
+    self.rows = pipeline.local_rows(sharding, batch)
+    self.local = len(self.rows)
+    self.spe = samplers.steps_per_epoch(len(labels), batch)
+    self.labels_t = tf.constant(labels)
+    self.seed_t = tf.constant(seed, tf.int64)
+    self.drawn = _is_drawn(example_fn)
+    self.finish = getattr(example_fn, 'finish', None) if self.drawn else None
+    if self.drawn:
+      # Names, dtypes and shapes of the parameters, from one row.
+      self.spec = {k: (tf.as_dtype(v.dtype), v.shape[1:])
+                   for k, v in example_fn.params(seed, np.zeros(1, np.int64)).items()}
+      self.keys = sorted(self.spec)
+    self.carry, self.skipped = None, 0
+
+  def load(self, index, position):
+    image = self.example_fn(self.tf, self.reader.read(self.tf, index), self.seed_t, position)
+    return image, self.tf.gather(self.labels_t, index), position
+
+  def with_params(self, index, position):
+    """A batch of (index, position) with its parameters, drawn in NumPy."""
+    def draw(pos):
+      params = self.example_fn.params(self.seed, pos)
+      return [params[k] for k in self.keys]
+    values = self.tf.numpy_function(draw, [position], [self.spec[k][0] for k in self.keys],
+                                    stateful=False)
+    params = {}
+    for k, v in zip(self.keys, values):
+      v.set_shape([None, *self.spec[k][1]])
+      params[k] = v
+    return index, position, params
+
+  def load_drawn(self, index, position, params):
+    image = self.example_fn.example(self.tf, self.reader.read(self.tf, index), params)
+    return image, self.tf.gather(self.labels_t, index), position
+
+  def global_batch(self, image, label, position):
+    sharding, batch = self.sharding, self.batch
+    out = {'image': pipeline.to_global(sharding, image, batch),
+           'label': pipeline.to_global(sharding, label, batch)}
+    if self.finish is not None:
+      # The parameters again (cheap NumPy), rather than through tf.data.
+      params = self.example_fn.params(self.seed, position)
+      out['image'] = _jit(self.finish)(out['image'], {
+          k: pipeline.to_global(sharding, params[k], batch)
+          for k in self.example_fn.device_keys})
+    return out
+
+  def epoch_data(self, epoch, first):
+    """This process's example indices and global positions of an epoch, from
+    step `first` of it on."""
+    spe, batch, rows = self.spe, self.batch, self.rows
+    order = samplers.epoch_order(self.labels, epoch, seed=self.seed, sampler=self.sampler,
+                                 samples_per_class=self.samples_per_class,
+                                 length=spe * batch)
+    order = order.reshape(spe, batch)[first:, rows].reshape(-1)
+    steps = epoch * spe + np.arange(first, spe, dtype=np.int64)
+    positions = (steps[:, None] * batch + rows[None]).reshape(-1)
+    return order, positions
+
+  def epoch_dataset(self, order, positions):
+    """The tf.data pipeline of (image, label, position) local batches."""
+    tf = self.tf
+    ds = tf.data.Dataset.from_tensor_slices((order, positions))
+    if self.drawn:
+      # Parameters drawn per batch of positions, then the image work per example
+      # (the parameters travel with each example, so a skipped file shifts nothing).
+      ds = ds.batch(self.local).map(self.with_params).unbatch().map(
+          self.load_drawn, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    else:
+      ds = ds.map(self.load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    if self.on_bad_image == 'skip':
+      ds = ds.ignore_errors()
+    ds = ds.batch(self.local).prefetch(tf.data.AUTOTUNE)
+    if self.threads is not None:
+      options = tf.data.Options()
+      options.threading.private_threadpool_size = self.threads
+      options.threading.max_intra_op_parallelism = 1
+      ds = ds.with_options(options)
+    return ds
+
+  def count_skipped(self, lost: int):
+    self.skipped += lost
+    logging.warning('%s: skipped %d unreadable image(s), %d so far.', self.where, lost,
+                    self.skipped)
+
+  def recut(self, image, label, position, positions, seen: int):
+    """on_bad_image='skip': full local batches from what arrived, the rest
+    carried to the next; samples that never arrive were skipped, counted by
+    position. Yields the batches, then returns the samples seen so far."""
+    lost = int(np.searchsorted(positions, position[-1]) + 1 - seen - len(position))
+    if lost:
+      self.count_skipped(lost)
+    seen += len(position) + lost
+    if self.carry is not None:
+      image, label, position = (np.concatenate([c, x]) for c, x in
+                                zip(self.carry, (image, label, position)))
+      self.carry = None
+    local = self.local
+    while len(label) >= local:
+      yield self.global_batch(image[:local], label[:local], position[:local])
+      image, label, position = image[local:], label[local:], position[local:]
+    if len(label):
+      self.carry = (image, label, position)
+    return seen
+
+  def batches(self, start_step: int):
+    tf = self.tf
+    epoch, first = divmod(start_step, self.spe)
+    while True:
+      order, positions = self.epoch_data(epoch, first)
+      seen = 0
+      try:
+        for image, label, position in self.epoch_dataset(order, positions).as_numpy_iterator():
+          if self.on_bad_image == 'skip':
+            seen = yield from self.recut(image, label, position, positions, seen)
+          else:
+            seen += len(position)
+            yield self.global_batch(image, label, position)
+      except tf.errors.OpError as e:
+        raise _bad_file_error(
+            tf, self.example_fn, self.reader, order[seen:], self.seed, e, self.where,
+            ', or set --config.data.on_bad_image=skip to train on without it '
+            '(skipped images are counted in the log)') from e
+      if self.on_bad_image == 'skip' and seen < len(positions):
+        self.count_skipped(len(positions) - seen)
+      epoch, first = epoch + 1, 0
+
+
 def make_train_iterator(images, labels, *, global_batch_size: int, sharding, seed: int,
                         start_step: int = 0, sampler: str = 'shuffle',
                         samples_per_class: int = 4, example_fn: ExampleFn,
@@ -117,116 +258,11 @@ def make_train_iterator(images, labels, *, global_batch_size: int, sharding, see
     raise ValueError(f"on_bad_image must be 'stop' or 'skip', got {on_bad_image!r}")
   tf = pipeline.import_tf()
   reader, labels = readers.as_reader(images), np.asarray(labels, np.int32)
-  batch = global_batch_size
-  rows = pipeline.local_rows(sharding, batch)
-  local = len(rows)
-  spe = samplers.steps_per_epoch(len(labels), batch)
-  labels_t = tf.constant(labels)
-  seed_t = tf.constant(seed, tf.int64)
-
-  drawn = _is_drawn(example_fn)
-  finish = getattr(example_fn, 'finish', None) if drawn else None
-  if drawn:
-    # Names, dtypes and shapes of the parameters, from one row.
-    spec = {k: (tf.as_dtype(v.dtype), v.shape[1:])
-            for k, v in example_fn.params(seed, np.zeros(1, np.int64)).items()}
-    keys = sorted(spec)
-
-  def load(index, position):
-    image = example_fn(tf, reader.read(tf, index), seed_t, position)
-    return image, tf.gather(labels_t, index), position
-
-  def with_params(index, position):
-    """A batch of (index, position) with its parameters, drawn in NumPy."""
-    def draw(pos):
-      params = example_fn.params(seed, pos)
-      return [params[k] for k in keys]
-    values = tf.numpy_function(draw, [position], [spec[k][0] for k in keys], stateful=False)
-    params = {}
-    for k, v in zip(keys, values):
-      v.set_shape([None, *spec[k][1]])
-      params[k] = v
-    return index, position, params
-
-  def load_drawn(index, position, params):
-    image = example_fn.example(tf, reader.read(tf, index), params)
-    return image, tf.gather(labels_t, index), position
-
-  def global_batch(image, label, position):
-    out = {'image': pipeline.to_global(sharding, image, batch),
-           'label': pipeline.to_global(sharding, label, batch)}
-    if finish is not None:
-      # The parameters again (cheap NumPy), rather than through tf.data.
-      params = example_fn.params(seed, position)
-      out['image'] = _jit(finish)(out['image'], {
-          k: pipeline.to_global(sharding, params[k], batch)
-          for k in example_fn.device_keys})
-    return out
-
-  def epoch_data(epoch, first):
-    order = samplers.epoch_order(labels, epoch, seed=seed, sampler=sampler,
-                                 samples_per_class=samples_per_class, length=spe * batch)
-    order = order.reshape(spe, batch)[first:, rows].reshape(-1)
-    steps = epoch * spe + np.arange(first, spe, dtype=np.int64)
-    positions = (steps[:, None] * batch + rows[None]).reshape(-1)
-    return order, positions
-
-  def batches():
-    epoch, first = divmod(start_step, spe)
-    carry, skipped = None, 0
-    while True:
-      order, positions = epoch_data(epoch, first)
-      ds = tf.data.Dataset.from_tensor_slices((order, positions))
-      if drawn:
-        # Parameters drawn per batch of positions, then the image work per example
-        # (the parameters travel with each example, so a skipped file shifts nothing).
-        ds = ds.batch(local).map(with_params).unbatch().map(
-            load_drawn, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-      else:
-        ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-      if on_bad_image == 'skip':
-        ds = ds.ignore_errors()
-      ds = ds.batch(local).prefetch(tf.data.AUTOTUNE)
-      if threads is not None:
-        options = tf.data.Options()
-        options.threading.private_threadpool_size = threads
-        options.threading.max_intra_op_parallelism = 1
-        ds = ds.with_options(options)
-      seen = 0
-      try:
-        for image, label, position in ds.as_numpy_iterator():
-          if on_bad_image == 'skip':
-            # Samples that never arrive were skipped: count them by position.
-            lost = int(np.searchsorted(positions, position[-1]) + 1 - seen - len(position))
-            if lost:
-              skipped += lost
-              logging.warning('%s: skipped %d unreadable image(s), %d so far.', where,
-                              lost, skipped)
-            seen += len(position) + lost
-            if carry is not None:
-              image, label, position = (np.concatenate([c, x]) for c, x in
-                                        zip(carry, (image, label, position)))
-              carry = None
-            while len(label) >= local:
-              yield global_batch(image[:local], label[:local], position[:local])
-              image, label, position = image[local:], label[local:], position[local:]
-            if len(label):
-              carry = (image, label, position)
-          else:
-            seen += len(position)
-            yield global_batch(image, label, position)
-      except tf.errors.OpError as e:
-        raise _bad_file_error(
-            tf, example_fn, reader, order[seen:], seed, e, where,
-            ', or set --config.data.on_bad_image=skip to train on without it '
-            '(skipped images are counted in the log)') from e
-      if on_bad_image == 'skip' and seen < len(positions):
-        skipped += len(positions) - seen
-        logging.warning('%s: skipped %d unreadable image(s), %d so far.', where,
-                        len(positions) - seen, skipped)
-      epoch, first = epoch + 1, 0
-
-  return batches()
+  stream = _TrainStream(tf, reader, labels, batch=global_batch_size, sharding=sharding,
+                        seed=seed, sampler=sampler, samples_per_class=samples_per_class,
+                        example_fn=example_fn, on_bad_image=on_bad_image, where=where,
+                        threads=threads)
+  return stream.batches(start_step)
 
 
 def decode_all(images, decode_fn, *, on_bad_image: str = 'stop',

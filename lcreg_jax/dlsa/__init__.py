@@ -1,8 +1,9 @@
 """DLSA: flow-filtered, likelihood-routed classifiers on frozen features.
 
 flow (the masked autoregressive flow), flow_training (its losses and
-training), routing (who goes where), classifiers (per-stage classifiers) and
-run (all of it, end to end).
+training), routing (who goes where), classifiers (per-stage classifiers),
+rows (fixed row counts for the jitted passes) and run (all of it, end to
+end).
 """
 
 from lcreg_jax.dlsa.run import DLSAResult, run_dlsa

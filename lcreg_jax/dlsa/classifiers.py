@@ -16,6 +16,7 @@ from lcreg_jax import checkpoints as checkpoints_lib
 from lcreg_jax import files
 from lcreg_jax import loop
 from lcreg_jax import losses
+from lcreg_jax.dlsa import rows
 from lcreg_jax.train_state import all_finite
 
 # The classifiers are linear, so their losses are convex in the parameters:
@@ -74,10 +75,10 @@ class ClassifierHparams:
 
   @classmethod
   def from_config(cls, cfg) -> 'ClassifierHparams':
-    return cls(lr=float(cfg.classifier_lr),
-               weight_decay=float(cfg.classifier_weight_decay),
-               batch=int(cfg.classifier_batch_size),
-               tiny=float(cfg.balanced_softmax_tiny))
+    return cls(lr=cfg.classifier_lr,
+               weight_decay=cfg.classifier_weight_decay,
+               batch=cfg.classifier_batch_size,
+               tiny=cfg.balanced_softmax_tiny)
 
 
 @functools.lru_cache(maxsize=None)
@@ -119,13 +120,6 @@ def _init_fn(model: nn.Module):
 def _probs_fn(model: nn.Module):
   return jax.jit(lambda params, offset, xs: jax.nn.softmax(
       model.apply(params, *xs) + offset, -1))
-
-
-def _pad_rows(a: np.ndarray, rows) -> jax.Array:
-  a = np.asarray(a)
-  rows = max(rows or 0, a.shape[0], 1)
-  return jnp.asarray(np.pad(a, [(0, rows - a.shape[0])] + [(0, 0)] *
-                            (a.ndim - 1)))
 
 
 def train_classifier(model: nn.Module,
@@ -176,12 +170,12 @@ def train_classifier(model: nn.Module,
   offset = jnp.asarray(inference_offset(counts, cfg.mask_absent_classes,
                                         hp.tiny))
   tx, step, num_correct = _classifier_fns(model, hp)
-  xs = tuple(_pad_rows(np.asarray(a, np.float32), pad_train)
+  xs = tuple(rows.pad_rows(np.asarray(a, np.float32), pad_train)
              for a in train_inputs)
-  ys = _pad_rows(np.asarray(train_labels, np.int32), pad_train)
-  vxs = tuple(_pad_rows(np.asarray(a, np.float32), pad_val)
+  ys = rows.pad_rows(np.asarray(train_labels, np.int32), pad_train)
+  vxs = tuple(rows.pad_rows(np.asarray(a, np.float32), pad_val)
               for a in val_inputs)
-  vys = _pad_rows(np.asarray(val_labels, np.int32), pad_val)
+  vys = rows.pad_rows(np.asarray(val_labels, np.int32), pad_val)
   params = _init_fn(model)(jax.random.PRNGKey(seed), *(a[:1] for a in xs))
   state = loop.Selection.start((params, tx.init(params)), params)
 
@@ -198,13 +192,13 @@ def train_classifier(model: nn.Module,
   state = loop.fit(
       state, name=name,
       step_fn=lambda s, key: s.advance(step, key, xs, ys, n, train_counts),
-      batches=loop.step_keys(seed + 1), total_steps=int(cfg.classifier_steps),
+      batches=loop.step_keys(seed + 1), total_steps=cfg.classifier_steps,
       checkpoints=checkpoints_lib.StageCheckpoints(
           files.as_path(workdir) / 'checkpoints', fingerprint),
-      workdir=workdir, log_every=int(cfg.eval_every),
-      checkpoint_every=checkpoint_every, evaluate_every=int(cfg.eval_every),
+      workdir=workdir, log_every=cfg.eval_every,
+      checkpoint_every=checkpoint_every, evaluate_every=cfg.eval_every,
       evaluate_fn=evaluate, hooks=hooks,
-      batch_size=int(cfg.classifier_batch_size), unit='features',
+      batch_size=cfg.classifier_batch_size, unit='features',
       advice='Lower --config.dlsa.classifier_lr.')
   if not n_val:
     log(f'{name}: no validation samples, keeping the last parameters')
@@ -223,11 +217,6 @@ def predict_probs(model: nn.Module, params, offset,
   if n == 0:
     return np.zeros((0, offset.shape[0]), np.float32)
   probs = _probs_fn(model)
-  out = []
-  for i in range(0, n, chunk):
-    part = [np.asarray(a[i:i + chunk], np.float32) for a in inputs]
-    # Always `chunk` rows: one compilation serves every split and stage.
-    out.append(np.asarray(probs(params, offset,
-                                tuple(_pad_rows(a, chunk) for a in part)))
-               [:part[0].shape[0]])
-  return np.concatenate(out, 0)
+  # Always `chunk` rows: one compilation serves every split and stage.
+  return rows.map_in_chunks(lambda *xs: probs(params, offset, xs), inputs,
+                            chunk)

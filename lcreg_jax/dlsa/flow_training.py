@@ -33,6 +33,7 @@ from lcreg_jax import checkpoints as checkpoints_lib
 from lcreg_jax import files
 from lcreg_jax import loop
 from lcreg_jax.dlsa import flow as flow_lib
+from lcreg_jax.dlsa import rows
 from lcreg_jax.train_state import all_finite
 
 
@@ -160,18 +161,18 @@ class FlowHParams:
   def from_config(cls, cfg, dim: int) -> 'FlowHParams':
     """From the (validated) `config.dlsa` and the feature dimension."""
     return cls(
-        num_clusters=int(cfg.num_clusters),
+        num_clusters=cfg.num_clusters,
         # λ_lh, and 1/D for the per-dimension variant.
-        nll_scale=float(cfg.nll_weight) / (dim if cfg.nll_per_dim else 1.0),
-        ema_decay=float(cfg.ema_decay), purity_type=str(cfg.purity_type),
-        purity_margin=float(cfg.purity_margin),
-        purity_weight=float(cfg.purity_weight),
-        balance_weight=float(cfg.balance_weight), lr=float(cfg.flow_lr),
-        momentum=float(cfg.flow_momentum), schedule=str(cfg.flow_schedule),
-        grad_clip=cfg.flow_grad_clip, total_steps=int(cfg.flow_steps),
-        batch=int(cfg.flow_batch_size),
-        pair_sampling=str(cfg.pair_sampling),
-        separate_passes=bool(cfg.flow_separate_passes))
+        nll_scale=cfg.nll_weight / (dim if cfg.nll_per_dim else 1.0),
+        ema_decay=cfg.ema_decay, purity_type=cfg.purity_type,
+        purity_margin=cfg.purity_margin,
+        purity_weight=cfg.purity_weight,
+        balance_weight=cfg.balance_weight, lr=cfg.flow_lr,
+        momentum=cfg.flow_momentum, schedule=cfg.flow_schedule,
+        grad_clip=cfg.flow_grad_clip, total_steps=cfg.flow_steps,
+        batch=cfg.flow_batch_size,
+        pair_sampling=cfg.pair_sampling,
+        separate_passes=cfg.flow_separate_passes)
 
 
 def neg_ce_purity(p_pos, logq_neg):
@@ -301,17 +302,12 @@ def flow_evaluate(model, variables, centers, x, chunk: int = 4096):
   Rows go through in `chunk`-row padded blocks so every split shares one
   compilation.
   """
-  fn = _flow_outputs_jit(model)
-  outs = []
-  for i in range(0, x.shape[0], chunk):
-    part = np.asarray(x[i:i + chunk], np.float32)
-    res = fn(variables, jnp.asarray(
-        np.pad(part, ((0, chunk - part.shape[0]), (0, 0)))), centers)
-    outs.append([np.asarray(r)[:part.shape[0]] for r in res])
-  if not outs:
+  if x.shape[0] == 0:
     return (np.zeros(0, np.float32), np.zeros(0, np.int32),
             np.zeros((0, x.shape[1]), np.float32))
-  return tuple(np.concatenate(o, 0) for o in zip(*outs))
+  fn = _flow_outputs_jit(model)
+  return tuple(rows.map_in_chunks(lambda xb: fn(variables, xb, centers), [x],
+                                  chunk))
 
 
 def train_flow(x, y, x_val, y_val, *, num_classes: int, config, seed: int,
@@ -332,18 +328,16 @@ def train_flow(x, y, x_val, y_val, *, num_classes: int, config, seed: int,
   n, dim = x.shape
   if n == 0:
     raise ValueError(f'{name}: no training samples')
-  k = int(cfg.num_clusters)
+  k = cfg.num_clusters
   hp = FlowHParams.from_config(cfg, dim)
-  model = flow_lib.MAF(dim, cfg.hidden_dim, int(cfg.num_blocks),
-                       float(cfg.bn_momentum), float(cfg.bn_eps))
+  model = flow_lib.MAF(dim, cfg.hidden_dim, cfg.num_blocks,
+                       cfg.bn_momentum, cfg.bn_eps)
   kc, ki = jax.random.split(jax.random.PRNGKey(seed))
   centers = flow_lib.make_centers(kc, k, dim, cfg.center_std)
   order = np.argsort(y, kind='stable')
   ys_np = y[order].astype(np.int32)
   counts_np = np.bincount(ys_np, minlength=num_classes).astype(np.int32)
-  rows = max(pad_to or 0, n)
-  pad = lambda a: jnp.asarray(
-      np.pad(a, [(0, rows - n)] + [(0, 0)] * (a.ndim - 1)))
+  pad = lambda a: rows.pad_rows(a, pad_to)
   xs = pad(x[order].astype(np.float32))
   ys = pad(ys_np)
   w = pad(class_nll_weights(ys_np, num_classes, cfg.nll_weight_power,
@@ -356,7 +350,7 @@ def train_flow(x, y, x_val, y_val, *, num_classes: int, config, seed: int,
   starts = jnp.asarray(np.cumsum(counts_np) - counts_np)
   variables = _flow_init_fn(model)(ki, xs[:2])
   tx, step = _flow_train_fns(model, hp)
-  chunk = int(cfg.eval_chunk)
+  chunk = cfg.eval_chunk
   metric = cfg.flow_select_metric
   # The authors' metric is counted on the flow's own training samples, so it
   # needs no validation split; the other metrics need one.
@@ -367,8 +361,8 @@ def train_flow(x, y, x_val, y_val, *, num_classes: int, config, seed: int,
     if metric == 'authors':
       _, ct, _ = flow_evaluate(model, variables, centers, x, chunk)
       return authors_selection_score(
-          ct, y, k, num_classes, float(cfg.select_min_purity),
-          int(cfg.select_min_size), float(cfg.select_cap_factor))
+          ct, y, k, num_classes, cfg.select_min_purity,
+          cfg.select_min_size, cfg.select_cap_factor)
     _, cv, _ = flow_evaluate(model, variables, centers, x_val, chunk)
     if cfg.flow_select_metric == 'purity':
       return cluster_purity(cv, y_val, k, num_classes)
@@ -410,10 +404,10 @@ def train_flow(x, y, x_val, y_val, *, num_classes: int, config, seed: int,
       batches=loop.step_keys(seed + 1), total_steps=hp.total_steps,
       checkpoints=checkpoints_lib.StageCheckpoints(
           files.as_path(workdir) / 'checkpoints', fingerprint),
-      workdir=workdir, log_every=int(cfg.eval_every),
-      checkpoint_every=checkpoint_every, evaluate_every=int(cfg.eval_every),
+      workdir=workdir, log_every=cfg.eval_every,
+      checkpoint_every=checkpoint_every, evaluate_every=cfg.eval_every,
       evaluate_fn=evaluate, hooks=hooks,
-      batch_size=int(cfg.flow_batch_size), unit='pairs',
+      batch_size=cfg.flow_batch_size, unit='pairs',
       advice='Lower --config.dlsa.flow_lr, or set --config.dlsa.'
              'flow_grad_clip.')
   best_score, best_step = float(state.best_score), int(state.best_step)

@@ -9,12 +9,13 @@ it stopped; every choice is made on validation, test labels are never read.
 import dataclasses
 import hashlib
 import time
-from typing import Callable
+from typing import Any, Callable
 
 from absl import logging
 import numpy as np
 
 from lcreg_jax import files
+from lcreg_jax import losses
 from lcreg_jax.config import dlsa as dlsa_config
 from lcreg_jax.dlsa import classifiers
 from lcreg_jax.dlsa import flow_training
@@ -57,6 +58,197 @@ def _check_features(data: dict, num_classes: int):
       raise ValueError(f'{s}: labels outside [0, {num_classes})')
 
 
+def _with_preset(config):
+  """config, or for a bare `dlsa_config()` (direct callers) a copy with the
+  generic authors' values; full configs get the data set's row in
+  config/resolve.py."""
+  if all(config[f] is not None for f in dlsa_config.PRESET_FIELDS):
+    return config
+  cfg = config.copy_and_resolve_references()
+  cfg.unlock()
+  return dlsa_config.with_preset(cfg)
+
+
+def _standardized(data: dict, cfg) -> dict:
+  """Features standardised with the training mean/std (cfg.standardize):
+  stage-1 features are post-ReLU with arbitrary scale; a constant affine
+  map only shifts log p, so routing is unaffected."""
+  if not cfg.standardize:
+    return data
+  mu = data['train'][0].mean(0)
+  sd = data['train'][0].std(0)
+  sd = np.where(sd > 1e-6, sd, 1.0)  # Dead (constant) features stay 0.
+  return {s: ((x - mu) / sd, y) for s, (x, y) in data.items()}
+
+
+@dataclasses.dataclass
+class _Run:
+  """One DLSA run's inputs and what its steps fill in: which samples each
+  stage took, their probabilities and each stage's information."""
+  cfg: Any
+  c: int
+  x: dict     # split -> (N, D) features
+  y: dict     # split -> (N,) labels
+  workdir: str
+  common: dict  # the keyword arguments every component shares
+  remaining: dict = dataclasses.field(default_factory=dict)
+  stage_of: dict = dataclasses.field(default_factory=dict)
+  probs: dict = dataclasses.field(default_factory=dict)
+  info: dict = dataclasses.field(default_factory=dict)
+
+  def __post_init__(self):
+    self.n = {s: y.size for s, y in self.y.items()}
+    self.full_counts = np.bincount(self.y['train'], minlength=self.c)
+    self.fingerprint = {'dlsa': self.cfg.to_dict(), 'num_classes': self.c}
+    self.remaining = {s: np.ones(self.n[s], bool) for s in _SPLITS}
+    self.stage_of = {s: np.full(self.n[s], self.cfg.depth, np.int32)
+                     for s in _SPLITS}
+    self.probs = {s: np.zeros((self.n[s], self.c), np.float32)
+                  for s in _SPLITS}
+    self.final_model = classifiers.LinearClassifier(self.c)
+
+  def component(self, name: str, index: int, *arrays) -> dict:
+    # Flows and classifiers each use seeds s and s + 1 (init, steps).
+    return dict(self.common, name=name,
+                workdir=files.as_path(self.workdir) / name,
+                seed=self.cfg.seed * 1000 + 2 * index,
+                fingerprint=dict(self.fingerprint, inputs=digest(*arrays)))
+
+  def accuracy(self, s, mask) -> float:
+    if not mask.any():
+      return float('nan')
+    return float(losses.top1(self.probs[s][mask], self.y[s][mask]))
+
+
+def _train_flow(run: _Run, st: int):
+  """The stage's flow on the samples no earlier stage took: its outputs
+  (logp, cluster, z) on every split and its information."""
+  x, y, cfg = run.x, run.y, run.cfg
+  tr, va = run.remaining['train'], run.remaining['val']
+  flow_inputs = (x['train'][tr], y['train'][tr], x['val'][va], y['val'][va])
+  model, variables, centers, finfo = flow_training.train_flow(
+      *flow_inputs, pad_to=run.n['train'],
+      **run.component(f'flow_{st}', st, *flow_inputs))
+  flow_info = {'flow_n_train': int(tr.sum()),
+               'flow_select_score': float(finfo['val_score']),
+               'flow_step': int(finfo['step'])}
+  outs = {s: flow_training.flow_evaluate(model, variables, centers, x[s],
+                                         cfg.eval_chunk)
+          for s in _SPLITS}
+  return outs, flow_info
+
+
+def _route_stage(run: _Run, st: int, outs: dict, flow_info: dict):
+  """Routing stage st: the top of the remaining samples by log p go to a
+  cluster-aided classifier; their probabilities are filled in."""
+  x, y, n, c, cfg = run.x, run.y, run.n, run.c, run.cfg
+  logp = {s: outs[s][0] for s in _SPLITS}
+  cluster = {s: outs[s][1] for s in _SPLITS}
+  routed_tr, thr = routing.route_stage(logp['train'], run.remaining['train'],
+                                       cfg.top_fraction)
+  routed = {'train': routed_tr}
+  for s in ('val', 'test'):
+    routed[s] = routing.route_by_threshold(logp[s], run.remaining[s], thr)
+  run.info[st] = dict(flow_info, threshold=thr,
+                      train_routed=int(routed_tr.sum()))
+  if not routed_tr.any():
+    run.common['log'](f'stage {st}: no training samples left to route; '
+                      'skipped')
+    return
+  # The authors build the prior from every training sample under this
+  # stage's flow, not only from the ones the stage takes.
+  on_prior = (np.ones(n['train'], bool)
+              if cfg.cluster_prior_from == 'all' else routed_tr)
+  prior = routing.cluster_prior_matrix(
+      cluster['train'][on_prior], y['train'][on_prior], cfg.num_clusters, c)
+
+  def inputs(s, mask):
+    z = outs[s][2][mask] if cfg.use_flow_latent else x[s][mask]
+    return x[s][mask], np.concatenate([z, prior[cluster[s][mask]]], 1)
+
+  model_c = classifiers.ClusterAidedClassifier(c)
+  args = (inputs('train', routed_tr), y['train'][routed_tr],
+          inputs('val', routed['val']), y['val'][routed['val']])
+  params, offset, cinfo = classifiers.train_classifier(
+      model_c, *args, pad_train=n['train'], pad_val=n['val'],
+      **run.component(f'classifier_{st}', cfg.depth + st, *args[0], args[1],
+                      *args[2], args[3]))
+  run.info[st]['val_selection_accuracy'] = cinfo['val_accuracy']
+  correction = classifiers.prior_correction(
+      np.bincount(args[1], minlength=c), run.full_counts,
+      cfg.balanced_softmax_tiny)
+  use = choose_prior_correction(
+      cfg.stage_prior_correction,
+      lambda off: classifiers.predict_probs(
+          model_c, params, off, inputs('val', routed['val']),
+          cfg.eval_chunk), offset, correction, y['val'][routed['val']])
+  run.info[st]['prior_correction'] = use
+  if use:
+    offset = offset + correction
+  for s in ('val', 'test'):
+    run.probs[s][routed[s]] = classifiers.predict_probs(
+        model_c, params, offset, inputs(s, routed[s]), cfg.eval_chunk)
+  for s in _SPLITS:
+    run.stage_of[s][routed[s]] = st
+    run.remaining[s] &= ~routed[s]
+
+
+def _final_classifier(run: _Run, name: str, index: int, rem: dict):
+  """The ordinary classifier on the samples `rem` marks; its balanced
+  softmax uses the full training counts (authors) or the remaining ones.
+  Returns its information and its val and test probabilities."""
+  x, y, cfg = run.x, run.y, run.cfg
+  model_f = run.final_model
+  final_counts = run.full_counts if cfg.final_counts == 'full' else None
+  args = ((x['train'][rem['train']],), y['train'][rem['train']],
+          (x['val'][rem['val']],), y['val'][rem['val']])
+  params, offset, cinfo = classifiers.train_classifier(
+      model_f, *args, balanced=cfg.final_balanced_softmax,
+      prior_counts=final_counts, pad_train=run.n['train'],
+      pad_val=run.n['val'],
+      **run.component(name, index, args[0][0], args[1], args[2][0], args[3]))
+  return cinfo, {s: classifiers.predict_probs(
+      model_f, params, offset, (x[s][rem[s]],), cfg.eval_chunk)
+                 for s in ('val', 'test')}
+
+
+def _stage_report(run: _Run) -> dict:
+  """stage -> its share and accuracy on val and test, routed training
+  samples, threshold and (routing stages) its flow's information."""
+  n, depth = run.n, run.cfg.depth
+  report = {}
+  for st in range(depth + 1):
+    on = {s: run.stage_of[s] == st for s in ('val', 'test')}
+    report[st] = {
+        'share': float(on['test'].mean()) if n['test'] else float('nan'),
+        'accuracy': run.accuracy('test', on['test']),
+        'train_routed': int((run.stage_of['train'] == st).sum()),
+        'val_share': float(on['val'].mean()) if n['val'] else float('nan'),
+        'val_accuracy': run.accuracy('val', on['val']),
+        'threshold': float(run.info.get(st, {}).get('threshold', np.inf)),
+    }
+  for st in range(depth):
+    for key in ('flow_n_train', 'flow_select_score', 'flow_step',
+                'prior_correction'):
+      if key in run.info.get(st, {}):
+        report[st][key] = run.info[st][key]
+  return report
+
+
+def _depth0_control(run: _Run, val_acc: float):
+  """The same final classifier (seed index 0, as in a depth-0 run) on all
+  training samples: what routing adds is DLSA minus this row. Its test
+  probabilities and val accuracy."""
+  if run.cfg.depth == 0:  # DLSA itself is the control.
+    return run.probs['test'], val_acc
+  everything = {s: np.ones(run.n[s], bool) for s in _SPLITS}
+  _, cprobs = _final_classifier(run, 'classifier_depth0', 0, everything)
+  control_val = float('nan')
+  if run.n['val']:
+    control_val = float(losses.top1(np.asarray(cprobs['val']), run.y['val']))
+  return cprobs['test'], control_val
+
+
 def run_dlsa(config, *, train, val, test, num_classes: int, workdir: str,
              checkpoint_every: int = 500, hooks=(),
              log: Callable[[str], None] = logging.info) -> DLSAResult:
@@ -77,174 +269,44 @@ def run_dlsa(config, *, train, val, test, num_classes: int, workdir: str,
     stage depth the final ordinary one. Every choice is made on val only.
   """
   t0 = time.time()
-  cfg = config
-  if any(cfg[f] is None for f in dlsa_config.PRESET_FIELDS):
-    # A bare `dlsa_config()` (direct callers): the generic authors' values;
-    # full configs get the data set's row in config/validate.py.
-    cfg = cfg.copy_and_resolve_references()
-    cfg.unlock()
-    cfg = dlsa_config.with_preset(cfg)
+  cfg = _with_preset(config)
   c = int(num_classes)
   data = {s: (np.asarray(d[0], np.float32), np.asarray(d[1]).astype(np.int32))
           for s, d in zip(_SPLITS, (train, val, test))}
   _check_features(data, c)
-  if cfg.standardize:
-    # Stage-1 features are post-ReLU with arbitrary scale; a constant affine
-    # map only shifts log p, so routing is unaffected.
-    mu = data['train'][0].mean(0)
-    sd = data['train'][0].std(0)
-    sd = np.where(sd > 1e-6, sd, 1.0)  # Dead (constant) features stay 0.
-    data = {s: ((x - mu) / sd, y) for s, (x, y) in data.items()}
-  x_of = {s: d[0] for s, d in data.items()}
-  y_of = {s: d[1] for s, d in data.items()}
-  n_of = {s: y.size for s, y in y_of.items()}
-  depth = int(cfg.depth)
-  k = int(cfg.num_clusters)
-  base_fingerprint = {'dlsa': cfg.to_dict(), 'num_classes': c}
-  common = dict(num_classes=c, config=cfg, checkpoint_every=checkpoint_every,
-                hooks=hooks, log=log)
-
-  def component(name: str, index: int, *arrays) -> dict:
-    # Flows and classifiers each use seeds s and s + 1 (init, steps).
-    return dict(common, name=name, workdir=files.as_path(workdir) / name,
-                seed=cfg.seed * 1000 + 2 * index,
-                fingerprint=dict(base_fingerprint, inputs=digest(*arrays)))
-
-  full_counts = np.bincount(y_of['train'], minlength=c)
-  tiny = float(cfg.balanced_softmax_tiny)
-  remaining = {s: np.ones(n_of[s], bool) for s in _SPLITS}
-  stage_of = {s: np.full(n_of[s], depth, np.int32) for s in _SPLITS}
-  probs = {s: np.zeros((n_of[s], c), np.float32) for s in _SPLITS}
-  info = {}
-  outs = None
-  for st in range(depth):
+  data = _standardized(data, cfg)
+  run = _Run(cfg=cfg, c=c, x={s: d[0] for s, d in data.items()},
+             y={s: d[1] for s, d in data.items()}, workdir=workdir,
+             common=dict(num_classes=c, config=cfg,
+                         checkpoint_every=checkpoint_every, hooks=hooks,
+                         log=log))
+  outs = flow_info = None
+  for st in range(cfg.depth):
     if outs is None or cfg.flow_per_stage:
-      tr, va = remaining['train'], remaining['val']
-      flow_inputs = (x_of['train'][tr], y_of['train'][tr], x_of['val'][va],
-                     y_of['val'][va])
-      model, variables, centers, finfo = flow_training.train_flow(
-          *flow_inputs, pad_to=n_of['train'],
-          **component(f'flow_{st}', st, *flow_inputs))
-      flow_info = {'flow_n_train': int(tr.sum()),
-                   'flow_select_score': float(finfo['val_score']),
-                   'flow_step': int(finfo['step'])}
-      outs = {s: flow_training.flow_evaluate(model, variables, centers,
-                                             x_of[s], int(cfg.eval_chunk))
-              for s in _SPLITS}
-    logp = {s: outs[s][0] for s in _SPLITS}
-    cluster = {s: outs[s][1] for s in _SPLITS}
-    routed_tr, thr = routing.route_stage(logp['train'], remaining['train'],
-                                         cfg.top_fraction)
-    routed = {'train': routed_tr}
-    for s in ('val', 'test'):
-      routed[s] = routing.route_by_threshold(logp[s], remaining[s], thr)
-    info[st] = dict(flow_info, threshold=thr,
-                    train_routed=int(routed_tr.sum()))
-    if not routed_tr.any():
-      log(f'stage {st}: no training samples left to route; skipped')
-      continue
-    # The authors build the prior from every training sample under this
-    # stage's flow, not only from the ones the stage takes.
-    on_prior = (np.ones(n_of['train'], bool)
-                if cfg.cluster_prior_from == 'all' else routed_tr)
-    prior = routing.cluster_prior_matrix(
-        cluster['train'][on_prior], y_of['train'][on_prior], k, c)
+      outs, flow_info = _train_flow(run, st)
+    _route_stage(run, st, outs, flow_info)
 
-    def inputs(s, mask, prior=prior):
-      x = x_of[s][mask]
-      z = outs[s][2][mask] if cfg.use_flow_latent else x
-      return x, np.concatenate([z, prior[cluster[s][mask]]], 1)
-
-    model_c = classifiers.ClusterAidedClassifier(c)
-    args = (inputs('train', routed_tr), y_of['train'][routed_tr],
-            inputs('val', routed['val']), y_of['val'][routed['val']])
-    params, offset, cinfo = classifiers.train_classifier(
-        model_c, *args, pad_train=n_of['train'], pad_val=n_of['val'],
-        **component(f'classifier_{st}', depth + st, *args[0], args[1],
-                    *args[2], args[3]))
-    info[st]['val_selection_accuracy'] = cinfo['val_accuracy']
-    correction = classifiers.prior_correction(
-        np.bincount(args[1], minlength=c), full_counts, tiny)
-    use = choose_prior_correction(
-        cfg.stage_prior_correction,
-        lambda off: classifiers.predict_probs(
-            model_c, params, off, inputs('val', routed['val']),
-            cfg.eval_chunk), offset, correction, y_of['val'][routed['val']])
-    info[st]['prior_correction'] = use
-    if use:
-      offset = offset + correction
-    for s in ('val', 'test'):
-      probs[s][routed[s]] = classifiers.predict_probs(
-          model_c, params, offset, inputs(s, routed[s]), cfg.eval_chunk)
-    for s in _SPLITS:
-      stage_of[s][routed[s]] = st
-      remaining[s] &= ~routed[s]
-
-  # Final ordinary classifier on whatever no stage took; its balanced
-  # softmax uses the full training counts (authors) or the remaining ones.
-  model_f = classifiers.LinearClassifier(c)
-  final_counts = full_counts if cfg.final_counts == 'full' else None
-
-  def final_classifier(name, index, rem):
-    args = ((x_of['train'][rem['train']],), y_of['train'][rem['train']],
-            (x_of['val'][rem['val']],), y_of['val'][rem['val']])
-    params, offset, cinfo = classifiers.train_classifier(
-        model_f, *args, balanced=cfg.final_balanced_softmax,
-        prior_counts=final_counts, pad_train=n_of['train'],
-        pad_val=n_of['val'],
-        **component(name, index, args[0][0], args[1], args[2][0], args[3]))
-    return cinfo, {s: classifiers.predict_probs(
-        model_f, params, offset, (x_of[s][rem[s]],), cfg.eval_chunk)
-                   for s in ('val', 'test')}
-
-  rem = remaining
-  cinfo, final_probs = final_classifier('classifier_final', 2 * depth, rem)
+  # Final ordinary classifier on whatever no stage took.
+  rem = run.remaining
+  cinfo, final_probs = _final_classifier(run, 'classifier_final',
+                                         2 * cfg.depth, rem)
   for s in ('val', 'test'):
-    probs[s][rem[s]] = final_probs[s]
-  info[depth] = {'threshold': -np.inf, 'train_routed': int(rem['train'].sum()),
-                 'val_selection_accuracy': cinfo['val_accuracy']}
-
-  def accuracy(s, mask):
-    if not mask.any():
-      return float('nan')
-    return float(np.mean(probs[s][mask].argmax(1) == y_of[s][mask]))
-
-  report = {}
-  for st in range(depth + 1):
-    on = {s: stage_of[s] == st for s in ('val', 'test')}
-    report[st] = {
-        'share': float(on['test'].mean()) if n_of['test'] else float('nan'),
-        'accuracy': accuracy('test', on['test']),
-        'train_routed': int((stage_of['train'] == st).sum()),
-        'val_share': float(on['val'].mean()) if n_of['val'] else float('nan'),
-        'val_accuracy': accuracy('val', on['val']),
-        'threshold': float(info.get(st, {}).get('threshold', np.inf)),
-    }
-  for st in range(depth):
-    for key in ('flow_n_train', 'flow_select_score', 'flow_step',
-                'prior_correction'):
-      if key in info.get(st, {}):
-        report[st][key] = info[st][key]
-  val_acc = accuracy('val', np.ones(n_of['val'], bool))
+    run.probs[s][rem[s]] = final_probs[s]
+  run.info[cfg.depth] = {'threshold': -np.inf,
+                         'train_routed': int(rem['train'].sum()),
+                         'val_selection_accuracy': cinfo['val_accuracy']}
+  report = _stage_report(run)
+  val_acc = run.accuracy('val', np.ones(run.n['val'], bool))
   log(f'DLSA: val_acc={val_acc:.4f} in {time.time() - t0:.1f}s; stages: ' +
       ', '.join(f'{st}: share={r["share"]:.3f} acc={r["accuracy"]:.4f}'
                 for st, r in report.items()))
   control_probs = control_val = None
   if cfg.depth0_control:
-    if depth == 0:  # DLSA itself is the control.
-      control_probs, control_val = probs['test'], val_acc
-    else:
-      # The same final classifier (seed index 0, as in a depth-0 run) on all
-      # training samples: what routing adds is DLSA minus this row.
-      everything = {s: np.ones(n_of[s], bool) for s in _SPLITS}
-      _, cprobs = final_classifier('classifier_depth0', 0, everything)
-      control_probs = cprobs['test']
-      control_val = (float(np.mean(cprobs['val'].argmax(1) == y_of['val']))
-                     if n_of['val'] else float('nan'))
+    control_probs, control_val = _depth0_control(run, val_acc)
     log(f'DLSA depth-0 control: val_acc={control_val:.4f}')
-  return DLSAResult(test_probs=probs['test'], test_stage=stage_of['test'],
-                    val_accuracy=val_acc, stage_report=report,
-                    train_stage=stage_of['train'],
+  return DLSAResult(test_probs=run.probs['test'],
+                    test_stage=run.stage_of['test'], val_accuracy=val_acc,
+                    stage_report=report, train_stage=run.stage_of['train'],
                     control_test_probs=control_probs,
                     control_val_accuracy=control_val)
 
@@ -261,5 +323,5 @@ def choose_prior_correction(mode: str, predict, offset, correction,
     return mode == 'on'
   if val_labels.size == 0:
     return False
-  acc = lambda off: float(np.mean(predict(off).argmax(1) == val_labels))
+  acc = lambda off: float(losses.top1(np.asarray(predict(off)), val_labels))
   return acc(offset + correction) > acc(offset)

@@ -9,6 +9,7 @@ return a matplotlib Figure (shown inline by a notebook, saved by `plots`).
 
 import numpy as np
 
+from lcreg_jax.evaluate import metrics
 from lcreg_jax.evaluate.metrics import reliability_bins
 
 
@@ -17,12 +18,8 @@ def _pyplot():
   return plt
 
 
-def per_class_accuracy(probs, labels, num_classes: int) -> np.ndarray:
-  """(C,) top-1 accuracy of each class; NaN for a class with no example."""
-  correct = np.asarray(probs).argmax(-1) == np.asarray(labels)
-  labels = np.asarray(labels)
-  return np.array([correct[labels == c].mean() if (labels == c).any()
-                   else np.nan for c in range(num_classes)])
+# metrics' own, offered here beside its figure.
+per_class_accuracy = metrics.per_class_accuracy
 
 
 def latent_weights(assignments) -> np.ndarray:

@@ -4,6 +4,7 @@ ECE/MCE and NLL, computed in float64 NumPy."""
 import numpy as np
 import scipy.special
 
+from lcreg_jax import losses
 from lcreg_jax.data import longtail
 
 
@@ -48,6 +49,14 @@ def reliability_bins(probs, labels, num_bins: int = 15):
   return acc, count
 
 
+def per_class_accuracy(probs, labels, num_classes: int) -> np.ndarray:
+  """(C,) top-1 accuracy of each class; NaN for a class with no example."""
+  labels = np.asarray(labels)
+  correct = np.asarray(probs).argmax(-1) == labels
+  return np.array([correct[labels == c].mean() if (labels == c).any()
+                   else np.nan for c in range(num_classes)])
+
+
 def compute_metrics(logits_or_probs, labels, class_counts, *,
                     many_threshold=100, few_threshold=20, num_bins=15,
                     are_probs: bool = False) -> dict:
@@ -59,14 +68,10 @@ def compute_metrics(logits_or_probs, labels, class_counts, *,
   else:
     logp = scipy.special.log_softmax(x, axis=-1)
   probs = np.exp(logp)
-  num_classes = len(class_counts)
-  pred = probs.argmax(-1)
-  correct = pred == labels
-  per_class = np.array([correct[labels == c].mean() if (labels == c).any()
-                        else np.nan for c in range(num_classes)])
+  per_class = per_class_accuracy(probs, labels, len(class_counts))
   groups = longtail.shot_groups(class_counts, many_threshold, few_threshold)
   out = dict(
-      top1=float(correct.mean()),
+      top1=float(losses.top1(probs, labels)),
       nll=float(-logp[np.arange(len(labels)), labels].mean()),
       per_class_accuracy=[float(a) for a in per_class],
       num_examples=int(len(labels)))

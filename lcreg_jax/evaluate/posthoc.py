@@ -8,6 +8,7 @@ outputs are adjusted with the chosen τ afterwards, never consulted.
 
 import numpy as np
 
+from lcreg_jax import losses
 from lcreg_jax.models import heads
 
 
@@ -46,6 +47,6 @@ def choose_tau(logits_at, labels, grid) -> tuple[float, np.ndarray]:
     (τ, top-1 per candidate); ties go to the smallest τ (the least change).
   """
   labels = np.asarray(labels)
-  acc = np.array([(np.argmax(logits_at(t), -1) == labels).mean()
+  acc = np.array([losses.top1(np.asarray(logits_at(t)), labels)
                   for t in grid])
   return float(grid[int(np.argmax(acc))]), acc

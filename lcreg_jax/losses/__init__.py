@@ -9,6 +9,7 @@ from lcreg_jax.losses.classification import label_aware_smoothing
 from lcreg_jax.losses.classification import las_epsilons
 from lcreg_jax.losses.classification import mixup_cross_entropy
 from lcreg_jax.losses.classification import mixup_loss
+from lcreg_jax.losses.classification import top1
 from lcreg_jax.losses.classwise_isda import classwise_isda_logits
 from lcreg_jax.losses.classwise_isda import classwise_isda_sigma2
 from lcreg_jax.losses.focal import focal_loss
@@ -29,5 +30,5 @@ __all__ = [
     'effective_number_weights', 'focal_loss', 'isda_augmented_logits',
     'isda_sigma2_table', 'label_aware_smoothing', 'las_epsilons', 'ldam_loss',
     'ldam_margins', 'log_prior', 'logit_adjusted_loss', 'mixup_cross_entropy',
-    'mixup_loss', 'reconstruction_loss',
+    'mixup_loss', 'reconstruction_loss', 'top1',
 ]

@@ -7,6 +7,15 @@ import numpy as np
 import optax
 
 
+def top1(scores, labels):
+  """Top-1 accuracy: the share of rows whose highest score is at the label.
+
+  NumPy in, NumPy float64 out; jnp in (also under jit), jnp out. Host code
+  that may hold device arrays passes np.asarray(scores) to get float64.
+  """
+  return (scores.argmax(-1) == labels).mean()
+
+
 def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
   """Mean softmax cross-entropy with integer labels."""
   return optax.softmax_cross_entropy_with_integer_labels(

@@ -64,7 +64,8 @@ def train_and_evaluate(config, workdir: str, hooks=()) -> dict:
   """Runs the enabled stages; returns {stage: report} and prints a table.
 
   The config is checked (and its placeholders resolved) before any data is
-  read, and against the data's sizes before anything is written.
+  read, unless it is one resolve_and_validate returned (main.py's), and
+  against the data's sizes before anything is written.
   """
   config = config_lib.resolve_and_validate(config)
   check_workdir(workdir)

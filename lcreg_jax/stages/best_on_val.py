@@ -16,6 +16,8 @@ import jax
 import numpy as np
 
 from lcreg_jax import checkpoints
+from lcreg_jax import loop
+from lcreg_jax import losses
 
 
 def enabled(ctx) -> bool:
@@ -53,10 +55,8 @@ class BestOnVal:
 
   def __call__(self, step: int, state):
     pred = self._predict(self._ctx, state, 'val')
-    score = float(np.mean(pred['logits'].argmax(-1) == pred['labels']))
-    # Compared in float32, as stored, so that an equal score re-evaluated
-    # after a resume never counts as better.
-    if np.float32(score) > np.float32(self.score):
+    score = float(losses.top1(np.asarray(pred['logits']), pred['labels']))
+    if loop.is_better(score, self.score):
       logging.info('%s: step %d, validation top-1 %.4f (best so far).',
                    self._stage, step, score)
       self._ckpt.save(step, _candidate(state, score, step))

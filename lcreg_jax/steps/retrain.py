@@ -61,7 +61,7 @@ def retrain_step(state, batch, *, hp: RetrainHparams):
       loss = losses.label_aware_smoothing(
           out['logits'], batch['label'], hp.class_counts, hp.las_head,
           hp.las_tail, hp.las_shape, hp.las_power)
-    acc = (out['logits'].argmax(-1) == batch['label']).mean()
+    acc = losses.top1(out['logits'], batch['label'])
     return loss, (stats, acc)
 
   (loss, (stats, acc)), head_grads = jax.value_and_grad(

@@ -67,7 +67,7 @@ class Stage1Hparams:
                drw_step=int(round(s1.drw_epoch * steps_per_epoch)),
                class_counts=(tuple(int(n) for n in class_counts)
                              if class_counts is not None else None),
-               class_isda=(config.model.get('class_isda', 'none')
+               class_isda=(config.model.class_isda
                            if not latent.enabled else 'none'),
                alpha=s1.alpha if latent.enabled else 0.0,
                beta=s1.beta if latent.enabled else 0.0,
@@ -239,8 +239,8 @@ def train_step(state, batch, *, hp: Stage1Hparams, cov_mesh=None):
         aug = losses.cross_entropy(g, latent_labels)
         aux['aug_loss'] = aug
         loss += hp.alpha * aug
-    acc = (out['logits'].argmax(-1) == labels).mean()
-    acc_p = (out['logits'].argmax(-1) == partner_labels).mean()
+    acc = losses.top1(out['logits'], labels)
+    acc_p = losses.top1(out['logits'], partner_labels)
     aux['accuracy'] = lam_mix * acc + (1 - lam_mix) * acc_p
     return loss, aux
 

@@ -4,6 +4,8 @@ run's stage 1."""
 
 import glob
 import os
+import subprocess
+import sys
 
 from absl import flags
 from ml_collections import config_flags
@@ -59,3 +61,23 @@ def test_baseline_config_loads_and_validates(name, data):
 def test_an_unknown_data_set_names_the_choices():
   with pytest.raises(Exception, match='cifar10_lt'):
     _load('crt', 'cifar11_lt')
+
+
+def test_baselines_import_what_they_share_from_any_directory(tmp_path):
+  """A baseline imports lcreg_jax.config.baselines (no runpy of a sibling
+  file), so `--config=<path>:<data>` loads it from any working directory."""
+  for path in BASELINES:
+    with open(path) as f:
+      assert 'runpy' not in f.read(), path
+  script = (
+      'from absl import flags\n'
+      'from ml_collections import config_flags\n'
+      'v = flags.FlagValues()\n'
+      "config_flags.DEFINE_config_file('config', None, flag_values=v)\n"
+      f"v(['prog', '--config={BASELINES[0]}:cifar10_lt'])\n"
+      'print(v.config.data.name)\n')
+  env = dict(os.environ, PYTHONPATH=ROOT)
+  res = subprocess.run([sys.executable, '-c', script], cwd=tmp_path, env=env,
+                       capture_output=True, text=True, check=False)
+  assert res.returncode == 0, res.stderr[-2000:]
+  assert res.stdout.split()[-1] == 'cifar10'

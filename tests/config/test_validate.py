@@ -161,3 +161,25 @@ def test_batch_larger_than_the_training_set():
   c = config_lib.resolve_and_validate(_base(), num_visible_devices=1)
   with pytest.raises(errors.ConfigError, match='larger than the 100'):
     config_lib.validate_against_data(c, info)
+
+
+def test_a_resolved_config_passed_again_is_not_resolved_twice():
+  c = _base()
+  r = config_lib.resolve_and_validate(c, num_visible_devices=1)
+  assert config_lib.resolve_and_validate(r, num_visible_devices=1) is r
+  # Changed after resolving: checked again, and a bad value is caught.
+  r.stage1.lr = -1.0
+  with pytest.raises(errors.ConfigError, match=r'stage1.lr=-1.0 must be'):
+    config_lib.resolve_and_validate(r, num_visible_devices=1)
+
+
+def test_data_checks_report_the_batch_and_the_drw_switch_together():
+  info = ml_collections.ConfigDict(dict(split_sizes={'train': 100},
+                                        name='tiny'))
+  c = _base()
+  c.stage1.update(reweight='drw', steps=3, drw_epoch=200.0)
+  r = config_lib.resolve_and_validate(c, num_visible_devices=1)
+  with pytest.raises(errors.ConfigError) as e:
+    config_lib.validate_against_data(r, info)
+  assert 'larger than the 100' in str(e.value)
+  assert 'stage1.reweight=drw switches the weights on at step' in str(e.value)

@@ -8,6 +8,7 @@ import pytest
 
 from lcreg_jax.config.dlsa import dlsa_config, with_preset
 from lcreg_jax.dlsa import DLSAResult, run_dlsa
+from tests import killing
 
 pytestmark = pytest.mark.slow
 
@@ -97,19 +98,12 @@ def test_run_dlsa_never_looks_at_test_labels(synthetic, dlsa_run, tmp_path):
   np.testing.assert_array_equal(res.test_stage, dlsa_run[0].test_stage)
 
 
-class _Kill(Exception):
-  pass
-
-
 def test_killed_dlsa_resumes_exactly(synthetic, dlsa_run, tmp_path):
   """Killed inside the flow's training, after its checkpoint at step 40."""
   kill_in = 'flow_0'
-  def hook(name, step, state):
-    if name == kill_in and step == 45:
-      raise _Kill()
-
-  with pytest.raises(_Kill):
-    _run(synthetic, tmp_path, hooks=[hook], checkpoint_every=20)
+  with pytest.raises(killing.Kill):
+    _run(synthetic, tmp_path, hooks=[killing.kill_at(kill_in, 45)],
+         checkpoint_every=20)
   steps = sorted(os.listdir(tmp_path / kill_in / 'checkpoints'))
   assert steps == ['20', '40', 'fingerprint.json']
   res, _ = _run(synthetic, tmp_path, checkpoint_every=20)

@@ -1,5 +1,6 @@
 """Classification losses against NumPy/float64 references."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -69,3 +70,12 @@ def test_balanced_softmax_matches_numpy():
   np.testing.assert_allclose(
       losses.balanced_softmax_loss(logits, labels, np.full(4, 3.0)), ce,
       rtol=1e-5)
+
+
+def test_top1_on_host_in_float64_and_under_jit():
+  scores = np.array([[0.1, 0.9], [0.8, 0.2], [0.3, 0.7]], np.float32)
+  labels = np.array([1, 1, 1])
+  host = losses.top1(scores, labels)
+  assert host.dtype == np.float64 and host == 2 / 3
+  traced = jax.jit(losses.top1)(jnp.asarray(scores), jnp.asarray(labels))
+  np.testing.assert_allclose(traced, 2 / 3, rtol=1e-6)

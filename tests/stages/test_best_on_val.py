@@ -15,13 +15,10 @@ from lcreg_jax import parallel
 from lcreg_jax import stages
 from lcreg_jax.data import dataset as dataset_lib
 from lcreg_jax.evaluate import predict as predict_lib
+from tests import killing
 from tests import tiny
 
 pytestmark = pytest.mark.slow
-
-
-class _Kill(Exception):
-  pass
 
 
 def _config():
@@ -78,11 +75,9 @@ def test_best_on_val_is_the_best_evaluated_step_and_resumes(tmp_path):
       pytest.approx(report['top1_best_val'], abs=1e-12))
 
   # Killed after step 7 (checkpoint at 6), resumed: the same choice.
-  def kill(stage, step, state):
-    if step == 7:
-      raise _Kill()
-  with pytest.raises(_Kill):
-    stages.train_and_evaluate(_config(), str(tmp_path / 'b'), hooks=[kill])
+  with pytest.raises(killing.Kill):
+    stages.train_and_evaluate(_config(), str(tmp_path / 'b'),
+                              hooks=[killing.kill_at(None, 7)])
   resumed = stages.train_and_evaluate(_config(), str(tmp_path / 'b'))
   assert resumed['stage1']['best_on_val'] == best
   assert resumed['stage1']['top1'] == report['top1']

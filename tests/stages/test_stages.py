@@ -12,13 +12,10 @@ import pytest
 from lcreg_jax import config as config_lib
 from lcreg_jax import errors
 from lcreg_jax import stages
+from tests import killing
 from tests import tiny
 
 pytestmark = pytest.mark.slow
-
-
-class _Kill(Exception):
-  pass
 
 
 def _final_checkpoint(workdir, stage):
@@ -34,23 +31,21 @@ def test_kill_anywhere_and_resume_reaches_the_same_checkpoints(
   work = str(tmp_path / 'killed')
 
   def run(kill_at=None, **changes):
-    def hook(stage, step, state):
-      if (stage, step) == kill_at:
-        raise _Kill()
     cfg = tiny.tiny_config()
     for key, value in changes.items():
       cfg[key].enabled = value
-    return stages.train_and_evaluate(cfg, work, hooks=[hook])
+    return stages.train_and_evaluate(
+        cfg, work, hooks=[killing.kill_at(*kill_at)] if kill_at else [])
 
   # Killed between checkpoints in stage 1: it saved steps 2 and 4 only...
-  with pytest.raises(_Kill):
+  with pytest.raises(killing.Kill):
     run(kill_at=('stage1', 5))
   # ...so stage 2 on its own refuses the unfinished stage 1...
   with pytest.raises(errors.CheckpointError, match='stopped at step 4 of 6'):
     run(stage1=False)
   # ...and the next run resumes stage 1 from step 4; killed again in stage 2
   # right after a checkpoint, then run to the end.
-  with pytest.raises(_Kill):
+  with pytest.raises(killing.Kill):
     run(kill_at=('stage2', 2))
   rows = run()
   # The reference is the same config run uninterrupted by the real command.

@@ -20,6 +20,7 @@ from lcreg_jax import stages
 from lcreg_jax import train_state
 from lcreg_jax.models import network
 from lcreg_jax.steps import stage1
+from tests import killing
 from tests import tiny
 
 COUNTS = (40, 25, 15, 9, 6, 4, 3, 2, 1, 1)
@@ -156,10 +157,6 @@ def test_class_isda_step_matches_numpy():
   assert isinstance(new.cov, covariance.CovarianceState)
 
 
-class _Kill(Exception):
-  pass
-
-
 def _stage1_params(workdir):
   directory = os.path.join(workdir, 'stage1', 'checkpoints')
   step = max(int(p) for p in os.listdir(directory) if p.isdigit())
@@ -173,20 +170,17 @@ def test_drw_run_killed_across_the_switch_resumes_exactly(tmp_path):
   # Tiny stage 1: 6 steps of 36 per epoch, checkpoints every 2 steps; the
   # weights switch on at step round(0.0834 * 36) = 3.
   def run(workdir, kill_at=None):
-    def hook(stage, step, state):
-      del state
-      if (stage, step) == kill_at:
-        raise _Kill()
     cfg = tiny.tiny_config()
     cfg.stage2.enabled = False
     cfg.stage1.update(loss='focal', reweight='drw', drw_epoch=0.0834)
-    return stages.train_and_evaluate(cfg, str(workdir), hooks=[hook])
+    return stages.train_and_evaluate(
+        cfg, str(workdir), hooks=[killing.kill_at(*kill_at)] if kill_at else [])
 
   run(tmp_path / 'straight')
   killed = tmp_path / 'killed'
-  with pytest.raises(_Kill):
+  with pytest.raises(killing.Kill):
     run(killed, kill_at=('stage1', 3))   # saved step 2, before the switch
-  with pytest.raises(_Kill):
+  with pytest.raises(killing.Kill):
     run(killed, kill_at=('stage1', 5))   # resumed across it; saved step 4
   run(killed)
   jax.tree.map(

@@ -1,9 +1,12 @@
-"""What the baseline configs share (not a config itself: no get_config).
+"""What the baseline configs in configs/baselines/ share; they import it
+(`from lcreg_jax.config import baselines`), which works however
+ml_collections loads the config file.
 
-Each baseline is a small delta over a data set's config in configs/ (by
-default configs/fashion_mnist_lt.py): `--config=configs/baselines/crt.py`
-or, for another data set, `--config=configs/baselines/crt.py:cifar10_lt`
-(ml_collections passes the part after ':' to get_config).
+Each baseline is a small delta over a data set's config in the repository's
+configs/ (by default configs/fashion_mnist_lt.py):
+`--config=configs/baselines/crt.py` or, for another data set,
+`--config=configs/baselines/crt.py:cifar10_lt` (ml_collections passes the
+part after ':' to get_config).
 """
 
 import os
@@ -11,7 +14,10 @@ import runpy
 
 from lcreg_jax.config import validate
 
-CONFIGS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The repository's configs/, beside the package (the install is editable).
+CONFIGS = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(
+        __file__)))), 'configs')
 # Held out from the long-tailed train set when the data set has no
 # validation split of its own: post-hoc τ and best-on-validation choose on it,
 # and every baseline sees the same split, so they stay comparable.
@@ -29,6 +35,7 @@ def data_config(data: str | None = None):
         f'No data set config {path}: after the ":" in '
         f'--config=configs/baselines/<method>.py:<data> name one of '
         f'{", ".join(names)}, or give a config file path ending in .py.')
+  # A data set's config is a config file, loaded by path as --config does.
   c = runpy.run_path(path)['get_config']()
   if not validate.has_val_split(c.data):
     c.data.val_per_class = VAL_PER_CLASS
