@@ -27,6 +27,9 @@ import os
 # and libtpu must not wait for a GCE metadata server. Set before JAX loads.
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 os.environ.setdefault('TPU_SKIP_MDS_QUERY', '1')
+# libtpu locks /tmp/libtpu_lockfile so that two processes never share a
+# TPU; compile-only use touches none, so tests and runs may overlap.
+os.environ.setdefault('ALLOW_MULTIPLE_LIBTPU_LOAD', '1')
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '1')
 
 import dataclasses  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -329,23 +332,42 @@ def hlo_cost(lowered) -> dict:
 
 
 _SHAPE = re.compile(r'^\s*(?:ROOT )?%?([\w.\-]+) = (\w+)\[([\d,]*)\]'
-                    r'(?:\{[^}]*\})? [^\n]*?(?:op_name="([^"]*)")?[^\n]*$',
-                    re.M)
+                    r'(?:\{[^}]*\})? ([\w\-]+)\(([^\n]*)$', re.M)
+_OP_NAME = re.compile(r'op_name="([^"]*)"')
 
 
-def largest_buffers(text: str, top: int = 3) -> list[str]:
-  """The `top` largest array values of a compiled (per-device) HLO text,
-  as 'dtype[shape] size (op)'; buffers XLA may reuse are counted each."""
+def hlo_buffers(text: str) -> list[tuple[int, str]]:
+  """(bytes, 'dtype[shape] (op)') of the array values an HLO text computes
+  (not its parameters: `argument_buffers` names those)."""
   found = {}
-  for name, dtype, dims, op in _SHAPE.findall(text):
+  for name, dtype, dims, opcode, rest in _SHAPE.findall(text):
+    if opcode == 'parameter':
+      continue
     size = np.dtype(_NP_DTYPES.get(dtype, 'float32')).itemsize * int(
         np.prod([int(d) for d in dims.split(',') if d] or [1]))
+    op = _OP_NAME.search(rest)
     label = f'{dtype}[{dims}]'
     if size > found.get(label, (0, ''))[0]:
-      found[label] = (size, op.split('/')[-1] if op else name)
-  biggest = sorted(found.items(), key=lambda kv: -kv[1][0])[:top]
-  return [f'{label} {gib(size):.2f} GiB ({op})'
-          for label, (size, op) in biggest]
+      found[label] = (size, f'{label} ({op.group(1) if op else name})')
+  return list(found.values())
+
+
+def argument_buffers(args) -> list[tuple[int, str]]:
+  """(bytes per device, 'path dtype[shape]') of a program's arguments."""
+  out = []
+  for path, x in jax.tree_util.tree_flatten_with_path(args)[0]:
+    shape = x.sharding.shard_shape(x.shape) if x.sharding else x.shape
+    size = int(np.prod(shape)) * np.dtype(x.dtype).itemsize
+    name = jax.tree_util.keystr(path, simple=True, separator='.')
+    out.append((size, f'argument {name} {np.dtype(x.dtype).name}'
+                      f'{list(shape)}'))
+  return out
+
+
+def largest_buffers(buffers, top: int = 3) -> list[str]:
+  """The `top` largest of (bytes, label) pairs, as 'label: size'."""
+  biggest = sorted(buffers, key=lambda b: -b[0])[:top]
+  return [f'{label}: {gib(size):.2f} GiB' for size, label in biggest]
 
 
 _NP_DTYPES = {'f32': 'float32', 'bf16': 'float16', 'f16': 'float16',
@@ -361,50 +383,108 @@ def batch_bytes_per_device(compiled) -> int:
   """Bytes of one device's shard of the batch (the step's last argument),
   from the compiled program's input shardings."""
   args, _ = compiled.input_shardings
+  is_leaf = lambda x: x is None
   leaves = jax.tree.leaves(compiled.args_info[0][-1])
-  shardings = jax.tree.leaves(args[-1])
+  shardings = jax.tree.leaves(args[-1], is_leaf=is_leaf)
+  # An input the program does not read has no sharding and is not sent.
   return int(sum(
       np.prod(s.shard_shape(a.shape)) * np.dtype(a.dtype).itemsize
-      for a, s in zip(leaves, shardings)))
+      for a, s in zip(leaves, shardings, strict=True) if s is not None))
 
 
-def compile_program(program: Program, target: Target) -> dict:
-  """Compiles one program for `target`; its figures as a dict (one row)."""
-  t0 = time.time()
-  traced = program.fn.trace(*program.args)
-  lowered = traced.lower(lowering_platforms=(target.platform,))
-  compiled = lowered.compile()
-  seconds = time.time() - t0
-  mem = compiled.memory_analysis()
-  per_device = program.images / program.devices
-  cost = compiled.cost_analysis() or {}
-  if cost.get('flops'):
-    source, scale = 'compiled', per_device
-  else:
-    cost, source, scale = hlo_cost(lowered), 'hlo_cpu', program.images
+_OOM = (re.compile(r'Ran out of memory on HBM[^\n]*?\(([\d.]+)([KMGT]?)\)'
+                   r'[^\n]*?\(([\d.]+)([KMGT]?)\)'),
+        re.compile(r'memory space hbm\. Used ([\d.]+)([KMGT]?) of '
+                   r'([\d.]+)([KMGT]?) hbm'))
+_UNITS = {'': 1, 'K': 1024, 'M': 1024**2, 'G': 1024**3, 'T': 1024**4}
+
+
+def oom_bytes(message: str) -> tuple[float, float] | None:
+  """(needed, available) bytes from the TPU compiler's out-of-memory error,
+  which it raises instead of compiling a program that cannot fit."""
+  m = _OOM[0].search(message) or _OOM[1].search(message)
+  if not m:
+    return None
+  return (float(m.group(1)) * _UNITS[m.group(2)],
+          float(m.group(3)) * _UNITS[m.group(4)])
+
+
+def memory_row(mem) -> dict:
+  """Per-device bytes of a compiled program (`memory_analysis()`)."""
   needed = (mem.argument_size_in_bytes + mem.output_size_in_bytes +
             mem.temp_size_in_bytes - mem.alias_size_in_bytes +
             mem.generated_code_size_in_bytes)
-  chip = target.chip
-  capacity = chip.hbm_bytes // target.devices_per_chip
-  flops = cost['flops'] / scale
-  moved = cost.get('bytes accessed', 0.0) / scale
-  return dict(
-      program=program.name, target=target.spec,
-      device_kind=target.devices[0].device_kind,
-      devices=len(target.devices), hosts=target.hosts,
-      program_devices=program.devices, images_per_device=per_device,
-      argument_bytes=mem.argument_size_in_bytes,
-      output_bytes=mem.output_size_in_bytes,
-      temp_bytes=mem.temp_size_in_bytes, alias_bytes=mem.alias_size_in_bytes,
-      code_bytes=mem.generated_code_size_in_bytes, hbm_bytes=needed,
-      capacity_bytes=capacity, headroom_bytes=capacity - needed,
-      fits=needed <= capacity,
-      batch_bytes_per_device=batch_bytes_per_device(compiled),
-      flops_per_image=flops, bytes_per_image=moved, cost_source=source,
-      compile_s=round(seconds, 1),
-      largest_buffers=(largest_buffers(compiled.as_text())
-                       if needed > capacity else []))
+  return dict(argument_bytes=mem.argument_size_in_bytes,
+              output_bytes=mem.output_size_in_bytes,
+              temp_bytes=mem.temp_size_in_bytes,
+              alias_bytes=mem.alias_size_in_bytes,
+              code_bytes=mem.generated_code_size_in_bytes, hbm_bytes=needed)
+
+
+def split_arguments(compiled) -> list[str]:
+  """The arguments the compiled program splits over devices (the rest are
+  replicated), as 'path spec': its partitioning, from its own shardings."""
+  args, _ = compiled.input_shardings
+  out = []
+  for path, s in jax.tree_util.tree_flatten_with_path(args)[0]:
+    spec = getattr(s, 'spec', None)
+    if spec and any(p is not None for p in spec):
+      name = jax.tree_util.keystr(path, simple=True, separator='.')
+      out.append(f'{name} {tuple(spec)}')
+  return out
+
+
+def compile_program(program: Program, target: Target) -> dict:
+  """Compiles one program for `target`; its figures as a dict (one row).
+
+  FLOPs and bytes are per image: from the compiled per-device program where
+  the target's compiler counts them (TPU), else from XLA's CPU cost
+  analysis of the same lowered global program (GPU).
+  """
+  t0 = time.time()
+  lowered = program.fn.trace(*program.args).lower(
+      lowering_platforms=(target.platform,))
+  per_device = program.images / program.devices
+  row = dict(program=program.name, target=target.spec,
+             device_kind=target.devices[0].device_kind,
+             devices=len(target.devices), hosts=target.hosts,
+             program_devices=program.devices, images_per_device=per_device)
+  try:
+    compiled = lowered.compile()
+  except jax.errors.JaxRuntimeError as e:
+    oom = oom_bytes(str(e))
+    if oom is None:
+      raise
+    # The TPU compiler stops at its memory check; the temporaries it names
+    # are a lower bound of what one device needs.
+    compiled = None
+    row.update(temp_bytes=int(oom[0]), hbm_bytes=int(oom[0]),
+               compiler_error=str(e).splitlines()[0][:300])
+  row['compile_s'] = round(time.time() - t0, 1)
+  cost = compiled.cost_analysis() if compiled is not None else None
+  if cost and cost.get('flops'):
+    source, scale = 'compiled', per_device
+  else:
+    cost, source, scale = hlo_cost(lowered), 'hlo_cpu', program.images
+  if compiled is not None:
+    row.update(memory_row(compiled.memory_analysis()),
+               batch_bytes_per_device=batch_bytes_per_device(compiled),
+               split_arguments=split_arguments(compiled))
+  capacity = target.chip.hbm_bytes // target.devices_per_chip
+  row.update(capacity_bytes=capacity,
+             headroom_bytes=capacity - row['hbm_bytes'],
+             fits=row['hbm_bytes'] <= capacity and compiled is not None,
+             flops_per_image=cost['flops'] / scale,
+             bytes_per_image=cost.get('bytes accessed', 0.0) / scale,
+             cost_source=source)
+  if not row['fits']:
+    # Per-device values where compiled; else those of the global program.
+    values = (hlo_buffers(compiled.as_text()) if compiled is not None else
+              [(n, f'{label}, global') for n, label in hlo_buffers(
+                  lowered.compiler_ir('hlo').as_hlo_text())])
+    row['largest_buffers'] = largest_buffers(
+        values + argument_buffers(program.args))
+  return row
 
 
 def roofline(row: dict, chip: chips.Chip, dtype: str) -> dict:
@@ -508,8 +588,10 @@ def not_fitting_message(rows: list[dict]) -> str:
   for r in rows:
     if r['fits']:
       continue
+    least = 'at least ' if 'compiler_error' in r else ''
     parts.append(
-        f'{r["program"]} needs {gib(r["hbm_bytes"]):.2f} GiB per device on '
+        f'{r["program"]} needs {least}{gib(r["hbm_bytes"]):.2f} GiB per '
+        f'device on '
         f'{r["target"]} ({r["device_kind"]}, {gib(r["capacity_bytes"]):.2f} '
         f'GiB per device) and does not fit; its largest buffers: '
         f'{"; ".join(r["largest_buffers"]) or "n/a"}. What helps: '
