@@ -434,7 +434,8 @@ def split_arguments(compiled) -> list[str]:
   return out
 
 
-def compile_program(program: Program, target: Target) -> dict:
+def compile_program(program: Program, target: Target,
+                    dump_dir: str | None = None) -> dict:
   """Compiles one program for `target`; its figures as a dict (one row).
 
   FLOPs and bytes are per image: from the compiled per-device program where
@@ -466,6 +467,11 @@ def compile_program(program: Program, target: Target) -> dict:
     source, scale = 'compiled', per_device
   else:
     cost, source, scale = hlo_cost(lowered), 'hlo_cpu', program.images
+  if compiled is not None and dump_dir:
+    # The per-device program as XLA optimised it, to see where bytes go.
+    os.makedirs(dump_dir, exist_ok=True)
+    with open(os.path.join(dump_dir, f'{program.name}.hlo.txt'), 'w') as f:
+      f.write(compiled.as_text())
   if compiled is not None:
     row.update(memory_row(compiled.memory_analysis()),
                batch_bytes_per_device=batch_bytes_per_device(compiled),
@@ -557,13 +563,15 @@ def layout_notes(config, devices: int) -> list[str]:
   return []
 
 
-def run(config, target: Target, names) -> list[dict]:
-  """Compiles `names` for `target`; one row per program, in order."""
+def run(config, target: Target, names, dump_dir: str | None = None
+        ) -> list[dict]:
+  """Compiles `names` for `target`; one row per program, in order.
+  `dump_dir`: where to write each compiled program's HLO text."""
   mesh = parallel.make_mesh(config.num_devices, target.devices)
   info = data_info(config)
   rows = []
   for program in build_programs(config, info, mesh, names):
-    row = compile_program(program, target)
+    row = compile_program(program, target, dump_dir)
     row.update(roofline(row, target.chip, config.model.dtype))
     row['notes'] = layout_notes(config, mesh.size) if (
         program.name == 'stage1') else []
@@ -604,6 +612,8 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string('target', None, 'tpu:<topology> (e.g. tpu:v5e:4x4) or '
                     'gpu:h100:<n> / gpu:h200:<n>.')
 flags.DEFINE_bool('json', False, 'One JSON object per program and line.')
+flags.DEFINE_string('dump_hlo', None, 'A directory to write each compiled '
+                    'program to, as optimised HLO text (<program>.hlo.txt).')
 flags.DEFINE_list('programs', None, 'Programs to compile (of '
                   f'{",".join(PROGRAMS)}); default: those the config runs.')
 
@@ -621,7 +631,8 @@ def main(argv):
     target = get_target(FLAGS.target)
     config = config_lib.resolve_and_validate(FLAGS.config,
                                              len(target.devices))
-    rows = run(config, target, names or enabled_programs(config))
+    rows = run(config, target, names or enabled_programs(config),
+               FLAGS.dump_hlo)
   except errors.UserError as e:
     main_lib.fail(str(e), code=1)
   for row in rows:
