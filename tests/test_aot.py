@@ -57,6 +57,7 @@ def batch_bytes(config, stage):
   return b * h * w * c * 4 + b * 4
 
 
+@pytest.mark.slow
 def test_tiny_config_compiles_every_program_for_v5e_2x2(tiny_rows):
   rows, _ = tiny_rows
   assert list(rows) == ['stage1', 'stage2', 'eval', 'dlsa_flow',
@@ -70,6 +71,7 @@ def test_tiny_config_compiles_every_program_for_v5e_2x2(tiny_rows):
     assert row['flops_per_image'] > 0 and row['images_per_s_per_chip'] > 0
 
 
+@pytest.mark.slow
 def test_batch_is_split_over_the_devices(tiny_rows):
   rows, config = tiny_rows
   for stage in ('stage1', 'stage2', 'eval'):
@@ -81,6 +83,7 @@ def test_batch_is_split_over_the_devices(tiny_rows):
   assert rows['dlsa_flow']['program_devices'] == 1
 
 
+@pytest.mark.slow
 def test_stage1_step_keeps_the_training_layout(tiny_rows):
   # M = 4 divides the 4 devices: a full covariance is split along M, as
   # `stages.stage1` places it; the parameters are replicated.
@@ -92,6 +95,7 @@ def test_stage1_step_keeps_the_training_layout(tiny_rows):
   assert "2.image ('data',)" in rows['eval']['split_arguments']
 
 
+@pytest.mark.slow
 def test_multi_host_slice_splits_the_batch_and_explains_m(tiny_rows):
   target = aot.get_target('tpu:v5e:4x4')
   assert len(target.devices) == 16 and target.hosts == 4
@@ -144,6 +148,7 @@ def test_flops_of_a_dense_model_are_the_hand_count(v5e_2x2):
       (matmuls + all_reduce) / rows, rel=1e-6)
 
 
+@pytest.mark.slow
 def test_config_that_does_not_fit_exits_with_advice():
   res = subprocess.run(
       [sys.executable, '-m', 'lcreg_jax.aot', '--config=tests/tiny.py',
