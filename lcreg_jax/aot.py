@@ -434,6 +434,11 @@ def split_arguments(compiled) -> list[str]:
   return out
 
 
+def device_capacity(target: Target) -> int:
+  """HBM bytes of one device: its chip's, shared by the chip's devices."""
+  return target.chip.hbm_bytes // target.devices_per_chip
+
+
 def compile_program(program: Program, target: Target,
                     dump_dir: str | None = None) -> dict:
   """Compiles one program for `target`; its figures as a dict (one row).
@@ -476,7 +481,7 @@ def compile_program(program: Program, target: Target,
     row.update(memory_row(compiled.memory_analysis()),
                batch_bytes_per_device=batch_bytes_per_device(compiled),
                split_arguments=split_arguments(compiled))
-  capacity = target.chip.hbm_bytes // target.devices_per_chip
+  capacity = device_capacity(target)
   row.update(capacity_bytes=capacity,
              headroom_bytes=capacity - row['hbm_bytes'],
              fits=row['hbm_bytes'] <= capacity and compiled is not None,

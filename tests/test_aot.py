@@ -169,6 +169,14 @@ def test_config_that_does_not_fit_exits_with_advice():
     assert tip in err
 
 
+def test_v4_compiles_per_core_and_halves_the_chip_memory():
+  # libtpu's v4 topologies have a device per TensorCore, two per chip
+  # sharing its 32 GiB: a v4-8 (2x2x1) is 8 devices of 16 GiB.
+  target = aot.get_target('tpu:v4:2x2x1')
+  assert len(target.devices) == 8 and target.devices_per_chip == 2
+  assert aot.device_capacity(target) == 16 * 1024**3
+
+
 def test_m_not_dividing_the_devices_names_the_nearest_m():
   text = aot.nearest_m_text(100, 16)
   assert 'num_latents=96' in text and '96 or 112' in text
