@@ -439,55 +439,65 @@ def device_capacity(target: Target) -> int:
   return target.chip.hbm_bytes // target.devices_per_chip
 
 
-def compile_program(program: Program, target: Target,
-                    dump_dir: str | None = None) -> dict:
-  """Compiles one program for `target`; its figures as a dict (one row).
-
-  FLOPs and bytes are per image: from the compiled per-device program where
-  the target's compiler counts them (TPU), else from XLA's CPU cost
-  analysis of the same lowered global program (GPU).
-  """
-  t0 = time.time()
-  lowered = program.fn.trace(*program.args).lower(
-      lowering_platforms=(target.platform,))
-  per_device = program.images / program.devices
-  row = dict(program=program.name, target=target.spec,
-             device_kind=target.devices[0].device_kind,
-             devices=len(target.devices), hosts=target.hosts,
-             program_devices=program.devices, images_per_device=per_device)
+def try_compile(lowered):
+  """(compiled, None), or (None, {row fields}) when the TPU compiler stops
+  at its memory check: the temporaries it names are a lower bound of what
+  one device needs."""
   try:
-    compiled = lowered.compile()
+    return lowered.compile(), None
   except jax.errors.JaxRuntimeError as e:
     oom = oom_bytes(str(e))
     if oom is None:
       raise
-    # The TPU compiler stops at its memory check; the temporaries it names
-    # are a lower bound of what one device needs.
-    compiled = None
-    row.update(temp_bytes=int(oom[0]), hbm_bytes=int(oom[0]),
-               compiler_error=str(e).splitlines()[0][:300])
-  row['compile_s'] = round(time.time() - t0, 1)
+    return None, dict(temp_bytes=int(oom[0]), hbm_bytes=int(oom[0]),
+                      compiler_error=str(e).splitlines()[0][:300])
+
+
+def cost_per_image(compiled, lowered, program: Program) -> dict:
+  """FLOPs and bytes accessed per image: of the compiled per-device program
+  where the target's compiler counts them (TPU), else of the same lowered
+  global program by XLA's CPU cost analysis (GPU)."""
   cost = compiled.cost_analysis() if compiled is not None else None
   if cost and cost.get('flops'):
-    source, scale = 'compiled', per_device
+    source, scale = 'compiled', program.images / program.devices
   else:
     cost, source, scale = hlo_cost(lowered), 'hlo_cpu', program.images
-  if compiled is not None and dump_dir:
-    # The per-device program as XLA optimised it, to see where bytes go.
-    os.makedirs(dump_dir, exist_ok=True)
-    with open(os.path.join(dump_dir, f'{program.name}.hlo.txt'), 'w') as f:
-      f.write(compiled.as_text())
+  return dict(flops_per_image=cost['flops'] / scale,
+              bytes_per_image=cost.get('bytes accessed', 0.0) / scale,
+              cost_source=source)
+
+
+def dump(compiled, name: str, dump_dir: str) -> None:
+  """The per-device program as XLA optimised it, to see where bytes go."""
+  os.makedirs(dump_dir, exist_ok=True)
+  with open(os.path.join(dump_dir, f'{name}.hlo.txt'), 'w') as f:
+    f.write(compiled.as_text())
+
+
+def compile_program(program: Program, target: Target,
+                    dump_dir: str | None = None) -> dict:
+  """Compiles one program for `target`; its figures as a dict (one row)."""
+  t0 = time.time()
+  lowered = program.fn.trace(*program.args).lower(
+      lowering_platforms=(target.platform,))
+  compiled, row = try_compile(lowered)
+  row = dict(program=program.name, target=target.spec,
+             device_kind=target.devices[0].device_kind,
+             devices=len(target.devices), hosts=target.hosts,
+             program_devices=program.devices,
+             images_per_device=program.images / program.devices,
+             compile_s=round(time.time() - t0, 1), **(row or {}))
+  row.update(cost_per_image(compiled, lowered, program))
   if compiled is not None:
+    if dump_dir:
+      dump(compiled, program.name, dump_dir)
     row.update(memory_row(compiled.memory_analysis()),
                batch_bytes_per_device=batch_bytes_per_device(compiled),
                split_arguments=split_arguments(compiled))
   capacity = device_capacity(target)
   row.update(capacity_bytes=capacity,
              headroom_bytes=capacity - row['hbm_bytes'],
-             fits=row['hbm_bytes'] <= capacity and compiled is not None,
-             flops_per_image=cost['flops'] / scale,
-             bytes_per_image=cost.get('bytes accessed', 0.0) / scale,
-             cost_source=source)
+             fits=row['hbm_bytes'] <= capacity and compiled is not None)
   if not row['fits']:
     # Per-device values where compiled; else those of the global program.
     values = (hlo_buffers(compiled.as_text()) if compiled is not None else
