@@ -555,11 +555,12 @@ def nearest_m_text(m: int, devices: int) -> str:
   can."""
   low, high = m // devices * devices, -(-m // devices) * devices
   near = [v for v in (low, high) if v > 0]
+  best = min(near, key=lambda v: (abs(v - m), v))
+  which = (f'the nearer of {low} or {high}' if len(near) > 1 else
+           f'the smallest multiple of {devices}')
   return (f'M = {m} latents do not split evenly over {devices} devices '
           f'(JAX shards evenly only): --config.model.latent.num_latents='
-          f'{min(near, key=lambda v: (abs(v - m), v))} (nearest multiple of '
-          f'{devices}; also {" or ".join(map(str, near))}) with '
-          '--config.shard_covariance=True')
+          f'{best} ({which}) with --config.shard_covariance=True')
 
 
 def layout_notes(config, devices: int) -> list[str]:
