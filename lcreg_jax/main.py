@@ -68,10 +68,10 @@ def _unknown_overrides(argv) -> list[str]:
   return unknown
 
 
-def _explain(error: BaseException, argv) -> str:
+def _explain(error: BaseException, argv, usage: str = USAGE) -> str:
   path = _config_path(argv)
   if path is None:
-    return f'no config file given. Usage: {USAGE}'
+    return f'no config file given. Usage: {usage}'
   if isinstance(error, SyntaxError):
     return (f'the config file {path} does not parse: {error.msg} at line '
             f'{error.lineno}. Fix the file (it must define get_config()).')
@@ -93,8 +93,9 @@ def _explain(error: BaseException, argv) -> str:
           f'{error}. Fix get_config() in that file.')
 
 
-def parse_flags(argv):
-  """absl's parsing, with each failure turned into an `error:` paragraph."""
+def parse_flags(argv, usage: str = USAGE):
+  """absl's parsing, with each failure turned into an `error:` paragraph
+  (`usage`: the command's, e.g. lcreg_jax.aot's)."""
   try:
     rest = FLAGS(argv)
     if FLAGS.config is None:
@@ -103,9 +104,9 @@ def parse_flags(argv):
   except Exception as e:  # pylint: disable=broad-except
     # config_flags re-raises whatever the config file or an override raised;
     # each is a user error here, explained by _explain.
-    fail(_explain(e, argv))
+    fail(_explain(e, argv, usage))
   if len(rest) > 1:
-    fail(f'unexpected arguments {rest[1:]}. Usage: {USAGE}')
+    fail(f'unexpected arguments {rest[1:]}. Usage: {usage}')
   return rest
 
 

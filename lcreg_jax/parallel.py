@@ -18,13 +18,14 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 import numpy as np
 
 
-def make_mesh(num_devices: int | None = None) -> Mesh:
+def make_mesh(num_devices: int | None = None, devices=None) -> Mesh:
   """A ('data',) mesh over the first `num_devices` devices (None = all).
 
-  The count is checked against the visible devices by
-  `config.resolve_and_validate`.
+  `devices`: the visible devices by default; `lcreg_jax.aot` passes the
+  compile-only devices of a TPU slice or GPU node. The count is checked
+  against them by `config.resolve_and_validate`.
   """
-  devices = jax.devices()
+  devices = list(devices or jax.devices())
   return Mesh(np.asarray(devices[:num_devices or len(devices)]), ('data',))
 
 

@@ -17,9 +17,6 @@ from lcreg_jax.config import reference
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DOCS = os.path.join(ROOT, 'docs')
-# Linked from the README, written on another branch (compiling for TPUs and
-# GPUs); remove once that page is merged.
-PENDING = {'docs/compile.md'}
 # Top-level folders and files of the repository a page may name.
 _TOP = ('lcreg_jax', 'configs', 'benchmarks', 'tests', 'docs', 'launch',
         'notebooks', 'results', '.ci')
@@ -100,8 +97,7 @@ def test_every_link_anchor_exists(page):
 @pytest.mark.parametrize('page', pages())
 def test_every_path_a_page_names_exists(page):
   missing = sorted(p for p in mentioned_paths(page)
-                   if p not in PENDING
-                   and not os.path.exists(os.path.join(ROOT, p)))
+                   if not os.path.exists(os.path.join(ROOT, p)))
   assert not missing, f'{page} names paths that do not exist: {missing}'
 
 

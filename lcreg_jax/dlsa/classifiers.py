@@ -82,11 +82,12 @@ class ClassifierHparams:
 
 
 @functools.lru_cache(maxsize=None)
-def _classifier_fns(model: nn.Module, hp: ClassifierHparams):
+def classifier_fns(model: nn.Module, hp: ClassifierHparams):
   """Optimiser, jitted step and accuracy of one classifier setup.
 
   Cached so stages with equal padded shapes share one compilation (XLA
-  compiles dominate the run time on CPU).
+  compiles dominate the run time on CPU); `lcreg_jax.aot` compiles the step
+  ahead of time.
   """
   tx = optax.adamw(hp.lr, weight_decay=hp.weight_decay)
 
@@ -169,7 +170,7 @@ def train_classifier(model: nn.Module,
   hp = ClassifierHparams.from_config(cfg)
   offset = jnp.asarray(inference_offset(counts, cfg.mask_absent_classes,
                                         hp.tiny))
-  tx, step, num_correct = _classifier_fns(model, hp)
+  tx, step, num_correct = classifier_fns(model, hp)
   xs = tuple(rows.pad_rows(np.asarray(a, np.float32), pad_train)
              for a in train_inputs)
   ys = rows.pad_rows(np.asarray(train_labels, np.int32), pad_train)

@@ -254,8 +254,9 @@ def flow_loss_fn(model: flow_lib.MAF, hp: FlowHParams):
 
 
 @functools.lru_cache(maxsize=None)
-def _flow_train_fns(model: flow_lib.MAF, hp: FlowHParams):
-  """(optimizer, jitted step); cached so per-stage flows share a compile."""
+def flow_train_fns(model: flow_lib.MAF, hp: FlowHParams):
+  """(optimizer, jitted step); cached so per-stage flows share a compile.
+  `lcreg_jax.aot` compiles this step ahead of time."""
   lr = (optax.cosine_decay_schedule(hp.lr, hp.total_steps)
         if hp.schedule == 'cosine' else hp.lr)
   tx = optax.sgd(lr, momentum=hp.momentum or None)
@@ -310,6 +311,12 @@ def flow_evaluate(model, variables, centers, x, chunk: int = 4096):
                                   chunk))
 
 
+def make_flow(cfg, dim: int) -> flow_lib.MAF:
+  """The flow filter of `config.dlsa` on D = `dim` features."""
+  return flow_lib.MAF(dim, cfg.hidden_dim, cfg.num_blocks, cfg.bn_momentum,
+                      cfg.bn_eps)
+
+
 def train_flow(x, y, x_val, y_val, *, num_classes: int, config, seed: int,
                workdir: str, fingerprint: dict | None = None,
                pad_to: Optional[int] = None, checkpoint_every: int = 500,
@@ -330,8 +337,7 @@ def train_flow(x, y, x_val, y_val, *, num_classes: int, config, seed: int,
     raise ValueError(f'{name}: no training samples')
   k = cfg.num_clusters
   hp = FlowHParams.from_config(cfg, dim)
-  model = flow_lib.MAF(dim, cfg.hidden_dim, cfg.num_blocks,
-                       cfg.bn_momentum, cfg.bn_eps)
+  model = make_flow(cfg, dim)
   kc, ki = jax.random.split(jax.random.PRNGKey(seed))
   centers = flow_lib.make_centers(kc, k, dim, cfg.center_std)
   order = np.argsort(y, kind='stable')
@@ -349,7 +355,7 @@ def train_flow(x, y, x_val, y_val, *, num_classes: int, config, seed: int,
   num_present = jnp.asarray(present.size, jnp.int32)
   starts = jnp.asarray(np.cumsum(counts_np) - counts_np)
   variables = _flow_init_fn(model)(ki, xs[:2])
-  tx, step = _flow_train_fns(model, hp)
+  tx, step = flow_train_fns(model, hp)
   chunk = cfg.eval_chunk
   metric = cfg.flow_select_metric
   # The authors' metric is counted on the flow's own training samples, so it

@@ -10,8 +10,9 @@ from lcreg_jax import parallel
 
 
 @functools.lru_cache(maxsize=None)
-def _eval_step(apply_fn, mesh):
-  """One compiled evaluation step per (model, mesh), shared by every split."""
+def eval_step(apply_fn, mesh):
+  """One jitted evaluation step per (model, mesh), shared by every split
+  (and compiled ahead of time by `lcreg_jax.aot`)."""
   def eval_step(params, batch_stats, batch):
     out = apply_fn({'params': params, 'batch_stats': batch_stats},
                    batch['image'], train=False)
@@ -33,7 +34,7 @@ def predict(state, batches, *, mesh) -> dict:
   order: 'logits' (N, C), 'features' (N, D), 'labels' (N,), and with a latent
   module 'latent_usage' (M,), positions won by each latent category.
   """
-  step = _eval_step(state.apply_fn, mesh)
+  step = eval_step(state.apply_fn, mesh)
   outs = []
   for batch in batches:
     res = step(state.params, state.batch_stats, batch)

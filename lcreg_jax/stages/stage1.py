@@ -53,21 +53,38 @@ def log_covariance_layout(config, mesh):
                     'replicated on each of the %d devices (%s).', n, why)
 
 
+def optimizer(config, info):
+  """Stage 1's optimiser, its schedule sized to the data set."""
+  spe, total = common.schedule_length(config.stage1, info)
+  return optim.stage1_optimizer(
+      config, optim.stage1_schedule(config.stage1, spe, total))
+
+
+def make_step(config, info, mesh, state):
+  """The jitted stage-1 step for `state` (arrays or shapes) on `mesh`.
+
+  Training and `lcreg_jax.aot` both build it here, so what is compiled
+  ahead of time is the step that trains.
+  """
+  spe, total = common.schedule_length(config.stage1, info)
+  shard = config.shard_covariance
+  hp = stage1_step.Stage1Hparams.from_config(config, total, spe,
+                                             info.class_counts)
+  return parallel.jit_step(
+      functools.partial(stage1_step.train_step, hp=hp,
+                        cov_mesh=mesh if shard else None),
+      mesh, state, shard)
+
+
 def train(ctx: common.Context):
   """Trains stage 1 (resuming if possible) and returns its final state."""
   config = ctx.config
-  cfg = config.stage1
-  spe, total = common.schedule_length(cfg, ctx.info)
-  tx = optim.stage1_optimizer(config, optim.stage1_schedule(cfg, spe, total))
-  shard = config.shard_covariance
+  _, total = common.schedule_length(config.stage1, ctx.info)
+  tx = optimizer(config, ctx.info)
   log_covariance_layout(config, ctx.mesh)
-  state = parallel.place(initial_state(config, ctx.info, tx), ctx.mesh, shard)
-  hp = stage1_step.Stage1Hparams.from_config(config, total, spe,
-                                             ctx.info.class_counts)
-  step = parallel.jit_step(
-      functools.partial(stage1_step.train_step, hp=hp,
-                        cov_mesh=ctx.mesh if shard else None),
-      ctx.mesh, state, shard)
+  state = parallel.place(initial_state(config, ctx.info, tx), ctx.mesh,
+                         config.shard_covariance)
+  step = make_step(config, ctx.info, ctx.mesh, state)
   return common.fit(
       ctx, 'stage1', state, step, total_steps=total, data_seed=config.seed,
       sampler='shuffle',

@@ -96,22 +96,35 @@ def initial_model(config, num_classes: int, image_shape, stage1_params):
   return model, params
 
 
+def make_state(config, info, model, params, batch_stats):
+  """The stage-2 train state at step 0 (its optimiser sized to the data)."""
+  spe, total = common.schedule_length(config.stage2, info)
+  epochs = max(int(round(total / spe)), 1)
+  tx = optim.stage2_optimizer(config.stage2, spe, epochs)
+  return train_state.TrainState.create(
+      apply_fn=model.apply, params=params, batch_stats=batch_stats, tx=tx,
+      cov={})
+
+
+def make_step(config, info, mesh, state):
+  """The jitted stage-2 step for `state` (arrays or shapes) on `mesh`;
+  training and `lcreg_jax.aot` both build it here."""
+  hp = retrain.RetrainHparams.from_config(config.stage2, info.class_counts)
+  return parallel.jit_step(functools.partial(retrain.retrain_step, hp=hp),
+                           mesh, state)
+
+
 def train(ctx: common.Context, stage1_state):
   """Retrains the classifier on the frozen stage-1 model; the final state."""
   config = ctx.config
   cfg = config.stage2
   model, params = initial_model(config, ctx.info.num_classes,
                                 ctx.info.image_shape, stage1_state.params)
-  spe, total = common.schedule_length(cfg, ctx.info)
-  epochs = max(int(round(total / spe)), 1)
-  tx = optim.stage2_optimizer(cfg, spe, epochs)
-  state = train_state.TrainState.create(
-      apply_fn=model.apply, params=params,
-      batch_stats=jax.device_get(stage1_state.batch_stats), tx=tx, cov={})
+  _, total = common.schedule_length(cfg, ctx.info)
+  state = make_state(config, ctx.info, model, params,
+                     jax.device_get(stage1_state.batch_stats))
   state = parallel.replicate(state, ctx.mesh)
-  hp = retrain.RetrainHparams.from_config(cfg, ctx.info.class_counts)
-  step = parallel.jit_step(functools.partial(retrain.retrain_step, hp=hp),
-                           ctx.mesh, state)
+  step = make_step(config, ctx.info, ctx.mesh, state)
   settings = {f: cfg[f] for f in presets.STAGE2_FIELDS}
   if cfg.method != 'mislas':   # mislas checkpoints keep their fingerprint
     settings['method'] = cfg.method

@@ -216,15 +216,19 @@ def train_step(state, batch, *, hp: Stage1Hparams, cov_mesh=None):
     loss = hp.gamma * cls
     if has_latent:
       samples = out['latent_samples']                    # (B, M, D)
-      aux['cov'] = covariance.update_covariance_grouped(state.cov, samples,
-                                                        cov_mesh)
+      # Named scopes label LCReg's parts in the compiled program (profiles,
+      # `lcreg_jax.aot --dump_hlo`); they change no computation.
+      with jax.named_scope('lcreg_covariance_update'):
+        aux['cov'] = covariance.update_covariance_grouped(state.cov, samples,
+                                                          cov_mesh)
       # Python-level branches: with α = β = 0 the traced step is exactly
       # the plain MiSLAS step (no zero-weighted terms in the graph).
       if hp.beta:
-        rec = losses.reconstruction_loss(out['feature_map'],
-                                         out['reconstruction'],
-                                         hp.recon_normalize,
-                                         hp.recon_temperature)
+        with jax.named_scope('lcreg_reconstruction_loss'):
+          rec = losses.reconstruction_loss(out['feature_map'],
+                                           out['reconstruction'],
+                                           hp.recon_normalize,
+                                           hp.recon_temperature)
         aux['recon_loss'] = rec
         loss += hp.beta * rec
       if hp.alpha:
@@ -233,10 +237,12 @@ def train_step(state, batch, *, hp: Stage1Hparams, cov_mesh=None):
         latent_labels = jnp.tile(jnp.arange(m), bsz)
         if not hp.explicit_latent_aug:
           kernel = params['latent']['latent_classifier']['kernel']
-          g = losses.isda_augmented_logits(g, kernel, aux['cov'].cov,
-                                           latent_labels, isda_lam,
-                                           mesh=cov_mesh)
-        aug = losses.cross_entropy(g, latent_labels)
+          with jax.named_scope('lcreg_sigma2_table'):
+            g = losses.isda_augmented_logits(g, kernel, aux['cov'].cov,
+                                             latent_labels, isda_lam,
+                                             mesh=cov_mesh)
+        with jax.named_scope('lcreg_aug_loss'):
+          aug = losses.cross_entropy(g, latent_labels)
         aux['aug_loss'] = aug
         loss += hp.alpha * aug
     acc = losses.top1(out['logits'], labels)
