@@ -106,3 +106,32 @@ def test_workdir_that_is_a_file_is_refused(tmp_path):
   (tmp_path / 'f').write_text('x')
   with pytest.raises(errors.ConfigError, match='is a file'):
     stages.check_workdir(str(tmp_path / 'f'))
+
+
+@pytest.mark.slow
+def test_a_signal_during_stage1s_evaluation_stops_before_a_posthoc_stage2(
+    tmp_path, monkeypatch):
+  """τ-normalisation trains no loop, so only the agreed point between the
+  stages stops a run signalled after stage 1's last step; the re-run
+  resumes (stage 1 is not retrained) and finishes."""
+  from lcreg_jax import preemption  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(preemption, '_signalled', preemption.threading.Event())
+  cfg = tiny.tiny_config()
+  cfg.data.val_per_class = 5
+  cfg.stage2.method = 'tau_norm'
+  steps = config_lib.resolve_and_validate(cfg).stage1.steps
+
+  def signal_at_the_end(name, step, state):
+    del state
+    if (name, step) == ('stage1', steps):
+      preemption._signalled.set()  # pylint: disable=protected-access
+
+  with pytest.raises(preemption.Preempted, match='before stage2 trained a step'):
+    stages.train_and_evaluate(cfg, str(tmp_path), hooks=[signal_at_the_end])
+  assert os.path.exists(tmp_path / 'stage1' / 'report.json')
+  assert not os.path.exists(tmp_path / 'stage2' / 'report.json')
+  preemption._signalled.clear()  # pylint: disable=protected-access
+  rows = stages.train_and_evaluate(cfg, str(tmp_path))
+  assert rows['stage2']['method'] == 'tau_norm'
+  saved = os.listdir(tmp_path / 'stage1' / 'checkpoints')
+  assert max(int(p) for p in saved if p.isdigit()) == steps
