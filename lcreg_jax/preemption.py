@@ -53,11 +53,6 @@ def install() -> None:
     signal.signal(signal.SIGTERM, _on_sigterm)
 
 
-def requested() -> bool:
-  """A SIGTERM has arrived in this (single-process) run."""
-  return _signalled.is_set()
-
-
 def reached() -> bool:
   """Whether to save and stop at this agreed point.
 
