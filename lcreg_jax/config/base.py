@@ -158,6 +158,13 @@ FIELDS = (
           'equal-width bins of ECE and MCE',
           check=POSITIVE_INT),
     Field('eval.plots', True, "write each stage's plots"),
+    Field('eval.select_metric', 'class_mean',
+          'Score of every choice made on validation (best-on-val step, τ of '
+          "tau_norm / posthoc_la, DLSA's checkpoints): 'class_mean' (the mean "
+          "of per-class top-1, as classifier-balancing; the test set is "
+          "balanced, a carved validation split is not) or 'image_mean' (top-1 "
+          'over images). Equal on a balanced validation list.',
+          choices=('class_mean', 'image_mean')),
     Field('eval.select_on_val', True, _DOC_EVAL_SELECT_ON_VAL),
     Field('eval.val_every', None,
           _DOC_EVAL_SELECT_ON_VAL,

@@ -4,6 +4,7 @@
 """
 
 from lcreg_jax.losses.classification import balanced_softmax_loss
+from lcreg_jax.losses.classification import class_mean_top1
 from lcreg_jax.losses.classification import cross_entropy
 from lcreg_jax.losses.classification import label_aware_smoothing
 from lcreg_jax.losses.classification import las_epsilons
@@ -25,9 +26,9 @@ from lcreg_jax.losses.reweighting import drw_weights
 from lcreg_jax.losses.reweighting import effective_number_weights
 
 __all__ = [
-    'balanced_softmax_loss', 'class_weighted_mean', 'classwise_isda_logits',
-    'classwise_isda_sigma2', 'cross_entropy', 'drw_weights',
-    'effective_number_weights', 'focal_loss', 'isda_augmented_logits',
+    'balanced_softmax_loss', 'class_mean_top1', 'class_weighted_mean',
+    'classwise_isda_logits', 'classwise_isda_sigma2', 'cross_entropy',
+    'drw_weights', 'effective_number_weights', 'focal_loss', 'isda_augmented_logits',
     'isda_sigma2_table', 'label_aware_smoothing', 'las_epsilons', 'ldam_loss',
     'ldam_margins', 'log_prior', 'logit_adjusted_loss', 'mixup_cross_entropy',
     'mixup_loss', 'reconstruction_loss', 'top1',

@@ -16,6 +16,18 @@ def top1(scores, labels):
   return (scores.argmax(-1) == labels).mean()
 
 
+def class_mean_top1(scores, labels, num_classes: int) -> float:
+  """The mean over classes of each class's top-1 accuracy, classes absent
+  from `labels` left out: the model-selection score (as classifier-balancing
+  scores τ), equal to top1 on a balanced set. Host NumPy, float64."""
+  labels = np.asarray(labels)
+  hit = (np.asarray(scores).argmax(-1) == labels).astype(np.float64)
+  correct = np.bincount(labels, weights=hit, minlength=num_classes)
+  count = np.bincount(labels, minlength=num_classes)
+  present = count > 0
+  return float((correct[present] / count[present]).mean())
+
+
 def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
   """Mean softmax cross-entropy with integer labels."""
   return optax.softmax_cross_entropy_with_integer_labels(
