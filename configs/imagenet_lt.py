@@ -40,7 +40,7 @@ def get_config():
   # The 20-per-class validation list is optional (DLSA selects on it; without
   # it DLSA carves its validation images from the training set):
   # --config.data.val_list=data/ImageNet_LT/ImageNet_LT_val.txt
-  d.val_list = ''
+  d.val_list = None
   d.test_list = 'data/ImageNet_LT/ImageNet_LT_test.txt'
   d.num_classes, d.image_size, d.channels = 1000, 224, 3
   d.imbalance_factor = 1.0          # the lists are the long tail

@@ -40,7 +40,7 @@ def get_config():
   d.train_list = 'data/Places_LT/Places_LT_train.txt'
   # Optional, as for ImageNet-LT:
   # --config.data.val_list=data/Places_LT/Places_LT_val.txt
-  d.val_list = ''
+  d.val_list = None
   d.test_list = 'data/Places_LT/Places_LT_test.txt'
   d.num_classes, d.image_size, d.channels = 365, 224, 3
   d.imbalance_factor = 1.0

@@ -42,7 +42,7 @@ _DOC_DATA_IMBALANCE_FACTOR = (
     "set and picks the CIFAR presets' stage-2 row.")
 
 _DOC_DATA_TFDS_TEST_SPLIT = (
-    "The build's splits for training / validation ('' = none) / test.")
+    "The build's splits for training / validation (None: none) / test.")
 
 _DOC_EVAL_SELECT_ON_VAL = (
     'With a validation split: evaluate on it every val_every steps (None: once'
@@ -57,7 +57,7 @@ _DOC_MODEL_HEAD = (
 
 _DOC_MODEL_PRETRAINED_DONT_LOAD = (
     'A torchvision-layout ResNet state dict (.safetensors, .npz; .pth with '
-    "torch installed) for the backbone at the start of stage 1; '' = random "
+    "torch installed) for the backbone at the start of stage 1; None: random "
     'initialisation. Entries matching a regex in pretrained_dont_load (e.g. '
     "'params/backbone/stage4_block3/.*') keep their initial values.")
 
@@ -101,14 +101,15 @@ FIELDS = (
           check=POSITIVE_INT),
     Field('data.check_files', True,
           'list: check every file exists before training'),
-    Field('data.data_dir', '', "'' = the source's default location"),
+    Field('data.data_dir', None, "None: the source's default location",
+          type=str),
     Field('data.digits_test_per_class', 30,
           'digits: balanced test images per class',
           check=POSITIVE_INT),
     Field('data.eval_resize', 256,
           'augment=imagenet: shorter side before the crop',
           check=POSITIVE_INT),
-    Field('data.image_root', '', _DOC_DATA_IMAGE_ROOT),
+    Field('data.image_root', None, _DOC_DATA_IMAGE_ROOT, type=str),
     Field('data.image_size', 8,
           'model input side (224 for ImageNet-scale data)',
           check=POSITIVE_INT),
@@ -116,7 +117,8 @@ FIELDS = (
           _DOC_DATA_IMBALANCE_FACTOR,
           check=AT_LEAST_ONE),
     Field('data.lt_seed', 0, _DOC_DATA_IMBALANCE_FACTOR, check=NONNEG_INT),
-    Field('data.name', '', "for reports; '' = derived from the source"),
+    Field('data.name', None, 'for reports; None: derived from the source',
+          type=str),
     Field('data.num_classes', 10,
           'C, the number of classes',
           check=AT_LEAST_TWO),
@@ -131,16 +133,16 @@ FIELDS = (
           'tfds_stream (a prepared TFDS build, ArrayRecord, streamed by index)',
           choices=('digits', 'idx', 'cifar10', 'cifar100', 'tfds', 'list',
                      'tfds_stream')),
-    Field('data.test_list', '', _DOC_DATA_IMAGE_ROOT),
-    Field('data.tfds_data_dir', '',
-          "the prepared TFDS directory ('' = TFDS's default)"),
-    Field('data.tfds_name', '',
-          'source=tfds or tfds_stream: the TFDS data set name'),
+    Field('data.test_list', None, _DOC_DATA_IMAGE_ROOT, type=str),
+    Field('data.tfds_data_dir', None,
+          "the prepared TFDS directory (None: TFDS's default)", type=str),
+    Field('data.tfds_name', None,
+          'source=tfds or tfds_stream: the TFDS data set name', type=str),
     Field('data.tfds_test_split', 'test', _DOC_DATA_TFDS_TEST_SPLIT),
     Field('data.tfds_train_split', 'train', _DOC_DATA_TFDS_TEST_SPLIT),
-    Field('data.tfds_val_split', '', _DOC_DATA_TFDS_TEST_SPLIT),
-    Field('data.train_list', '', _DOC_DATA_IMAGE_ROOT),
-    Field('data.val_list', '', _DOC_DATA_IMAGE_ROOT),
+    Field('data.tfds_val_split', None, _DOC_DATA_TFDS_TEST_SPLIT, type=str),
+    Field('data.train_list', None, _DOC_DATA_IMAGE_ROOT, type=str),
+    Field('data.val_list', None, _DOC_DATA_IMAGE_ROOT, type=str),
     Field('data.val_per_class', 0,
           'per-class validation images carved from train',
           check=NONNEG_INT),
@@ -193,7 +195,8 @@ FIELDS = (
           choices=('linear', 'normed')),
     Field('model.normed_scale', 30.0, _DOC_MODEL_HEAD, check=POSITIVE),
     Field('model.pretrained_dont_load', (), _DOC_MODEL_PRETRAINED_DONT_LOAD),
-    Field('model.pretrained_weights', '', _DOC_MODEL_PRETRAINED_DONT_LOAD),
+    Field('model.pretrained_weights', None, _DOC_MODEL_PRETRAINED_DONT_LOAD,
+          type=str),
     Field('model.shortcut', 'A',
           'ResNet-32 shortcut: A (zero-padded identity) | B (projection)',
           choices=('A', 'B')),
@@ -302,7 +305,8 @@ FIELDS = (
           type=int, check=POSITIVE_INT),
     Field('stage2.enabled', True, 'train stage 2'),
     Field('stage2.epochs', 10.0, 'length of stage 2 in epochs', check=POSITIVE),
-    Field('stage2.init_from', '', "'' = <workdir>/stage1/checkpoints"),
+    Field('stage2.init_from', None, 'None: <workdir>/stage1/checkpoints',
+          type=str),
     Field('stage2.las_head', None,
           _DOC_STAGE2_LAS_HEAD,
           type=float, check=UNIT),

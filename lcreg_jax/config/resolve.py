@@ -7,11 +7,13 @@ covariance's sharding, 1/√D and the flow's width from the backbone's D
 and the MiSLAS stage-2 row (presets.py).
 """
 
+import functools
 import math
 
 import ml_collections
 
 from lcreg_jax.config import dlsa as dlsa_config
+from lcreg_jax.config import base as base_fields
 from lcreg_jax.config import presets
 from lcreg_jax.models import resnet
 
@@ -22,6 +24,14 @@ def resolve(config: ml_collections.ConfigDict,
   devices = config.num_devices or num_visible_devices
   resolved = config.copy_and_resolve_references()
   resolved.unlock()
+  # An empty command-line value (`--config.data.image_root=`) clears an
+  # optional path or name: None, as its default.
+  for field in base_fields.ALL_FIELDS:
+    if field.type is str and field.default is None:
+      *parents, leaf = field.key.split('.')
+      node = functools.reduce(lambda n, p: n[p], parents, resolved)
+      if node[leaf] == '':
+        node[leaf] = None
   resolved.num_devices = devices
   latent = resolved.model.latent
   if resolved.shard_covariance is None:   # see base.py

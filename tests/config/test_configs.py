@@ -8,6 +8,7 @@ import os
 import pytest
 
 from lcreg_jax import config as config_lib
+from lcreg_jax.config import base
 from lcreg_jax.config import presets
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
@@ -30,12 +31,15 @@ def test_config_file_resolves_and_has_only_base_keys(path):
   # defer to epochs), the power only las_shape=exp reads,
   # trainable_blocks (None: the whole backbone learns), eval.val_every
   # (None: once per epoch of each stage) and dlsa.flow_grad_clip (None: no
-  # clipping, the authors' form).
+  # clipping, the authors' form), and the optional paths and names (None:
+  # not given).
   flat = config_lib.validate.flatten(resolved)
   unresolved = {k for k, v in flat.items() if v is None}
+  optional = {f.key for f in base.ALL_FIELDS
+              if f.type is str and f.default is None}
   assert unresolved <= {'stage1.steps', 'stage2.steps', 'stage2.las_power',
                         'model.trainable_blocks', 'eval.val_every',
-                        'dlsa.flow_grad_clip'}
+                        'dlsa.flow_grad_clip'} | optional
   assert resolved.num_devices == 1
 
 
@@ -91,3 +95,15 @@ def test_places_lt_trains_only_a_fresh_last_block():
   last = resnet.block_names('resnet152')[-1]
   assert c.model.pretrained_dont_load == (
       f'params/backbone/{last}/.*', f'batch_stats/backbone/{last}/.*')
+
+
+def test_an_empty_value_clears_an_optional_path_to_none():
+  # `--config.data.image_root=` (the configs' docstrings clear list paths so)
+  # must mean "not given", as the None default does, not a path ''.
+  config = base.base_config()
+  config.data.image_root = ''
+  config.model.pretrained_weights = ''
+  resolved = config_lib.resolve_and_validate(config, num_visible_devices=1)
+  assert resolved.data.image_root is None
+  assert resolved.model.pretrained_weights is None
+  assert resolved.data.source == 'digits'   # a set value is left alone
