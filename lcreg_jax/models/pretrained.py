@@ -333,16 +333,8 @@ def _ignored(name: str) -> bool:
   return name.startswith('fc.') or name.split('.')[-1] == 'num_batches_tracked'
 
 
-def import_state_dict(variables, state_dict: Mapping[str, Any], *,
-                      dont_load: Sequence[str] = (),
-                      prefix: Sequence[str] = ('backbone',),
-                      source: str = 'the state dict'):
-  """`load_torchvision_resnet` for a state dict already in memory.
-
-  `source` names the state dict in error messages (e.g. its file).
-  """
-  flat = flax.traverse_util.flatten_dict(variables)
-  joined = {p: '/'.join(p) for p in flat}
+def _dont_load_patterns(dont_load: Sequence[str], joined: dict) -> list:
+  """The compiled dont_load regexes, each checked to match some variable."""
   patterns = []
   for pattern in dont_load:
     try:
@@ -360,6 +352,48 @@ def import_state_dict(variables, state_dict: Mapping[str, Any], *,
           f'{_listing([repr(j) for j in list(joined.values())[:2]])}: fix '
           'the pattern.')
     patterns.append(regex)
+  return patterns
+
+
+def _fit_error(source: str, state_dict, used, missing, misshaped, extra):
+  """The one WeightsError naming every tensor that does not fit."""
+  missing, misshaped, extra = (sorted(names, key=_torch_order)
+                               for names in (missing, misshaped, extra))
+  problems = []
+  if missing:
+    problems.append(f'{_plural(len(missing), "tensor")} that the model '
+                    f'needs {"is" if len(missing) == 1 else "are"} not in '
+                    f'the file ({_listing(missing)})')
+  if misshaped:
+    problems.append(f'{_plural(len(misshaped), "tensor")} '
+                    f'{"has" if len(misshaped) == 1 else "have"} the wrong '
+                    f'shape (in torch\'s OIHW layout for convs): '
+                    f'{_listing(misshaped)}')
+  if extra:
+    problems.append(f'{_plural(len(extra), "tensor")} in the file '
+                    f'{"is" if len(extra) == 1 else "are"} not part of the '
+                    f'model ({_listing(extra)})')
+  return errors.WeightsError(
+      f'the weights in {source} do not fit the backbone: ' +
+      '; '.join(problems) + '. The file holds ' +
+      _architecture(state_dict) + ', the model has ' +
+      _architecture(used) + '. Use the '
+      'weights of the same architecture as the backbone (or the backbone '
+      'of these weights); variables that should keep their initial '
+      'values can be left out with dont_load.')
+
+
+def import_state_dict(variables, state_dict: Mapping[str, Any], *,
+                      dont_load: Sequence[str] = (),
+                      prefix: Sequence[str] = ('backbone',),
+                      source: str = 'the state dict'):
+  """`load_torchvision_resnet` for a state dict already in memory.
+
+  `source` names the state dict in error messages (e.g. its file).
+  """
+  flat = flax.traverse_util.flatten_dict(variables)
+  joined = {p: '/'.join(p) for p in flat}
+  patterns = _dont_load_patterns(dont_load, joined)
   name_map = torchvision_name_map(flat, prefix)
   if not name_map:
     raise errors.WeightsError(
@@ -389,33 +423,8 @@ def import_state_dict(variables, state_dict: Mapping[str, Any], *,
     new[path] = jnp.asarray(arr, dtype=target.dtype)
   used = set(name_map.values())
   extra = [n for n in state_dict if n not in used and not _ignored(n)]
-
   if missing or misshaped or extra:
-    missing.sort(key=_torch_order)
-    misshaped.sort(key=_torch_order)
-    extra.sort(key=_torch_order)
-    problems = []
-    if missing:
-      problems.append(f'{_plural(len(missing), "tensor")} that the model '
-                      f'needs {"is" if len(missing) == 1 else "are"} not in '
-                      f'the file ({_listing(missing)})')
-    if misshaped:
-      problems.append(f'{_plural(len(misshaped), "tensor")} '
-                      f'{"has" if len(misshaped) == 1 else "have"} the wrong '
-                      f'shape (in torch\'s OIHW layout for convs): '
-                      f'{_listing(misshaped)}')
-    if extra:
-      problems.append(f'{_plural(len(extra), "tensor")} in the file '
-                      f'{"is" if len(extra) == 1 else "are"} not part of the '
-                      f'model ({_listing(extra)})')
-    raise errors.WeightsError(
-        f'the weights in {source} do not fit the backbone: ' +
-        '; '.join(problems) + '. The file holds ' +
-        _architecture(state_dict) + ', the model has ' +
-        _architecture(used) + '. Use the '
-        'weights of the same architecture as the backbone (or the backbone '
-        'of these weights); variables that should keep their initial '
-        'values can be left out with dont_load.')
+    raise _fit_error(source, state_dict, used, missing, misshaped, extra)
   return flax.traverse_util.unflatten_dict(new)
 
 
