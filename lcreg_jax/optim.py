@@ -18,14 +18,22 @@ def stage1_schedule(cfg, steps_per_epoch: int, total_steps: int):
 
   MiSLAS sets the lr once per epoch: lr·(e + 1)/W in warm-up epochs
   e = 0..W-1 (0.02, 0.04, ..., 0.1 for lr 0.1, W = 5), the step decays at
-  epoch boundaries; `warmup='per_iteration'` ramps it linearly per step.
+  epoch boundaries, and its cosine (ImageNet-LT, iNaturalist, Places-LT:
+  no warm-up) is lr/2 (1 + cos(π e / E)) in epoch e of E
+  (`cosine_update='per_epoch'`). `warmup='per_iteration'` ramps the lr
+  linearly per step; `cosine_update='per_step'` decays it every step.
   """
   warmup = int(cfg.warmup_epochs * steps_per_epoch)
   if cfg.schedule == 'step':
     main = optax.piecewise_constant_schedule(
         cfg.lr, {int(e * steps_per_epoch) - warmup: cfg.decay_factor
                  for e in cfg.decay_epochs})
-  else:  # 'cosine' (the config is validated before this runs)
+  elif cfg.cosine_update == 'per_epoch':   # schedule 'cosine' from here on
+    # E counts the epochs after the warm-up; `stage1.steps` may make it a
+    # fraction.
+    epochs = max(total_steps - warmup, 1) / steps_per_epoch
+    main = per_epoch_cosine(cfg.lr, steps_per_epoch, epochs)
+  else:
     main = optax.cosine_decay_schedule(cfg.lr, max(total_steps - warmup, 1))
   if not warmup:
     return main
@@ -59,8 +67,10 @@ def stage1_optimizer(config, schedule):
                                labels)
 
 
-def per_epoch_cosine(base_lr: float, steps_per_epoch: int, epochs: int):
-  """MiSLAS stage 2: lr(e) = lr/2 (1 + cos(π e / E)), constant within an epoch."""
+def per_epoch_cosine(base_lr: float, steps_per_epoch: int, epochs: float):
+  """MiSLAS's cosine (stage 2, and stage 1's `cosine_update='per_epoch'`):
+  lr(e) = lr/2 (1 + cos(π e / E)) in epoch e = 0, 1, ..., constant within
+  it. (MiSLAS writes π as 3.1415926535, equal in float32.)"""
   def schedule(step):
     e = jnp.floor(step / steps_per_epoch)
     return 0.5 * base_lr * (1 + jnp.cos(jnp.pi * e / epochs))

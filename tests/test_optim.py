@@ -35,13 +35,50 @@ def test_stage1_schedule_warmup_per_iteration_and_steps():
   np.testing.assert_allclose(sched(60), 0.001, rtol=1e-5)
 
 
-def test_stage1_cosine_schedule():
+def test_stage1_cosine_schedule_per_step():
   cfg = tiny.tiny_config().stage1
-  cfg.update(lr=0.1, warmup_epochs=0.0, schedule='cosine')
+  cfg.update(lr=0.1, warmup_epochs=0.0, schedule='cosine',
+             cosine_update='per_step')
   sched = optim.stage1_schedule(cfg, steps_per_epoch=10, total_steps=80)
   for t in (0, 20, 40, 79):
     np.testing.assert_allclose(sched(t), 0.05 * (1 + np.cos(np.pi * t / 80)),
                                rtol=1e-5, atol=1e-7)
+
+
+def mislas_cosine(lr, epoch, num_epochs):
+  """MiSLAS train_stage1.py's adjust_learning_rate with cos=True, run at
+  the start of each epoch (lr_min = 0, its own π)."""
+  return 0.5 * lr * (1 + np.cos(epoch / num_epochs * 3.1415926535))
+
+
+def test_stage1_cosine_per_epoch_as_mislas():
+  """The default cosine: MiSLAS's lr for every step of a 12-epoch run of
+  7 steps an epoch, constant within each epoch."""
+  cfg = tiny.tiny_config().stage1
+  cfg.update(lr=0.1, warmup_epochs=0.0, schedule='cosine')
+  assert cfg.cosine_update == 'per_epoch'
+  spe, epochs = 7, 12
+  sched = optim.stage1_schedule(cfg, steps_per_epoch=spe,
+                                total_steps=epochs * spe)
+  want = np.repeat([mislas_cosine(0.1, e, epochs) for e in range(epochs)],
+                   spe)
+  got = np.array([sched(t) for t in range(epochs * spe)])
+  np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-9)
+  assert got[-1] > 0.001    # the last epoch's lr, not 0
+
+
+def test_stage1_cosine_per_epoch_after_a_warmup():
+  """With a warm-up of W epochs (not in MiSLAS), the cosine runs over the
+  remaining E - W epochs."""
+  cfg = tiny.tiny_config().stage1
+  cfg.update(lr=0.1, warmup_epochs=2.0, schedule='cosine',
+             warmup='per_epoch')
+  spe = 5
+  sched = optim.stage1_schedule(cfg, steps_per_epoch=spe, total_steps=10 * spe)
+  want = [0.05, 0.1] + [mislas_cosine(0.1, e, 8) for e in range(8)]
+  got = [[float(sched(e * spe + i)) for i in range(spe)] for e in range(10)]
+  np.testing.assert_allclose(got, np.repeat(want, spe).reshape(10, spe),
+                             rtol=1e-6, atol=1e-9)
 
 
 def test_stage2_schedule_is_per_epoch_cosine():

@@ -193,6 +193,15 @@ FIELDS = (
     Field('model.head', 'linear',
           _DOC_MODEL_HEAD,
           choices=('linear', 'normed')),
+    Field('model.init', 'authors',
+          "authors: as the authors' PyTorch code (docs/method.md §2): convs "
+          'an untruncated He normal, over the fan-in for resnet8/32 (whose '
+          'linear head is He normal too), over the fan-out for resnet10/50/152'
+          " (whose head keeps PyTorch's default Linear init); biases and the "
+          "latent module's E and G as PyTorch's default Linear. flax: flax's "
+          'defaults (truncated He normal convs, LeCun normal kernels, zero '
+          'biases), the init of every run before this key.',
+          choices=('authors', 'flax')),
     Field('model.normed_scale', 30.0, _DOC_MODEL_HEAD, check=POSITIVE),
     Field('model.pretrained_dont_load', (), _DOC_MODEL_PRETRAINED_DONT_LOAD),
     Field('model.pretrained_weights', None, _DOC_MODEL_PRETRAINED_DONT_LOAD,
@@ -205,6 +214,11 @@ FIELDS = (
           ' do; the stem and earlier blocks are frozen (no gradient, BatchNorm'
           " in inference mode), as for Places-LT's ImageNet trunk.",
           type=int, check=POSITIVE_INT),
+    Field('model.zero_init_residual', False,
+          "zero the scale of each residual branch's last BatchNorm, so every "
+          "block starts as the identity (torchvision's zero_init_residual; "
+          'False in MiSLAS). Runs before model.init existed had it on for '
+          'the bottleneck backbones (resnet50, resnet152) only.'),
     # model.latent
     Field('model.latent.covariance', 'full',
           'full | diagonal',
@@ -234,6 +248,11 @@ FIELDS = (
           check=NONNEG),
     Field('stage1.batch_size', 128, 'global batch', check=POSITIVE_INT),
     Field('stage1.beta', 0.1, 'eq. 7 weights of aug, recon, cls', check=NONNEG),
+    Field('stage1.cosine_update', 'per_epoch',
+          'schedule=cosine: per_epoch (MiSLAS): lr/2 (1 + cos(π e / E)) set '
+          'at the start of epoch e of E, constant within it; per_step: the '
+          'same curve in the step, decayed every step.',
+          choices=('per_epoch', 'per_step')),
     Field('stage1.decay_epochs', (160.0, 180.0),
           'schedule=step: epochs at which the lr decays',
           check=EPOCH_LIST),
@@ -285,7 +304,7 @@ FIELDS = (
           'β of the effective number (1-β^n)/(1-β)',
           check=MOMENTUM),
     Field('stage1.schedule', 'step',
-          'step | cosine',
+          'step | cosine (see cosine_update)',
           choices=('step', 'cosine')),
     Field('stage1.steps', None,
           _DOC_STAGE1_STEPS,

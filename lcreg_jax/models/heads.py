@@ -5,6 +5,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from lcreg_jax.models import inits
+
 HEADS = ('linear', 'normed')
 
 
@@ -38,18 +40,21 @@ class Head(nn.Module):
   """The classifier `fc` (linear: Dense with bias; normed: CosineDense),
   times a learnable per-class scale (init 1) when `lws` (stage 2's MiSLAS
   and LWS). The tree is `fc` plus `scale`, so a stage-1 head loads into its
-  LWS form unchanged."""
+  LWS form unchanged. `linear_init` (inits.DENSE) starts the linear `fc`;
+  the normed one always starts from U(-1, 1) columns."""
   num_classes: int
   kind: str = 'linear'
   normed_scale: float = 30.0
   lws: bool = False
+  linear_init: str = 'flax'
 
   @nn.compact
   def __call__(self, x):
     if self.kind == 'normed':
       logits = CosineDense(self.num_classes, self.normed_scale, name='fc')(x)
     else:
-      logits = nn.Dense(self.num_classes, name='fc')(x)
+      logits = nn.Dense(self.num_classes, name='fc',
+                        **inits.dense_init(self.linear_init, x.shape[-1]))(x)
     if self.lws:
       logits = logits * self.param('scale', nn.initializers.ones,
                                    (self.num_classes,))

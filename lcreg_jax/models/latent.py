@@ -4,16 +4,20 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from lcreg_jax.models import inits
+
 
 class LatentCategories(nn.Module):
   """Re-expresses a feature map in M learnable latent categories.
 
   Parameters: the latent pool P (M, D), the encoder E (dense D→D) giving
-  Z = E(P), and the latent classifier G (dense D→M).
+  Z = E(P), and the latent classifier G (dense D→M). `dense_init`
+  (inits.DENSE) starts E and G; P is always N(0, 1).
   """
   num_latents: int
   similarity_scale: float = 0.0   # 0 → 1/sqrt(D)
   tau_assign: float = 1.0
+  dense_init: str = 'flax'
 
   @nn.compact
   def __call__(self, fmap, latent_noise=None):
@@ -25,7 +29,8 @@ class LatentCategories(nn.Module):
     d = fmap.shape[-1]
     pool = self.param('pool', nn.initializers.normal(1.0),
                       (self.num_latents, d))
-    z = nn.Dense(d, name='encoder')(pool)                     # (M, D)
+    dense = inits.dense_init(self.dense_init, d)    # E and G both read D
+    z = nn.Dense(d, name='encoder', **dense)(pool)                     # (M, D)
     scale = self.similarity_scale or 1.0 / jnp.sqrt(d)
     sim = jax.nn.sigmoid(scale * jnp.einsum('bpd,md->bpm', fmap, z))
     assign = jax.nn.softmax(sim / self.tau_assign, axis=-1)  # (B, P, M)
@@ -38,6 +43,7 @@ class LatentCategories(nn.Module):
     mass = assign.sum(1)                                      # (B, M)
     samples = jnp.einsum('bpm,bpd->bmd', assign, fmap) / (mass[..., None]
                                                            + 1e-6)
-    classifier = nn.Dense(self.num_latents, name='latent_classifier')
+    classifier = nn.Dense(self.num_latents, name='latent_classifier',
+                          **dense)
     return dict(reconstruction=recon, assignment=assign,
                 latent_samples=samples, latent_logits=classifier(samples))

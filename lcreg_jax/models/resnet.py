@@ -7,13 +7,20 @@ classifier here: LCReg needs the spatial map.
 """
 
 import functools
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-conv_init = nn.initializers.kaiming_normal()
+from lcreg_jax.models import inits
+
+
+def residual_scale_init(zero: bool):
+  """The scale init of a residual branch's last BatchNorm: zeros make each
+  block start as the identity (Goyal et al.; torchvision's
+  `zero_init_residual`, off in MiSLAS)."""
+  return nn.initializers.zeros if zero else nn.initializers.ones
 
 
 class BasicBlock(nn.Module):
@@ -22,15 +29,17 @@ class BasicBlock(nn.Module):
   shortcut: str = 'A'
   norm: Any = nn.BatchNorm
   dtype: Any = jnp.float32    # computation; parameters stay float32
+  conv_init: Callable = nn.initializers.kaiming_normal()
+  zero_init_residual: bool = False
 
   @nn.compact
   def __call__(self, x):
-    conv = functools.partial(nn.Conv, use_bias=False, kernel_init=conv_init,
-                             dtype=self.dtype)
+    conv = functools.partial(nn.Conv, use_bias=False,
+                             kernel_init=self.conv_init, dtype=self.dtype)
     y = conv(self.filters, (3, 3), self.strides, padding=1)(x)
     y = nn.relu(self.norm()(y))
     y = conv(self.filters, (3, 3), padding=1)(y)
-    y = self.norm()(y)
+    y = self.norm(scale_init=residual_scale_init(self.zero_init_residual))(y)
     if x.shape[-1] != self.filters or self.strides != 1:
       if self.shortcut == 'A':
         # Option A: subsample and zero-pad channels, no parameters.
@@ -52,16 +61,17 @@ class BottleneckBlock(nn.Module):
   shortcut: str = 'B'
   norm: Any = nn.BatchNorm
   dtype: Any = jnp.float32    # computation; parameters stay float32
+  conv_init: Callable = nn.initializers.kaiming_normal()
+  zero_init_residual: bool = False
 
   @nn.compact
   def __call__(self, x):
-    conv = functools.partial(nn.Conv, use_bias=False, kernel_init=conv_init,
-                             dtype=self.dtype)
+    conv = functools.partial(nn.Conv, use_bias=False,
+                             kernel_init=self.conv_init, dtype=self.dtype)
     y = nn.relu(self.norm()(conv(self.filters, (1, 1))(x)))
     y = nn.relu(self.norm()(conv(self.filters, (3, 3), self.strides,
                                  padding=1)(y)))
-    # Zero-init the last BN scale so each block starts as the identity.
-    y = self.norm(scale_init=nn.initializers.zeros)(
+    y = self.norm(scale_init=residual_scale_init(self.zero_init_residual))(
         conv(self.filters * 4, (1, 1))(y))
     if x.shape[-1] != self.filters * 4 or self.strides != 1:
       x = conv(self.filters * 4, (1, 1), self.strides, name='shortcut_conv')(x)
@@ -75,7 +85,8 @@ class ResNet(nn.Module):
   With `trainable_blocks` = k, only the last k residual blocks learn: the stem
   and the blocks before them run in inference mode (BatchNorm with its
   running statistics) and pass no gradient, as MiSLAS trains Places-LT on a
-  frozen ImageNet trunk. None: everything learns.
+  frozen ImageNet trunk. None: everything learns. `weight_init` ('authors' or
+  'flax', `inits.INITS`) picks the conv initialiser with the stem's family.
   """
   stage_sizes: Sequence[int]
   block: str = 'basic'
@@ -84,6 +95,8 @@ class ResNet(nn.Module):
   shortcut: str = 'A'
   dtype: Any = jnp.float32
   trainable_blocks: int | None = None
+  weight_init: str = 'authors'
+  zero_init_residual: bool = False
 
   @nn.compact
   def __call__(self, x, train: bool = True):
@@ -93,6 +106,7 @@ class ResNet(nn.Module):
     norm = functools.partial(nn.BatchNorm, momentum=0.9, epsilon=1e-5,
                              dtype=self.dtype)
     stem_norm = functools.partial(norm, use_running_average=frozen or not train)
+    conv_init = inits.conv_init(self.weight_init, self.stem)
     x = x.astype(self.dtype)
     if self.stem == 'cifar':
       x = nn.Conv(self.widths[0], (3, 3), padding=1, use_bias=False,
@@ -116,7 +130,9 @@ class ResNet(nn.Module):
         block_norm = functools.partial(
             norm, use_running_average=index < first_trainable or not train)
         x = block_cls(width, strides, shortcut=self.shortcut, norm=block_norm,
-                      dtype=self.dtype, name=f'stage{i + 1}_block{j + 1}')(x)
+                      dtype=self.dtype, conv_init=conv_init,
+                      zero_init_residual=self.zero_init_residual,
+                      name=f'stage{i + 1}_block{j + 1}')(x)
         index += 1
     return x.astype(jnp.float32)
 
@@ -149,11 +165,20 @@ def feature_dim(name: str) -> int:
   return spec['widths'][-1] * (4 if spec['block'] == 'bottleneck' else 1)
 
 
+def family(name: str) -> str:
+  """'cifar' or 'imagenet': the stem, and the authors' init, of a backbone."""
+  return BACKBONES[name]['stem']
+
+
 def make_backbone(name: str, shortcut: str = 'A', dtype=jnp.float32,
-                  trainable_blocks: int | None = None) -> ResNet:
+                  trainable_blocks: int | None = None,
+                  weight_init: str = 'authors',
+                  zero_init_residual: bool = False) -> ResNet:
   if name not in BACKBONES:
     raise ValueError(f'Unknown backbone {name!r}; choose one of '
                      f'{sorted(BACKBONES)} with --config.model.backbone.')
   kwargs = dict(BACKBONES[name])
   kwargs.setdefault('shortcut', shortcut)
-  return ResNet(dtype=dtype, trainable_blocks=trainable_blocks, **kwargs)
+  return ResNet(dtype=dtype, trainable_blocks=trainable_blocks,
+                weight_init=weight_init,
+                zero_init_residual=zero_init_residual, **kwargs)

@@ -14,6 +14,7 @@ from lcreg_jax.data import dataset as dataset_lib
 from lcreg_jax.data import samplers
 from lcreg_jax.evaluate import predict as predict_lib
 from lcreg_jax.evaluate import report
+from lcreg_jax.models import resnet
 from lcreg_jax.stages import best_on_val
 
 
@@ -43,16 +44,30 @@ def schedule_length(stage_config, info) -> tuple[int, int]:
   return spe, max(total, 1)
 
 
+def _old_zero_init_residual(model: dict) -> bool:
+  # The bottleneck block always zeroed its last BatchNorm scale.
+  return resnet.BACKBONES[model['backbone']]['block'] == 'bottleneck'
+
+
 # Model keys added after checkpoints were first written, with the value
-# every earlier run used. At that value they are left out of the
-# fingerprint, so the checkpoints of earlier runs still resume and load.
-MODEL_KEYS_ADDED = {'head': 'linear', 'normed_scale': 30.0}
+# every earlier run used (or a function of the model config giving it). At
+# that value they are left out of the fingerprint, so the checkpoints of
+# earlier runs still resume and load.
+MODEL_KEYS_ADDED = {'head': 'linear', 'normed_scale': 30.0, 'init': 'flax',
+                    'zero_init_residual': _old_zero_init_residual}
+
+
+def old_value(key: str, model: dict):
+  """The value of the added model key `key` in runs written before it."""
+  value = MODEL_KEYS_ADDED[key]
+  return value(model) if callable(value) else value
 
 
 def fingerprint(ctx: Context, stage: str) -> dict:
   """What a stage's checkpoints are for; a resumed run must match it."""
-  model = {k: v for k, v in ctx.config.model.to_dict().items()
-           if k not in MODEL_KEYS_ADDED or v != MODEL_KEYS_ADDED[k]}
+  model = ctx.config.model.to_dict()
+  model = {k: v for k, v in model.items()
+           if k not in MODEL_KEYS_ADDED or v != old_value(k, model)}
   return dict(stage=stage, num_classes=int(ctx.info.num_classes),
               image_shape=list(ctx.info.image_shape), model=model)
 

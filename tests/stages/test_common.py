@@ -14,23 +14,39 @@ def _ctx(**model):
   return types.SimpleNamespace(config=c, info=info)
 
 
+# The added keys' values that reproduce a resnet32 run written before them
+# (the others' defaults are their old values).
+OLD = dict(init='flax', zero_init_residual=False)
+
+
 def test_keys_added_later_are_left_out_at_their_old_value():
-  fp = common.fingerprint(_ctx(), 'stage1')
-  # What a run written before model.head existed stored: the model config
-  # without the added keys.
-  old = config_lib.base_config().model.to_dict()
-  for key in common.MODEL_KEYS_ADDED:
-    assert old.pop(key) == common.MODEL_KEYS_ADDED[key]
-  assert fp == dict(stage='stage1', num_classes=10, image_shape=[8, 8, 1],
-                    model=old)
+  for backbone, zero in (('resnet32', False), ('resnet50', True)):
+    fp = common.fingerprint(_ctx(backbone=backbone, init='flax',
+                                 zero_init_residual=zero), 'stage1')
+    # What a run written before model.head existed stored: the model config
+    # without the added keys.
+    old = config_lib.base_config().model
+    old.update(backbone=backbone)
+    old = old.to_dict()
+    for key in common.MODEL_KEYS_ADDED:
+      old.pop(key)
+    assert fp == dict(stage='stage1', num_classes=10, image_shape=[8, 8, 1],
+                      model=old)
+
+
+def test_the_authors_init_is_in_the_fingerprint():
+  fp = common.fingerprint(_ctx(), 'stage1')['model']
+  assert fp['init'] == 'authors' and 'zero_init_residual' not in fp
+  fp = common.fingerprint(_ctx(backbone='resnet50'), 'stage1')['model']
+  assert fp['init'] == 'authors' and fp['zero_init_residual'] is False
 
 
 def test_a_changed_added_key_changes_the_fingerprint():
-  plain = common.fingerprint(_ctx(), 'stage1')
-  normed = common.fingerprint(_ctx(head='normed'), 'stage1')
+  plain = common.fingerprint(_ctx(**OLD), 'stage1')
+  normed = common.fingerprint(_ctx(head='normed', **OLD), 'stage1')
   assert normed != plain
   assert normed['model']['head'] == 'normed'
   assert 'normed_scale' not in normed['model']   # still the old value
-  scaled = common.fingerprint(_ctx(head='normed', normed_scale=16.0),
+  scaled = common.fingerprint(_ctx(head='normed', normed_scale=16.0, **OLD),
                               'stage1')
   assert scaled['model']['normed_scale'] == 16.0
