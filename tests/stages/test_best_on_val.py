@@ -49,18 +49,20 @@ def _numpy_best(labels, predicted, metric):
   return max(scores, key=lambda s: (scores[s], -s)), scores
 
 
-def _offer_steps(tmp_path, metric, labels, predicted, steps, stage='s'):
+def _offer_steps(tmp_path, metric, labels, predicted, steps, stage='s',
+                 num_classes=2):
   """Offers `steps` to a BestOnVal as the loop would; its selection after."""
   cfg = tiny.tiny_config()
   cfg.eval.select_metric = metric
   ctx = types.SimpleNamespace(
-      config=cfg, info=types.SimpleNamespace(num_classes=2),
+      config=cfg, info=types.SimpleNamespace(num_classes=num_classes),
       stage_dir=lambda s: tmp_path / s)
   current = {}
 
   def predict(ctx, state, split):
     assert split == 'val'
-    return dict(logits=np.eye(2)[predicted[current['step']]], labels=labels)
+    return dict(logits=np.eye(num_classes)[predicted[current['step']]],
+                labels=labels)
 
   select = best_on_val.BestOnVal(ctx, stage, _state(0), {'model': 'toy'},
                                  predict)
@@ -105,15 +107,15 @@ def test_best_on_val_step_by_select_metric_and_resume(metric, tmp_path):
 
 def test_best_on_val_is_the_same_step_by_either_metric_when_balanced(
     tmp_path):
-  labels = np.array([0] * 4 + [1] * 4)
-  predicted = {2: [0, 0, 0, 0, 0, 0, 1, 1],   # 6/8; class 1 half right
-               4: [0, 0, 1, 1, 1, 1, 1, 1],   # 6/8; class 0 half right
-               6: [0, 0, 0, 1, 1, 1, 1, 1],   # 7/8
-               8: [0, 0, 0, 0, 1, 1, 1, 0]}   # 7/8
+  labels = np.array([0, 0, 1, 1, 2, 2])
+  predicted = {2: [0, 0, 1, 1, 0, 0],   # per class 1, 1, 0
+               4: [0, 1, 1, 1, 2, 2],   # 1/2, 1, 1: the first best
+               6: [0, 1, 1, 0, 2, 0],   # 1/2, 1/2, 1/2
+               8: [0, 0, 1, 1, 2, 0]}   # 1, 1, 1/2: as good as step 4
   steps = {m: int(_offer_steps(tmp_path / m, m, labels, predicted,
-                               [2, 4, 6, 8])[1].best_step)
+                               [2, 4, 6, 8], num_classes=3)[1].best_step)
            for m in ('class_mean', 'image_mean')}
-  assert steps == {'class_mean': 6, 'image_mean': 6}
+  assert steps == {'class_mean': 4, 'image_mean': 4}
 
 
 def test_best_on_val_folder_belongs_to_its_select_metric(tmp_path):
