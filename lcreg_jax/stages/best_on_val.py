@@ -15,7 +15,6 @@ choice.
 
 from absl import logging
 import jax
-import numpy as np
 
 from lcreg_jax import checkpoints
 from lcreg_jax import loop
