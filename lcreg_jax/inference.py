@@ -163,7 +163,8 @@ def load_workdir(workdir, stage: str = 'stage2', which: str = 'final'
     workdir: the run's --workdir (local or e.g. gs://).
     stage: 'stage1' or 'stage2'.
     which: 'final' (the last step, what report.json's `top1` scores) or
-      'best_on_val' (the parameters kept for the best validation top-1).
+      'best_on_val' (the parameters kept for the best validation score by
+      eval.select_metric).
   """
   if stage not in STAGES or which not in WHICH:
     raise errors.ConfigError(

@@ -23,42 +23,56 @@ Hook = Callable[[str, int, object], None]
 
 
 def is_better(score, best_score) -> bool:
-  """The one model-selection rule (Selection here, stages/best_on_val.py on
-  disk): strictly better, compared in float32 as the score is stored, so the
-  first best wins and an equal score re-evaluated after a resume never
-  counts as better."""
+  """The one model-selection rule: strictly better, compared in float32 as
+  the score is stored, so the first best wins and an equal score
+  re-evaluated after a resume never counts as better."""
   return bool(np.float32(score) > np.float32(best_score))
 
 
 @flax.struct.dataclass
 class Selection:
-  """A training state and the best candidate on validation so far.
+  """The one selection mechanism: candidates offered in step order, the
+  best kept (`is_better`), and what it is kept beside.
 
-  Kept as one state so that the loop checkpoints the choice with the
-  training, and a resumed run continues the same selection. The score and
-  step are host NumPy scalars: every process holds the same ones, and
-  orbax saves them from process 0 (a jax.Array on one local device could
-  not be saved by several processes).
+  DLSA's flows and classifiers hold their training state in `train`, so the
+  loop checkpoints the choice with the training and a resumed run
+  continues the same selection. A stage's best-on-validation step
+  (stages/best_on_val.py) holds no training state here (`train` None): it
+  saves each kept candidate with its score and step in a checkpoint of its
+  own and starts again from the newest one. The score and step are host
+  NumPy scalars: every process holds the same ones, and orbax saves them
+  from process 0 (a jax.Array on one local device could not be saved by
+  several processes).
   """
   train: Any
   best: Any
-  best_score: np.ndarray   # float32 0-d; NaN when there is no validation
+  best_score: np.ndarray   # float32 0-d; -inf until a scored candidate
   best_step: np.ndarray    # int32 0-d
 
   @classmethod
-  def start(cls, train, best, score: float = -np.inf) -> 'Selection':
+  def start(cls, train, best, score: float = -np.inf,
+            step: int = 0) -> 'Selection':
     return cls(train=train, best=best, best_score=np.asarray(score, np.float32),
-               best_step=np.asarray(0, np.int32))
+               best_step=np.asarray(step, np.int32))
 
   def offer(self, step: int, candidate, score: float,
             always: bool = False) -> 'Selection':
-    """Keeps `candidate` if it scores strictly better (the first best wins),
-    or unconditionally with `always` (no validation: the last one wins)."""
+    """Keeps `candidate` if it scores strictly better (the first best wins);
+    returns self unchanged otherwise. `always` is the former spelling of
+    `keep_last` (kept until DLSA's callers move to it)."""
     if always or is_better(score, self.best_score):
-      return self.replace(best=candidate,
-                          best_score=np.asarray(score, np.float32),
-                          best_step=np.asarray(step, np.int32))
+      return self.keep_last(step, candidate, score)
     return self
+
+  def keep_last(self, step: int, candidate,
+                score: float | None = None) -> 'Selection':
+    """Keeps `candidate` whatever its score: without validation (score
+    None, the kept score stays what it was) the last one wins, and a rule
+    of the caller's may prefer the latest (DLSA's authors' flow metric)."""
+    best_score = (self.best_score if score is None
+                  else np.asarray(score, np.float32))
+    return self.replace(best=candidate, best_score=best_score,
+                        best_step=np.asarray(step, np.int32))
 
   def advance(self, train_step: Callable, *args) -> tuple['Selection', dict]:
     """One step of the training state: `train_step(train, *args)`."""
@@ -127,23 +141,11 @@ def fit(state, *, name: str, step_fn: Callable,
   Returns:
     The state after `total_steps`.
   """
-  start, state = checkpoints.restore_latest(state)
-  if start:
-    logging.info('%s: resumed from step %d of %d (%s).', name, start,
-                 total_steps, checkpoints.directory)
+  start, state = _resume(state, name, total_steps, checkpoints)
   if start >= total_steps:
-    checkpoints.close()
     return state
-  if preemption.reached():   # the signal came before this loop
-    checkpoints.close()
-    raise preemption.Preempted(preemption.stopped_message(name, start,
-                                                          checkpoints.directory))
-  writer = metric_writers.create_default_writer(
-      os.fspath(workdir), just_logging=jax.process_index() > 0)
-  progress = periodic_actions.ReportProgress(num_train_steps=total_steps,
-                                             writer=writer)
-  line = progress_lib.ProgressLine(name, total_steps, start,
-                                  batch_size=batch_size, unit=unit)
+  writer, progress, line = _reporters(name, workdir, total_steps, start,
+                                      batch_size, unit)
   data = iter(batches(start))
   pending, last_saved = [], start or None
   try:
@@ -159,14 +161,9 @@ def fit(state, *, name: str, step_fn: Callable,
       evaluate = evaluate_fn is not None and (
           step % evaluate_every == 0 or last)
       if save or evaluate or step % log_every == 0:
-        host = jax.device_get(pending)
+        _write_metrics(writer, step, pending, name, checkpoints, last_saved,
+                       advice)
         pending = []
-        for i, m in enumerate(host):
-          _check_finite(m, step - len(host) + 1 + i, name,
-                        checkpoints.directory, last_saved, advice)
-        writer.write_scalars(step, {
-            k: float(np.mean([m[k] for m in host])) for k in host[0]
-            if k != 'params_finite'})
       if evaluate:
         state, scores = evaluate_fn(step, state)
         writer.write_scalars(step, scores)
@@ -175,8 +172,7 @@ def fit(state, *, name: str, step_fn: Callable,
         last_saved = step
       if stop and not last:
         checkpoints.close()   # waits until the checkpoint is on disk
-        raise preemption.Preempted(preemption.stopped_message(
-            name, step, checkpoints.directory))
+        raise _preempted(name, step, checkpoints)
       for hook in hooks:
         hook(name, step, state)
   finally:
@@ -184,3 +180,48 @@ def fit(state, *, name: str, step_fn: Callable,
     checkpoints.close()
     writer.flush()
   return state
+
+
+def _preempted(name: str, step: int, checkpoints) -> preemption.Preempted:
+  return preemption.Preempted(preemption.stopped_message(
+      name, step, checkpoints.directory))
+
+
+def _resume(state, name: str, total_steps: int, checkpoints):
+  """(start step, state) from the newest checkpoint. Closes `checkpoints`
+  when there is nothing left to train, and stops at the agreed point before
+  the first step when a signal came before this loop."""
+  start, state = checkpoints.restore_latest(state)
+  if start:
+    logging.info('%s: resumed from step %d of %d (%s).', name, start,
+                 total_steps, checkpoints.directory)
+  if start >= total_steps:
+    checkpoints.close()
+  elif preemption.reached():
+    checkpoints.close()
+    raise _preempted(name, start, checkpoints)
+  return start, state
+
+
+def _reporters(name, workdir, total_steps, start, batch_size, unit):
+  """The TensorBoard writer, clu's progress report and the progress line."""
+  writer = metric_writers.create_default_writer(
+      os.fspath(workdir), just_logging=jax.process_index() > 0)
+  progress = periodic_actions.ReportProgress(num_train_steps=total_steps,
+                                             writer=writer)
+  line = progress_lib.ProgressLine(name, total_steps, start,
+                                  batch_size=batch_size, unit=unit)
+  return writer, progress, line
+
+
+def _write_metrics(writer, step, pending, name, checkpoints, last_saved,
+                   advice):
+  """Checks the metrics of the steps up to `step` (one transfer for them
+  all) and writes their mean."""
+  host = jax.device_get(pending)
+  for i, m in enumerate(host):
+    _check_finite(m, step - len(host) + 1 + i, name, checkpoints.directory,
+                  last_saved, advice)
+  writer.write_scalars(step, {
+      k: float(np.mean([m[k] for m in host])) for k in host[0]
+      if k != 'params_finite'})

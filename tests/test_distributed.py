@@ -117,11 +117,14 @@ def assert_same_reports(one, two):
   for stage in a:
     assert a[stage]['num_examples'] == b[stage]['num_examples'] == 300, stage
     for key in ('top1', 'top1_best_val', 'many', 'medium', 'few', 'tau',
-                'method', 'val_top1', 'val_accuracy'):
+                'method', 'select_metric', 'val_top1', 'val_class_mean_top1',
+                'val_accuracy'):
       assert a[stage].get(key) == b[stage].get(key), (stage, key)
     np.testing.assert_allclose(b[stage]['nll'], a[stage]['nll'], rtol=1e-4)
     if 'best_on_val' in a[stage]:
-      assert a[stage]['best_on_val']['step'] == b[stage]['best_on_val']['step']
+      for key in ('step', 'select_metric', 'val_class_mean_top1'):
+        assert (a[stage]['best_on_val'][key] ==
+                b[stage]['best_on_val'][key]), (stage, key)
   for key in ('share', 'accuracy', 'train_routed', 'flow_step'):
     assert ([r.get(key) for r in a.get('dlsa', {}).get('routing', {}).values()] ==
             [r.get(key) for r in b.get('dlsa', {}).get('routing', {}).values()]), key

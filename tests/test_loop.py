@@ -193,3 +193,18 @@ def test_one_selection_rule_strictly_better_in_float32():
   assert not loop.is_better(0.1, np.nan)           # no validation score
   kept = loop.Selection.start('train', 'first', 0.5).offer(3, 'second', 0.5)
   assert kept.best == 'first' and int(kept.best_step) == 0
+
+
+def test_keep_last_keeps_any_candidate_and_records_a_given_score():
+  start = loop.Selection.start('train', 'first', 0.5, step=2)
+  assert int(start.best_step) == 2
+  # No validation: the last candidate, the score left as it was.
+  kept = start.keep_last(3, 'second').keep_last(4, 'third')
+  assert (kept.best, int(kept.best_step)) == ('third', 4)
+  assert float(kept.best_score) == 0.5 and kept.train == 'train'
+  # A score given is recorded, even a worse one (a caller's own rule).
+  worse = start.keep_last(5, 'fourth', -1.0)
+  assert float(worse.best_score) == -1.0 and worse.best == 'fourth'
+  # offer returns the same object when it keeps nothing (BestOnVal saves
+  # only what was kept).
+  assert start.offer(6, 'fifth', 0.5) is start

@@ -57,6 +57,20 @@ def per_class_accuracy(probs, labels, num_classes: int) -> np.ndarray:
                    else np.nan for c in range(num_classes)])
 
 
+# eval.select_metric -> the name of its validation score in reports
+# ('val_<name>').
+SELECT_SCORES = {'class_mean': 'class_mean_top1', 'image_mean': 'top1'}
+
+
+def validation_scores(scores, labels, num_classes: int) -> dict:
+  """The scores a choice on validation can be made by, under their report
+  names: top-1 over images and the mean of per-class top-1."""
+  scores, labels = np.asarray(scores), np.asarray(labels)
+  return dict(top1=float(losses.top1(scores, labels)),
+              class_mean_top1=losses.class_mean_top1(scores, labels,
+                                                     num_classes))
+
+
 def compute_metrics(logits_or_probs, labels, class_counts, *,
                     many_threshold=100, few_threshold=20, num_bins=15,
                     are_probs: bool = False) -> dict:

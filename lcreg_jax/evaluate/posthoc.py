@@ -1,14 +1,18 @@
 """Post-hoc classifier adjustments with τ chosen on validation (docs/method.md §8).
 
 τ-normalisation rescales the classifier's columns, post-hoc logit adjustment
-subtracts τ log π_c from the logits; both pick τ from a grid by top-1 on the
-validation split. The choice only ever sees validation outputs: test
-outputs are adjusted with the chosen τ afterwards, never consulted.
+subtracts τ log π_c from the logits; both pick τ from a grid by the
+validation score `eval.select_metric` names (by default the mean of
+per-class top-1, as classifier-balancing does: the test set is balanced, a
+carved validation split is not). The choice only ever sees validation
+outputs: test outputs are adjusted with the chosen τ afterwards, never
+consulted.
 """
 
 import numpy as np
 
-from lcreg_jax import losses
+from lcreg_jax import loop
+from lcreg_jax.evaluate import metrics
 from lcreg_jax.models import heads
 
 
@@ -36,17 +40,29 @@ def tau_normalized_logits(features, kernel, tau: float) -> np.ndarray:
       np.asarray(kernel), tau))
 
 
-def choose_tau(logits_at, labels, grid) -> tuple[float, np.ndarray]:
-  """The τ of `grid` whose logits_at(τ) have the best top-1 on `labels`.
+def choose_tau(logits_at, labels, grid, num_classes: int,
+               metric: str) -> tuple[int, dict]:
+  """The τ of `grid` whose logits_at(τ) score best on `labels` by `metric`.
 
   Args:
     logits_at: τ -> (N, C) logits of the validation split.
     labels: (N,) validation labels.
     grid: candidate values of τ.
+    num_classes: C.
+    metric: eval.select_metric: 'class_mean' (the mean of per-class top-1,
+      as classifier-balancing scores τ) or 'image_mean' (top-1).
   Returns:
-    (τ, top-1 per candidate); ties go to the smallest τ (the least change).
+    (index of the chosen τ in `grid`, curves): curves maps both score
+    names ('top1', 'class_mean_top1') to their value per candidate. Ties
+    go to the smallest τ (the least change).
   """
-  labels = np.asarray(labels)
-  acc = np.array([losses.top1(np.asarray(logits_at(t)), labels)
-                  for t in grid])
-  return float(grid[int(np.argmax(acc))]), acc
+  rows = [metrics.validation_scores(logits_at(t), labels, num_classes)
+          for t in grid]
+  curves = {k: np.array([r[k] for r in rows]) for k in rows[0]}
+  # The loop's selection rule (strictly better in float32): scores equal
+  # but for rounding, e.g. the same per-class accuracies summed in another
+  # order, tie, so a balanced split chooses as top-1 does.
+  choice = loop.Selection.start(None, None)
+  for i, score in enumerate(curves[metrics.SELECT_SCORES[metric]]):
+    choice = choice.offer(i, i, score)
+  return choice.best, curves

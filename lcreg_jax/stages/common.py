@@ -12,6 +12,7 @@ from lcreg_jax import loop
 from lcreg_jax import parallel
 from lcreg_jax.data import dataset as dataset_lib
 from lcreg_jax.data import samplers
+from lcreg_jax.evaluate import metrics
 from lcreg_jax.evaluate import predict as predict_lib
 from lcreg_jax.evaluate import report
 from lcreg_jax.models import resnet
@@ -120,21 +121,25 @@ def predict(ctx: Context, state, split: str) -> dict:
 def evaluate(ctx: Context, state, stage: str, extra: dict | None = None
              ) -> dict:
   """Test metrics of a trained stage (its final step, and where the stage
-  kept one, its best-on-validation parameters); writes its report and
-  plots (of the final step)."""
+  kept one, its best-on-validation parameters, with the eval.select_metric
+  that chose them and their validation score by it); writes its report
+  and plots (of the final step)."""
   pred = predict(ctx, state, 'test')
   extra = dict(extra or {})   # e.g. stage 2's method
   best = (best_on_val.load(ctx, stage, state, fingerprint(ctx, stage))
           if best_on_val.enabled(ctx) else None)
   if best is not None:
-    best_state, step, val_top1 = best
+    best_state, step, val_score = best
     best_pred = predict(ctx, best_state, 'test')
     m = report.compute_metrics(best_pred['logits'], best_pred['labels'],
                                ctx.info, ctx.config.eval)
-    extra.update(top1_best_val=m['top1'], best_on_val=dict(
-        step=step, val_top1=val_top1,
-        **{k: m[k] for k in ('top1', 'many', 'medium', 'few', 'ece', 'mce',
-                             'nll')}))
+    metric = ctx.config.eval.select_metric
+    extra.update(top1_best_val=m['top1'], select_metric=metric,
+                 best_on_val={
+                     'step': step, 'select_metric': metric,
+                     f'val_{metrics.SELECT_SCORES[metric]}': val_score,
+                     **{k: m[k] for k in ('top1', 'many', 'medium', 'few',
+                                          'ece', 'mce', 'nll')}})
   return report.write_stage_report(
       ctx.stage_dir(stage), stage=stage, outputs=pred['logits'],
       labels=pred['labels'], info=ctx.info, eval_config=ctx.config.eval,

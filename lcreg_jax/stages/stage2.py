@@ -140,9 +140,11 @@ def train(ctx: common.Context, stage1_state):
 def posthoc(ctx: common.Context, stage1_state) -> dict:
   """τ-normalisation or post-hoc logit adjustment of the stage-1 model.
 
-  τ is chosen on the validation split only; the test split is predicted
-  after the choice and adjusted with that τ. Writes stage2's report. With
-  several processes every one gets the whole split's outputs
+  τ is chosen on the validation split only, by `eval.select_metric`; the
+  test split is predicted after the choice and adjusted with that τ. The
+  report records the metric, both validation scores at τ (`val_top1`,
+  `val_class_mean_top1`) and their curves over the grid. Writes stage2's
+  report. With several processes every one gets the whole split's outputs
   (`common.predict`) and makes the same choice.
   """
   cfg = ctx.config.stage2
@@ -156,17 +158,23 @@ def posthoc(ctx: common.Context, stage1_state) -> dict:
 
   grid = posthoc_lib.tau_grid(cfg.tau_max, cfg.tau_step)
   val = common.predict(ctx, stage1_state, 'val')
-  tau, val_acc = posthoc_lib.choose_tau(lambda t: adjust(val, t),
-                                        val['labels'], grid)
-  logging.info('stage2 (%s): tau %.3g chosen on validation (top-1 %.4f).',
-               cfg.method, tau, val_acc.max())
+  metric = ctx.config.eval.select_metric
+  best, curves = posthoc_lib.choose_tau(
+      lambda t: adjust(val, t), val['labels'], grid, ctx.info.num_classes,
+      metric)
+  tau = float(grid[best])
+  at_tau = {f'val_{k}': float(c[best]) for k, c in curves.items()}
+  logging.info('stage2 (%s): tau %.3g chosen on validation by %s (%s).',
+               cfg.method, tau, metric, at_tau)
   test = common.predict(ctx, stage1_state, 'test')
   return report.write_stage_report(
       ctx.stage_dir('stage2'), stage='stage2', outputs=adjust(test, tau),
       labels=test['labels'], info=ctx.info, eval_config=ctx.config.eval,
       latent_usage=test.get('latent_usage'),
-      extra=dict(method=cfg.method, tau=tau, val_top1=float(val_acc.max()),
-                 tau_grid=grid.tolist(), val_top1_by_tau=val_acc.tolist()))
+      extra=dict(method=cfg.method, tau=tau, select_metric=metric, **at_tau,
+                 tau_grid=grid.tolist(),
+                 **{f'val_{k}_by_tau': c.tolist()
+                    for k, c in curves.items()}))
 
 
 def run(ctx: common.Context, stage1_state) -> dict:

@@ -1,6 +1,7 @@
 import numpy as np
 
 from lcreg_jax import evaluate
+from lcreg_jax.evaluate import metrics
 
 
 def test_calibration_hand_case():
@@ -34,3 +35,12 @@ def test_metrics_groups_and_nll():
   assert (m['many'], m['medium'], m['few']) == (1.0, 1.0, 0.5)
   np.testing.assert_allclose(
       m['nll'], -np.mean(np.log([0.7, 0.7, 0.1, 0.7])), rtol=1e-6)
+
+
+def test_validation_scores_hand_case():
+  # Class 0: 3 of 4 right; class 1: 0 of 1; class 2 absent (left out).
+  labels = np.array([0, 0, 0, 0, 1])
+  scores = np.eye(3)[[0, 0, 0, 2, 0]]
+  got = metrics.validation_scores(scores, labels, 3)
+  assert got == dict(top1=3 / 5, class_mean_top1=(3 / 4 + 0) / 2)
+  assert set(metrics.SELECT_SCORES.values()) == set(got)

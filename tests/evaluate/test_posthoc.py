@@ -1,6 +1,7 @@
 """Post-hoc logit adjustment and the τ search (docs/method.md §8)."""
 
 import numpy as np
+import pytest
 
 from lcreg_jax.evaluate import posthoc
 
@@ -38,12 +39,35 @@ def test_tau_norm_logits_drop_the_bias_and_use_normalised_columns():
                              [[11.0, 2.0]], rtol=1e-6)
 
 
-def test_choose_tau_takes_the_best_and_the_smallest_on_ties():
+@pytest.mark.parametrize('metric', ['image_mean', 'class_mean'])
+def test_choose_tau_takes_the_best_and_the_smallest_on_ties(metric):
   labels = np.array([0, 1, 1])
-  # top-1 by τ: 1/3 at 0, 1 at 0.5 and at 1 (tie), 2/3 at 1.5.
+  # top-1 by τ: 1/3 at 0, 1 at 0.5 and at 1 (tie), 2/3 at 1.5; the mean of
+  # per-class top-1: 1/2, 1, 1, 1/2.
   table = {0.0: [[1, 0], [1, 0], [1, 0]], 0.5: [[1, 0], [0, 1], [0, 1]],
            1.0: [[1, 0], [0, 1], [0, 1]], 1.5: [[0, 1], [0, 1], [0, 1]]}
-  tau, acc = posthoc.choose_tau(lambda t: np.array(table[t]), labels,
-                                np.array([0.0, 0.5, 1.0, 1.5]))
-  assert tau == 0.5
-  np.testing.assert_allclose(acc, [1 / 3, 1, 1, 2 / 3])
+  best, curves = posthoc.choose_tau(lambda t: np.array(table[t]), labels,
+                                    np.array([0.0, 0.5, 1.0, 1.5]), 2, metric)
+  assert best == 1
+  np.testing.assert_allclose(curves['top1'], [1 / 3, 1, 1, 2 / 3])
+  np.testing.assert_allclose(curves['class_mean_top1'], [.5, 1, 1, .5])
+
+
+def test_choose_tau_ties_scores_equal_but_for_rounding():
+  """Balanced, 10 images per class: per-class top-1 (.3, .2, .1) at τ = 0
+  and (.1, .2, .3) at τ = 1, both 6/30 over images. In float64 the second
+  class mean is larger by rounding alone; the selection rule ties them (in
+  float32) and keeps τ = 0, as top-1 does."""
+  labels = np.repeat(np.arange(3), 10)
+
+  def logits_at(tau):
+    hits = (1, 2, 3) if tau else (3, 2, 1)
+    pred = np.concatenate([np.where(np.arange(10) < h, c, (c + 1) % 3)
+                           for c, h in enumerate(hits)])
+    return np.eye(3)[pred]
+
+  best, curves = posthoc.choose_tau(logits_at, labels, np.array([0.0, 1.0]),
+                                    3, 'class_mean')
+  assert curves['class_mean_top1'][1] > curves['class_mean_top1'][0]
+  np.testing.assert_array_equal(curves['top1'], [0.2, 0.2])
+  assert best == 0

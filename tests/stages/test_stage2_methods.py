@@ -3,6 +3,7 @@ only the classifier, LWS only the scale; the post-hoc methods choose τ on
 validation and never look at test to do it."""
 
 import functools
+import json
 import types
 
 import jax
@@ -145,10 +146,10 @@ def test_posthoc_chooses_tau_on_validation_not_test(method, monkeypatch,
   chosen = []
   real_choose = posthoc_lib.choose_tau
 
-  def spy_choose(logits_at, labels, grid):
+  def spy_choose(logits_at, labels, *args):
     chosen.append(labels)
     assert calls == ['val']   # test not predicted before the choice
-    return real_choose(logits_at, labels, grid)
+    return real_choose(logits_at, labels, *args)
 
   monkeypatch.setattr(common, 'predict', fake_predict)
   monkeypatch.setattr(posthoc_lib, 'choose_tau', spy_choose)
@@ -177,6 +178,95 @@ def test_posthoc_chooses_tau_on_validation_not_test(method, monkeypatch,
   assert rep['stage'] == 'stage2'
   assert rep['top1'] == pytest.approx(top1(test, val_best))
   assert (tmp_path / 'stage2' / 'report.json').exists()
+
+
+COUNTS4 = np.array([500, 100, 25, 10])
+
+
+def _head_biased_val(val_counts, seed=1):
+  """Validation outputs of a model biased to the head classes: logits
+  with + log π_c, features under a kernel whose column norms grow with the
+  class count. Larger τ helps the tail classes and costs the head ones."""
+  rng = np.random.default_rng(seed)
+  labels = np.repeat(np.arange(4), val_counts)
+  onehot = np.eye(4)[labels]
+  logits = (1.5 * onehot + rng.normal(size=onehot.shape) +
+            np.log(COUNTS4 / COUNTS4.sum()))
+  features = 1 + onehot + 0.5 * rng.normal(size=onehot.shape)
+  return dict(logits=logits, features=features, labels=labels)
+
+
+def _numpy_choice(val, method, kernel, grid):
+  """(τ, curves) by a direct float64 computation: per-class accuracy class
+  by class, the first best of each curve."""
+  curves = {'top1': [], 'class_mean_top1': []}
+  for tau in grid:
+    if method == 'tau_norm':
+      z = val['features'] @ (kernel / np.linalg.norm(kernel, axis=0) ** tau)
+    else:
+      z = val['logits'] - tau * np.log(COUNTS4 / COUNTS4.sum())
+    hit = z.argmax(1) == val['labels']
+    curves['top1'].append(hit.mean())
+    curves['class_mean_top1'].append(np.mean(
+        [hit[val['labels'] == c].mean() for c in np.unique(val['labels'])]))
+  return {k: float(grid[int(np.argmax(v))]) for k, v in curves.items()
+          }, curves
+
+
+def _posthoc_report(method, metric, val, kernel, tmp_path, monkeypatch):
+  test = _head_biased_val([5, 5, 5, 5], seed=2)
+  monkeypatch.setattr(common, 'predict',
+                      lambda ctx, state, split: dict(val=val, test=test)[split])
+  cfg = tiny.tiny_config()
+  cfg.stage2.method = method
+  cfg.stage2.tau_step = 0.25
+  cfg.stage2.tau_max = 2.0
+  cfg.eval.select_metric = metric
+  ctx = types.SimpleNamespace(
+      config=cfg, info=types.SimpleNamespace(class_counts=COUNTS4,
+                                             num_classes=4),
+      stage_dir=lambda s: tmp_path / metric / s)
+  state = types.SimpleNamespace(params={'head': {'fc': {'kernel': kernel}}})
+  return stage2.posthoc(ctx, state)
+
+
+@pytest.mark.parametrize('method', ['posthoc_la', 'tau_norm'])
+def test_posthoc_tau_by_the_class_mean_on_an_unbalanced_split(
+    method, monkeypatch, tmp_path):
+  """The carved split's share of each class (20, 20, 5, 2 images): the mean
+  of per-class top-1 chooses another τ than top-1 over images, each as a
+  NumPy computation does."""
+  val = _head_biased_val(np.minimum(20, COUNTS4 // 5))
+  kernel = np.diag(np.sqrt(COUNTS4 / COUNTS4.min()))
+  grid = posthoc_lib.tau_grid(2.0, 0.25)
+  want, curves = _numpy_choice(val, method, kernel, grid)
+  assert want['top1'] != want['class_mean_top1']   # the case is what it says
+  for metric, name in (('class_mean', 'class_mean_top1'),
+                       ('image_mean', 'top1')):
+    rep = _posthoc_report(method, metric, val, kernel, tmp_path, monkeypatch)
+    assert rep['tau'] == want[name] and rep['select_metric'] == metric
+    i = int(np.flatnonzero(grid == rep['tau'])[0])
+    for key in ('top1', 'class_mean_top1'):
+      np.testing.assert_allclose(rep[f'val_{key}_by_tau'], curves[key],
+                                 rtol=1e-12)
+      assert rep[f'val_{key}'] == pytest.approx(curves[key][i], rel=1e-12)
+  saved = json.load(open(tmp_path / 'class_mean' / 'stage2' / 'report.json'))
+  assert saved['select_metric'] == 'class_mean'
+  assert saved['tau'] == want['class_mean_top1']
+
+
+@pytest.mark.parametrize('method', ['posthoc_la', 'tau_norm'])
+def test_posthoc_tau_is_the_same_by_either_metric_on_a_balanced_split(
+    method, monkeypatch, tmp_path):
+  val = _head_biased_val([10, 10, 10, 10])
+  kernel = np.diag(np.sqrt(COUNTS4 / COUNTS4.min()))
+  reps = [_posthoc_report(method, m, val, kernel, tmp_path, monkeypatch)
+          for m in ('class_mean', 'image_mean')]
+  assert reps[0]['tau'] == reps[1]['tau']
+  np.testing.assert_allclose(reps[0]['val_class_mean_top1_by_tau'],
+                             reps[0]['val_top1_by_tau'], rtol=1e-12)
+  # Several τ are on the curve (else any choice would pass).
+  assert len(set(reps[0]['val_top1_by_tau'])) > 2
 
 
 def test_posthoc_needs_a_validation_split():
