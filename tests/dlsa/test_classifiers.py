@@ -178,12 +178,14 @@ def test_sgd_step_on_the_short_last_batch_matches_numpy():
   batches, per_epoch = classifiers.epoch_batches(7, 5, 4)
   assert per_epoch == 2
   it = batches(0)
+  train = (params, tx.init(params))
   for _ in range(2):
     idx, num_real = next(it)
     rows = np.asarray(idx)[:num_real]
-    (params, _), _ = step((params, tx.init(params)), (idx, num_real),
+    train, _ = step(train, (idx, num_real),
                           (jnp.asarray(x),), jnp.asarray(y), 5,
                           jnp.asarray(counts))
+    params = train[0]
     w, b = _numpy_bsm_sgd(w, b, x[rows], y[rows], counts, 0.01)
     np.testing.assert_allclose(params['params']['lin_x']['kernel'], w,
                                rtol=1e-5, atol=1e-7)
