@@ -277,10 +277,14 @@ def dlsa_programs(config, info, device) -> list[Program]:
       spec((rows,)), spec((c,), jnp.int32), spec((c,), jnp.int32),
       spec((c,), jnp.int32), n), hp.batch, 1)]
   chp = classifiers.ClassifierHparams.from_config(cfg)
+  # The authors' epochs feed row indices and the real batch size; the
+  # former schedule a PRNG key.
+  batch = ((spec((chp.batch,), jnp.int32), n) if chp.by_epochs else key)
   for name, model, inputs in (
-      ('dlsa_classifier', classifiers.ClusterAidedClassifier(c),
+      ('dlsa_classifier',
+       classifiers.ClusterAidedClassifier(c, cfg.classifier_init),
        (spec((rows, dim)), spec((rows, dim + k)))),
-      ('dlsa_classifier_final', classifiers.LinearClassifier(c),
+      ('dlsa_classifier_final', classifiers.final_model(cfg, c),
        (spec((rows, dim)),))):
     tx, step, _ = classifiers.classifier_fns(model, chp)
     params = jax.eval_shape(model.init, jax.random.PRNGKey(0),
@@ -288,7 +292,7 @@ def dlsa_programs(config, info, device) -> list[Program]:
     train = (params, jax.eval_shape(tx.init, params))
     train = with_sharding(train, jax.tree.map(lambda _: one, train))
     progs.append(Program(name, step, (
-        train, key, inputs, spec((rows,), jnp.int32), n, spec((c,))),
+        train, batch, inputs, spec((rows,), jnp.int32), n, spec((c,))),
         chp.batch, 1))
   return progs
 

@@ -55,12 +55,10 @@ class Selection:
     return cls(train=train, best=best, best_score=np.asarray(score, np.float32),
                best_step=np.asarray(step, np.int32))
 
-  def offer(self, step: int, candidate, score: float,
-            always: bool = False) -> 'Selection':
+  def offer(self, step: int, candidate, score: float) -> 'Selection':
     """Keeps `candidate` if it scores strictly better (the first best wins);
-    returns self unchanged otherwise. `always` is the former spelling of
-    `keep_last` (kept until DLSA's callers move to it)."""
-    if always or is_better(score, self.best_score):
+    returns self unchanged otherwise."""
+    if is_better(score, self.best_score):
       return self.keep_last(step, candidate, score)
     return self
 

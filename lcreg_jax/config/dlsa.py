@@ -58,18 +58,41 @@ FIELDS = (
     Field('bn_momentum', 0.9,
           'Running stats: m <- momentum m + (1 - momentum) batch.',
           check=MOMENTUM),
+    Field('bn_unbiased_var', True,
+          "True (authors): the flow BatchNorm's batch variance is the unbiased"
+          ' one (PyTorch x.var(0)), in the normalisation, the log-determinant '
+          'and the running average. False: the biased one (the former form).'),
     Field('center_std', 0.05,
           'std of the fixed random cluster centres',
           check=POSITIVE),
-    Field('classifier_batch_size', 256,
-          'batch of the DLSA classifiers',
+    Field('classifier_batch_size', 128,
+          'batch of the DLSA classifiers (authors: 128; the former form 256)',
           check=POSITIVE_INT),
-    Field('classifier_lr', 0.01, 'AdamW.', check=POSITIVE),
-    Field('classifier_steps', 1000,
-          'training steps of each DLSA classifier',
+    Field('classifier_epochs', 150,
+          'Epochs of each DLSA classifier while classifier_steps is None '
+          '(authors: 150 passes over the shuffled training subset, the last '
+          'partial batch included).',
           check=POSITIVE_INT),
+    Field('classifier_eval_epochs', 5,
+          'Epochs between validation checks of a classifier trained by epochs '
+          "(authors' eval_freq 5).",
+          check=POSITIVE_INT),
+    Field('classifier_init', 'torch',
+          "Linear layers' initialisation: 'torch' (authors: PyTorch's default,"
+          ' weight and bias U(±1/√fan_in)) or "zeros" (the former form).',
+          choices=('torch', 'zeros')),
+    Field('classifier_lr', 0.01, 'Constant learning rate.', check=POSITIVE),
+    Field('classifier_optimizer', 'sgd',
+          "'sgd' (authors: plain SGD, no momentum, no weight decay) or 'adamw'"
+          ' (the former form, with classifier_weight_decay).',
+          choices=('sgd', 'adamw')),
+    Field('classifier_steps', None,
+          'None (authors): train classifier_epochs epochs. An int (the former '
+          'form: 1000): that many steps of batches drawn with replacement, '
+          'checked every eval_every steps.',
+          type=int, check=POSITIVE_INT),
     Field('classifier_weight_decay', 0.0001,
-          "AdamW's weight decay",
+          "AdamW's weight decay (classifier_optimizer='adamw' only)",
           check=NONNEG),
     Field('cluster_prior_from', 'all',
           'Training samples whose clusters make the (K, C) cluster prior of a '
@@ -91,11 +114,16 @@ FIELDS = (
           'Rows per jitted inference call.',
           check=POSITIVE_INT),
     Field('eval_every', 250,
-          'Steps between validation checks and log lines (flow and '
-          'classifiers).',
+          'Steps between log lines, and between validation checks of '
+          'classifiers trained by steps (classifier_steps set).',
           check=POSITIVE_INT),
     Field('final_balanced_softmax', True,
           'False: plain CE for the final classifier.'),
+    Field('final_classifier', 'lin_lin',
+          "Form of the final classifier: 'lin_lin' (authors: Lin_x(x) + "
+          "Lin_z(x), two independently initialised layers on the same x) or "
+          "'linear' (one layer, the former form).",
+          choices=('lin_lin', 'linear')),
     Field('final_counts', 'full',
           "Label counts of the final classifier's balanced softmax: 'full' "
           "(authors: all training samples) or 'remaining' (the samples no "
@@ -104,6 +132,11 @@ FIELDS = (
     Field('flow_batch_size', 256,
           'Pairs per step (2x samples through the flow).',
           check=POSITIVE_INT),
+    Field('flow_eval_every', None,
+          'Steps between flow-selection checks; None (authors): once per epoch'
+          ' of the flow, ceil(N / flow_batch_size) steps for its N training '
+          'samples (the former form: 250).',
+          type=int, check=POSITIVE_INT),
     Field('flow_grad_clip', None,
           "Global-norm clip of the flow's gradients; None: no clipping "
           '(authors).',
@@ -126,10 +159,9 @@ FIELDS = (
     Field('flow_select_metric', 'authors',
           "Flow checkpoint selection. 'authors': the number of clusters with "
           'purity > select_min_purity and more than select_min_size samples, '
-          'rejecting flows whose largest cluster exceeds N / K * '
-          "select_cap_factor, counted on the flow's own training samples as "
-          "the authors do (it reads no test labels; the authors' fixed cap of "
-          '5000 is ~ N / K * 20 on ImageNet-LT). On the validation split: '
+          'rejecting flows whose largest cluster reaches select_cap, counted '
+          "on the flow's own training samples as the authors do (it reads no "
+          'test labels). On the validation split: '
           "'purity' = classic purity of the val clustering (Σ_k max_c n_kc / "
           "N); 'heldout' = accuracy on val of the majority training class of "
           'each cluster (not inflated by tiny clusters).',
@@ -144,6 +176,13 @@ FIELDS = (
     Field('hidden_dim', None,
           'None: D, the feature dimension.',
           type=int, check=POSITIVE_INT),
+    Field('made_out_scale', None,
+          "None (authors): every MADE layer has PyTorch's default init "
+          '(weight and bias U(±1/√fan_in)). A number (the former form: 0.01): '
+          'LeCun-'
+          'normal hidden layers, zero biases, and the output layer at that '
+          'scale, starting the flow near the identity.',
+          type=float, check=POSITIVE),
     Field('mask_absent_classes', True,
           "At inference add log(1[n_c > 0] + tiny) to a stage's logits: a "
           'class the stage never saw keeps its untrained logit otherwise.'),
@@ -195,9 +234,14 @@ FIELDS = (
     Field('seed', 0,
           "seed of DLSA's flows, pairs and classifiers",
           check=NONNEG_INT),
+    Field('select_cap', 5000,
+          'flow_select_metric=authors: a flow whose largest cluster holds this'
+          " many samples or more is rejected (authors' fixed 5000). None: the "
+          'cap is N / K * select_cap_factor (largest cluster at most that; the'
+          ' former form).',
+          type=int, check=POSITIVE_INT),
     Field('select_cap_factor', 20.0,
-          'flow_select_metric=authors: largest cluster at most N / K times '
-          'this',
+          'select_cap None: largest cluster at most N / K times this',
           check=POSITIVE),
     Field('select_min_purity', 0.7,
           "flow_select_metric=authors: a cluster's purity must exceed this",
@@ -209,8 +253,8 @@ FIELDS = (
           'The cluster-aided stages train balanced softmax with the routed '
           "subset's counts n_c,s. At inference their logits may add log(n_c,s "
           "/ n_c) (the stage's label prior relative to the full one): 'off' "
-          "(authors), 'on', or 'val' (per stage, whichever of off/on is more "
-          "accurate on the stage's validation samples).",
+          "(authors), 'on', or 'val' (per stage, whichever of off/on scores "
+          "higher on the stage's validation samples by eval.select_metric).",
           choices=('off', 'on', 'val')),
     Field('standardize', True,
           'Features are standardised with the training mean/std before the '

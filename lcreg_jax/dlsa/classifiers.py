@@ -16,31 +16,69 @@ from lcreg_jax import checkpoints as checkpoints_lib
 from lcreg_jax import files
 from lcreg_jax import loop
 from lcreg_jax import losses
+from lcreg_jax.dlsa import flow as flow_lib
 from lcreg_jax.dlsa import rows
 from lcreg_jax.train_state import all_finite
 
-# The classifiers are linear, so their losses are convex in the parameters:
-# zero initialisation loses nothing and is deterministic.
-_Linear = functools.partial(nn.Dense, kernel_init=nn.initializers.zeros)
+def _linear(features: int, init: str, fan_in: int, name: str) -> nn.Dense:
+  """A dense layer initialised as PyTorch's nn.Linear (init 'torch', the
+  authors': weight and bias U(±1/√fan_in)) or at zero ('zeros': the losses
+  are convex in a linear layer's parameters, so zeros lose nothing and are
+  deterministic)."""
+  if init == 'zeros':
+    return nn.Dense(features, kernel_init=nn.initializers.zeros, name=name)
+  u = flow_lib.torch_uniform(fan_in)
+  return nn.Dense(features, kernel_init=u, bias_init=u, name=name)
 
 
 class LinearClassifier(nn.Module):
-  """The final ordinary classifier."""
+  """The final classifier as one linear layer (the former form)."""
   num_classes: int
+  weight_init: str = 'torch'
 
   @nn.compact
   def __call__(self, x):
-    return _Linear(self.num_classes, name='lin_x')(x)
+    lin = functools.partial(_linear, self.num_classes, self.weight_init)
+    return lin(x.shape[-1], 'lin_x')(x)
+
+
+class LinLinClassifier(nn.Module):
+  """The authors' final classifier Lin_x(x) + Lin_z(x): their cluster-aided
+  model with inputs 'XZ' and z = x, two independently initialised layers
+  (under SGD, one layer with twice the learning rate and a summed init)."""
+  num_classes: int
+  weight_init: str = 'torch'
+
+  @nn.compact
+  def __call__(self, x):
+    lin = functools.partial(_linear, self.num_classes, self.weight_init)
+    return lin(x.shape[-1], 'lin_x')(x) + lin(x.shape[-1], 'lin_z')(x)
 
 
 class ClusterAidedClassifier(nn.Module):
   """Lin_x(x) + Lin_zp([z; p_cluster])."""
   num_classes: int
+  weight_init: str = 'torch'
 
   @nn.compact
   def __call__(self, x, zp):
-    return (_Linear(self.num_classes, name='lin_x')(x) +
-            _Linear(self.num_classes, name='lin_zp')(zp))
+    lin = functools.partial(_linear, self.num_classes, self.weight_init)
+    return lin(x.shape[-1], 'lin_x')(x) + lin(zp.shape[-1], 'lin_zp')(zp)
+
+
+def final_model(cfg, num_classes: int) -> nn.Module:
+  """The final classifier of `config.dlsa` (`final_classifier`)."""
+  cls = (LinLinClassifier if cfg.final_classifier == 'lin_lin' else
+         LinearClassifier)
+  return cls(num_classes, cfg.classifier_init)
+
+
+def select_score(scores, labels, num_classes: int, metric: str) -> float:
+  """The validation score every DLSA choice uses (`eval.select_metric`):
+  the mean of per-class top-1 ('class_mean') or top-1 over images."""
+  if metric == 'class_mean':
+    return losses.class_mean_top1(scores, labels, num_classes)
+  return float(losses.top1(np.asarray(scores), np.asarray(labels)))
 
 
 def prior_correction(stage_counts: np.ndarray, full_counts: np.ndarray,
@@ -69,34 +107,56 @@ def inference_offset(class_counts: np.ndarray, mask_absent: bool,
 class ClassifierHparams:
   """Static hyper-parameters of a classifier step (hashable for jit)."""
   lr: float
+  optimizer: str
   weight_decay: float
   batch: int
   tiny: float
+  by_epochs: bool   # shuffled epochs (authors) or batches with replacement
 
   @classmethod
   def from_config(cls, cfg) -> 'ClassifierHparams':
-    return cls(lr=cfg.classifier_lr,
+    return cls(lr=cfg.classifier_lr, optimizer=cfg.classifier_optimizer,
                weight_decay=cfg.classifier_weight_decay,
                batch=cfg.classifier_batch_size,
-               tiny=cfg.balanced_softmax_tiny)
+               tiny=cfg.balanced_softmax_tiny,
+               by_epochs=cfg.classifier_steps is None)
+
+
+def masked_balanced_softmax(logits, labels, counts, valid, tiny: float):
+  """Mean balanced-softmax CE over the rows `valid` marks: the padded tail
+  of an epoch's last, partial batch carries no weight, so the step is the
+  one PyTorch takes on the short batch."""
+  adj = logits + jnp.log(counts.astype(logits.dtype) + tiny)
+  ce = optax.softmax_cross_entropy_with_integer_labels(adj, labels)
+  w = valid.astype(ce.dtype)
+  return jnp.sum(w * ce) / jnp.maximum(jnp.sum(w), 1.0)
 
 
 @functools.lru_cache(maxsize=None)
 def classifier_fns(model: nn.Module, hp: ClassifierHparams):
-  """Optimiser, jitted step and accuracy of one classifier setup.
+  """Optimiser, jitted step and validation scores of one classifier setup.
 
-  Cached so stages with equal padded shapes share one compilation (XLA
-  compiles dominate the run time on CPU); `lcreg_jax.aot` compiles the step
-  ahead of time.
+  The step's `batch` is (row indices (B,), number of real rows) with
+  `by_epochs`, else a PRNG key for B rows drawn with replacement from the
+  n real rows. Cached so stages with equal padded shapes share one
+  compilation (XLA compiles dominate the run time on CPU);
+  `lcreg_jax.aot` compiles the step ahead of time.
   """
-  tx = optax.adamw(hp.lr, weight_decay=hp.weight_decay)
+  tx = (optax.sgd(hp.lr) if hp.optimizer == 'sgd' else
+        optax.adamw(hp.lr, weight_decay=hp.weight_decay))
 
   @jax.jit
-  def step(train, key, xs, ys, n, counts):
+  def step(train, batch, xs, ys, n, counts):
     params, opt_state = train
-    idx = jax.random.randint(key, (hp.batch,), 0, n)  # Rows >= n: padding.
-    loss_fn = lambda p: losses.balanced_softmax_loss(
-        model.apply(p, *(a[idx] for a in xs)), ys[idx], counts, hp.tiny)
+    if hp.by_epochs:
+      idx, num_real = batch
+      valid = jnp.arange(hp.batch) < num_real
+    else:
+      idx = jax.random.randint(batch, (hp.batch,), 0, n)  # Rows >= n: pad.
+      valid = jnp.ones((hp.batch,), bool)
+    loss_fn = lambda p: masked_balanced_softmax(
+        model.apply(p, *(a[idx] for a in xs)), ys[idx], counts, valid,
+        hp.tiny)
     loss, grads = jax.value_and_grad(loss_fn)(params)
     updates, opt_state = tx.update(grads, opt_state, params)
     params = optax.apply_updates(params, updates)
@@ -104,11 +164,32 @@ def classifier_fns(model: nn.Module, hp: ClassifierHparams):
                                      params_finite=all_finite(params))
 
   @jax.jit
-  def num_correct(params, offset, xs, ys, n):
-    pred = jnp.argmax(model.apply(params, *xs) + offset, -1)
-    return jnp.sum((pred == ys) & (jnp.arange(ys.shape[0]) < n))
+  def scores(params, offset, xs):
+    return model.apply(params, *xs) + offset
 
-  return tx, step, num_correct
+  return tx, step, scores
+
+
+def epoch_batches(seed: int, n: int, batch: int):
+  """`batches` for the loop: step s reads its slice of epoch e's shuffle of
+  the n rows (e = (s - 1) // steps per epoch), a permutation drawn from
+  (seed, e), so a resumed run reads what an uninterrupted one would. The
+  last batch of an epoch is short: padded with row 0, its real size
+  alongside."""
+  per_epoch = -(-n // batch)
+
+  def batches(start: int):
+    step, perm = start, None
+    while True:
+      epoch, j = divmod(step, per_epoch)
+      if j == 0 or perm is None:
+        perm = np.random.default_rng([seed, epoch]).permutation(n)
+      idx = perm[j * batch:(j + 1) * batch]
+      yield (jnp.asarray(np.pad(idx, (0, batch - idx.size)), jnp.int32),
+             np.int32(idx.size))
+      step += 1
+
+  return batches, per_epoch
 
 
 @functools.lru_cache(maxsize=None)
@@ -123,6 +204,34 @@ def _probs_fn(model: nn.Module):
       model.apply(params, *xs) + offset, -1))
 
 
+def _schedule(cfg, seed: int, n: int):
+  """(batches, total steps, steps between validation checks): the authors'
+  epochs, or the former steps of batches drawn with replacement."""
+  if cfg.classifier_steps is not None:
+    return loop.step_keys(seed), cfg.classifier_steps, cfg.eval_every
+  batches, per_epoch = epoch_batches(seed, n, cfg.classifier_batch_size)
+  return (batches, cfg.classifier_epochs * per_epoch,
+          cfg.classifier_eval_epochs * per_epoch)
+
+
+def _selection(params_of, scores, offset, val_x, val_y, num_classes: int,
+               metric: str):
+  """evaluate(step, state) for the loop: offers the current parameters
+  with their validation score (`select_score`); without validation
+  samples the last ones are kept."""
+  n_val = int(val_y.shape[0])
+
+  def evaluate(step_num, state):
+    params = params_of(state)
+    if not n_val:
+      return state.keep_last(step_num, params), {}
+    s = select_score(np.asarray(scores(params, offset, val_x))[:n_val],
+                     val_y, num_classes, metric)
+    return state.offer(step_num, params, s), {f'val_{metric}': s}
+
+  return evaluate
+
+
 def train_classifier(model: nn.Module,
                      train_inputs: Sequence[np.ndarray],
                      train_labels: np.ndarray,
@@ -133,6 +242,7 @@ def train_classifier(model: nn.Module,
                      config,
                      seed: int,
                      workdir: str,
+                     select_metric: str = 'class_mean',
                      fingerprint: dict | None = None,
                      balanced: bool = True,
                      prior_counts: Optional[np.ndarray] = None,
@@ -144,19 +254,21 @@ def train_classifier(model: nn.Module,
                      name: str = 'classifier'):
   """Trains `model` with (balanced) softmax; picks the best val checkpoint.
 
-  Minibatches are drawn uniformly with replacement from the training subset
-  (balanced softmax already corrects the label prior), keyed on (seed,
-  step). Validation top-1 every `eval_every` steps and at the end selects
-  the parameters (the first best wins); without validation samples the last
-  parameters are kept. The loop checkpoints to `workdir/checkpoints`, so a
-  killed run resumes. pad_train / pad_val pad the arrays to a fixed row count
-  so later stages reuse the compiled step. prior_counts replaces the
-  training subset's label counts in the balanced softmax (the final
-  classifier uses the full training counts, as the authors do).
+  By default the authors' schedule: `classifier_epochs` epochs of shuffled
+  batches, checked every `classifier_eval_epochs`; with `classifier_steps`
+  set, that many batches drawn with replacement, checked every
+  `eval_every` steps. Batches come from (seed, step), so a run killed
+  mid-way resumes exactly from `workdir/checkpoints`. The validation score
+  is `select_metric` (`select_score`; the first best wins); without
+  validation samples the last parameters are kept. pad_train / pad_val pad
+  the arrays to a fixed row count so later stages reuse the compiled step.
+  prior_counts replaces the training subset's label counts in the balanced
+  softmax (the final classifier uses the full training counts, as the
+  authors do).
 
   Returns:
     (params, offset, info): offset is the inference logit offset for absent
-    classes, info has 'val_accuracy' and 'best_step'.
+    classes, info has 'val_score', 'best_step' and 'bsm_counts'.
   """
   cfg = config
   n, n_val = int(train_labels.shape[0]), int(val_labels.shape[0])
@@ -165,48 +277,39 @@ def train_classifier(model: nn.Module,
   counts = np.bincount(train_labels, minlength=num_classes).astype(np.float32)
   bsm_counts = (counts if prior_counts is None else
                 np.asarray(prior_counts, np.float32))
-  train_counts = jnp.asarray(bsm_counts if balanced else
-                             np.ones_like(counts))
   hp = ClassifierHparams.from_config(cfg)
   offset = jnp.asarray(inference_offset(counts, cfg.mask_absent_classes,
                                         hp.tiny))
-  tx, step, num_correct = classifier_fns(model, hp)
-  xs = tuple(rows.pad_rows(np.asarray(a, np.float32), pad_train)
-             for a in train_inputs)
-  ys = rows.pad_rows(np.asarray(train_labels, np.int32), pad_train)
-  vxs = tuple(rows.pad_rows(np.asarray(a, np.float32), pad_val)
-              for a in val_inputs)
-  vys = rows.pad_rows(np.asarray(val_labels, np.int32), pad_val)
+  tx, step, scores = classifier_fns(model, hp)
+  pad = lambda a, rows_, dtype: rows.pad_rows(np.asarray(a, dtype), rows_)
+  xs = tuple(pad(a, pad_train, np.float32) for a in train_inputs)
+  ys = pad(train_labels, pad_train, np.int32)
+  train_counts = jnp.asarray(bsm_counts if balanced else np.ones_like(counts))
   params = _init_fn(model)(jax.random.PRNGKey(seed), *(a[:1] for a in xs))
-  state = loop.Selection.start((params, tx.init(params)), params)
-
-  def evaluate(step_num, state):
-    params = state.train[0]
-    if not n_val:
-      return state.offer(step_num, params, np.nan, always=True), {}
-    acc = float(num_correct(params, offset, vxs, vys, n_val)) / n_val
-    return state.offer(step_num, params, acc), {'val_accuracy': acc}
-
-  fingerprint = dict(fingerprint or {}, component=name, n_train=n,
-                     n_val=n_val, balanced=balanced,
-                     prior_counts=[float(v) for v in bsm_counts])
+  batches, total, check_every = _schedule(cfg, seed + 1, n)
   state = loop.fit(
-      state, name=name,
-      step_fn=lambda s, key: s.advance(step, key, xs, ys, n, train_counts),
-      batches=loop.step_keys(seed + 1), total_steps=cfg.classifier_steps,
+      loop.Selection.start((params, tx.init(params)), params), name=name,
+      step_fn=lambda s, b: s.advance(step, b, xs, ys, n, train_counts),
+      batches=batches, total_steps=total,
       checkpoints=checkpoints_lib.StageCheckpoints(
-          files.as_path(workdir) / 'checkpoints', fingerprint),
-      workdir=workdir, log_every=cfg.eval_every,
-      checkpoint_every=checkpoint_every, evaluate_every=cfg.eval_every,
-      evaluate_fn=evaluate, hooks=hooks,
-      batch_size=cfg.classifier_batch_size, unit='features',
+          files.as_path(workdir) / 'checkpoints',
+          dict(fingerprint or {}, component=name, n_train=n, n_val=n_val,
+               balanced=balanced, select_metric=select_metric,
+               prior_counts=[float(v) for v in bsm_counts])),
+      workdir=workdir, log_every=min(cfg.eval_every, check_every),
+      checkpoint_every=checkpoint_every, evaluate_every=check_every,
+      evaluate_fn=_selection(
+          lambda st: st.train[0], scores, offset,
+          tuple(pad(a, pad_val, np.float32) for a in val_inputs),
+          np.asarray(val_labels), num_classes, select_metric),
+      hooks=hooks, batch_size=cfg.classifier_batch_size, unit='features',
       advice='Lower --config.dlsa.classifier_lr.')
-  if not n_val:
-    log(f'{name}: no validation samples, keeping the last parameters')
-  val_acc, best_step = float(state.best_score), int(state.best_step)
-  log(f'{name}: n_train={n} n_val={n_val} val_acc={val_acc:.4f} at step '
-      f'{best_step}')
-  return state.best, offset, {'val_accuracy': val_acc, 'best_step': best_step,
+  val_score = float(state.best_score) if n_val else None
+  best_step = int(state.best_step)
+  log(f'{name}: n_train={n} n_val={n_val} ' +
+      (f'val {select_metric}={val_score:.4f} at step {best_step}' if n_val
+       else 'no validation samples, keeping the last parameters'))
+  return state.best, offset, {'val_score': val_score, 'best_step': best_step,
                               'bsm_counts': bsm_counts}
 
 

@@ -33,13 +33,32 @@ def made_masks(dim: int, hidden: int, reverse: bool):
   return tuple(m.astype(np.float32) for m in masks)
 
 
+def torch_uniform(fan_in: int):
+  """PyTorch's default nn.Linear init of weight and bias: U(±1/√fan_in)."""
+  bound = 1.0 / math.sqrt(fan_in)
+  return lambda key, shape, dtype=jnp.float32: jax.random.uniform(
+      key, shape, dtype, -bound, bound)
+
+
 class MADE(nn.Module):
-  """Masked dense D→H→H→2D with ReLU; returns the shift m and log-scale a."""
+  """Masked dense D→H→H→2D with ReLU; returns the shift m and log-scale a.
+
+  out_scale None: every layer has PyTorch's default init (the authors'
+  MaskedLinear is an nn.Linear). A number: the former init, LeCun-normal
+  hidden layers, zero biases, and small output weights that start the
+  flow near the identity.
+  """
   hidden: int
   reverse: bool = False
-  # Small output weights start the flow near the identity, which keeps the
-  # first steps at lr 0.2 stable.
-  out_scale: float = 1e-2
+  out_scale: float | None = None
+
+  def _inits(self, i: int, fan_in: int):
+    if self.out_scale is None:
+      return torch_uniform(fan_in), torch_uniform(fan_in)
+    kernel = (nn.initializers.lecun_normal() if i < 2 else
+              nn.initializers.variance_scaling(self.out_scale**2, 'fan_in',
+                                               'normal'))
+    return kernel, nn.initializers.zeros
 
   @nn.compact
   def __call__(self, x):
@@ -48,11 +67,9 @@ class MADE(nn.Module):
     h = x
     for i, (mask, size) in enumerate(
         zip(masks, (self.hidden, self.hidden, 2 * dim))):
-      init = (nn.initializers.lecun_normal() if i < 2 else
-              nn.initializers.variance_scaling(self.out_scale**2, 'fan_in',
-                                               'normal'))
-      kernel = self.param(f'kernel_{i}', init, (h.shape[-1], size))
-      bias = self.param(f'bias_{i}', nn.initializers.zeros, (size,))
+      kernel_init, bias_init = self._inits(i, h.shape[-1])
+      kernel = self.param(f'kernel_{i}', kernel_init, (h.shape[-1], size))
+      bias = self.param(f'bias_{i}', bias_init, (size,))
       h = h @ (kernel * jnp.asarray(mask, kernel.dtype)) + bias
       if i < 2:
         h = nn.relu(h)
@@ -63,9 +80,10 @@ class MADEAffine(nn.Module):
   """u = (x - m(x)) exp(-a(x)); log|det| = -Σ a."""
   hidden: int
   reverse: bool = False
+  out_scale: float | None = None
 
   def setup(self):
-    self.made = MADE(self.hidden, self.reverse)
+    self.made = MADE(self.hidden, self.reverse, self.out_scale)
 
   def __call__(self, x):
     m, a = self.made(x)
@@ -87,10 +105,14 @@ class FlowBatchNorm(nn.Module):
 
   Training uses the batch statistics (held constant in the log-det, as in
   MAF) and updates the running ones; evaluation uses the running ones.
+  unbiased: the batch variance divides by B - 1 (the authors' x.var(0),
+  PyTorch's default) in the normalisation, the log-det and the running
+  average alike; False divides by B.
   """
   dim: int
   momentum: float = 0.9
   eps: float = 1e-5
+  unbiased: bool = True
 
   def setup(self):
     self.log_gamma = self.param('log_gamma', nn.initializers.zeros, (self.dim,))
@@ -100,7 +122,7 @@ class FlowBatchNorm(nn.Module):
 
   def __call__(self, x, train: bool = False):
     if train:
-      mean, var = x.mean(0), x.var(0)
+      mean, var = x.mean(0), x.var(0, ddof=int(self.unbiased))
       if not self.is_initializing():
         mo = self.momentum
         self.mean.value = mo * self.mean.value + (1 - mo) * (
@@ -126,12 +148,15 @@ class MAF(nn.Module):
   num_blocks: int = 2
   bn_momentum: float = 0.9
   bn_eps: float = 1e-5
+  bn_unbiased: bool = True
+  made_out_scale: float | None = None
 
   def setup(self):
     h = self.hidden or self.dim
-    self.mades = [MADEAffine(h, reverse=bool(i % 2))
+    self.mades = [MADEAffine(h, bool(i % 2), self.made_out_scale)
                   for i in range(self.num_blocks)]
-    self.bns = [FlowBatchNorm(self.dim, self.bn_momentum, self.bn_eps)
+    self.bns = [FlowBatchNorm(self.dim, self.bn_momentum, self.bn_eps,
+                              self.bn_unbiased)
                 for _ in range(self.num_blocks)]
 
   def __call__(self, x, train: bool = False):

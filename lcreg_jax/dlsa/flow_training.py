@@ -15,8 +15,9 @@ Defaults follow the authors' code (silicx/DLSA); each deviation is a switch:
 - plain SGD at a constant lr without clipping (`flow_schedule`,
   `flow_grad_clip`);
 - selection: the authors' count of pure, non-tiny clusters on the flow's
-  training samples with a cap on the largest cluster, or validation purity
-  (`flow_select_metric`), evaluated every `eval_every` steps.
+  training samples with a cap on the largest cluster (a fixed 5000, or
+  N / K × `select_cap_factor`), or validation purity (`flow_select_metric`),
+  checked once per epoch (`flow_eval_every`).
 """
 
 import dataclasses
@@ -108,22 +109,31 @@ def cluster_purity(clusters, labels, num_clusters, num_classes) -> float:
   return float(h.max(1).sum() / labels.size)
 
 
+def within_cap(largest: int, n: int, num_clusters: int, cap: int | None,
+               cap_factor: float) -> bool:
+  """The authors' cap on the largest cluster: below `cap` (their code's
+  fixed 5000); cap None: at most N / K * cap_factor samples."""
+  if cap is not None:
+    return largest < cap
+  return largest <= n / num_clusters * cap_factor
+
+
 def authors_selection_score(clusters, labels, num_clusters, num_classes,
                             min_purity: float = 0.7, min_size: int = 10,
-                            cap_factor: float = 20.0) -> float:
+                            cap: int | None = 5000,
+                            cap_factor: float = 20.0) -> float | None:
   """The authors' flow-selection metric on the flow's training samples.
 
   The number of clusters with purity > min_purity and more than min_size
-  samples; -1 (below any accepted flow) when the largest cluster holds more
-  than N / K * cap_factor samples (the authors hard-code 5000, about
-  N / K * 20 on ImageNet-LT). It reads training labels only, never test.
+  samples; None when the largest cluster is over the cap (`within_cap`):
+  such a flow is no candidate. It reads training labels only, never test.
   """
   if labels.size == 0:
     return float('nan')
   h = _histogram(clusters, labels, num_clusters, num_classes)
   size = h.sum(1)
-  if size.max() > labels.size / num_clusters * cap_factor:
-    return -1.0
+  if not within_cap(size.max(), labels.size, num_clusters, cap, cap_factor):
+    return None
   purity = h.max(1) / np.maximum(size, 1)
   return float(np.sum((purity > min_purity) & (size > min_size)))
 
@@ -314,7 +324,81 @@ def flow_evaluate(model, variables, centers, x, chunk: int = 4096):
 def make_flow(cfg, dim: int) -> flow_lib.MAF:
   """The flow filter of `config.dlsa` on D = `dim` features."""
   return flow_lib.MAF(dim, cfg.hidden_dim, cfg.num_blocks, cfg.bn_momentum,
-                      cfg.bn_eps)
+                      cfg.bn_eps, cfg.bn_unbiased_var, cfg.made_out_scale)
+
+
+def flow_check_every(cfg, n: int) -> int:
+  """Steps between flow-selection checks: `flow_eval_every`, or once per
+  epoch, ceil(N / batch) steps (the authors' epoch is N pairs; our last
+  batch of an epoch is full, so an epoch holds up to batch - 1 more)."""
+  if cfg.flow_eval_every is not None:
+    return cfg.flow_eval_every
+  return -(-n // cfg.flow_batch_size)
+
+
+def _pair_inputs(x, y, num_classes: int, cfg, pad_to: Optional[int]):
+  """The device arrays pair sampling reads: features and labels sorted by
+  class (padded to pad_to rows), the positives' NLL weights, the class
+  starts and counts, and the present classes (padded to C, so per-stage
+  flows with fewer classes left share a compile) and their number."""
+  order = np.argsort(y, kind='stable')
+  ys_np = y[order].astype(np.int32)
+  counts_np = np.bincount(ys_np, minlength=num_classes).astype(np.int32)
+  pad = lambda a: rows.pad_rows(a, pad_to)
+  w = class_nll_weights(ys_np, num_classes, cfg.nll_weight_power,
+                        cfg.nll_weight_norm)[ys_np]
+  present = np.flatnonzero(counts_np > 0).astype(np.int32)
+  return (pad(x[order].astype(np.float32)), pad(ys_np), pad(w),
+          jnp.asarray(np.cumsum(counts_np) - counts_np),
+          jnp.asarray(counts_np),
+          jnp.asarray(np.pad(present, (0, num_classes - present.size))),
+          jnp.asarray(present.size, jnp.int32))
+
+
+def _flow_scorer(model, centers, cfg, x, y, x_val, y_val, num_classes):
+  """(score(variables), its log label), or (None, label) when the metric
+  needs a validation split and there is none. The authors' metric is
+  counted on the flow's own training samples; it is None over the cap."""
+  metric, k, chunk = cfg.flow_select_metric, cfg.num_clusters, cfg.eval_chunk
+  label = 'train_authors' if metric == 'authors' else f'val_{metric}'
+  if metric != 'authors' and y_val.size == 0:
+    return None, label
+
+  def score(variables):
+    if metric == 'authors':
+      _, ct, _ = flow_evaluate(model, variables, centers, x, chunk)
+      return authors_selection_score(
+          ct, y, k, num_classes, cfg.select_min_purity,
+          cfg.select_min_size, cfg.select_cap, cfg.select_cap_factor)
+    _, cv, _ = flow_evaluate(model, variables, centers, x_val, chunk)
+    if metric == 'purity':
+      return cluster_purity(cv, y_val, k, num_classes)
+    _, ct, _ = flow_evaluate(model, variables, centers, x, chunk)
+    return heldout_purity(ct, y, cv, y_val, k, num_classes)
+
+  return score, label
+
+
+def _flow_selection(score, label: str):
+  """evaluate(step, state) for the loop: offers the current flow.
+
+  A flow over the cap (score None) is no candidate; while no flow has been
+  accepted (the best score is still Selection's start, -inf) the latest
+  one is kept, the authors' fallback to their last epoch's model.
+  """
+  def evaluate(step_num, state):
+    current = {'params': state.train['params'],
+               'batch_stats': state.train['batch_stats']}
+    if score is None:
+      return state.keep_last(step_num, current), {}
+    s = score(current)
+    if s is None:
+      kept = (state.keep_last(step_num, current)
+              if np.isneginf(state.best_score) else state)
+      return kept, {f'{label}_over_cap': 1.0}
+    return state.offer(step_num, current, s), {label: s}
+
+  return evaluate
 
 
 def train_flow(x, y, x_val, y_val, *, num_classes: int, config, seed: int,
@@ -322,11 +406,13 @@ def train_flow(x, y, x_val, y_val, *, num_classes: int, config, seed: int,
                pad_to: Optional[int] = None, checkpoint_every: int = 500,
                hooks=(), log: Callable[[str], None] = print,
                name: str = 'flow'):
-  """Trains the flow filter through the shared loop; selects on validation.
+  """Trains the flow filter through the shared loop; selects a checkpoint.
 
   Pairs are drawn on the device from a key of (seed, step), so a killed run
   resumes exactly from `workdir/checkpoints`. pad_to pads the training
   arrays to a fixed row count so per-stage flows reuse one compilation.
+  The untrained flow is no candidate for the authors' metric: any trained
+  one replaces it.
 
   Returns:
     (model, variables, centers, info) with the selected variables.
@@ -340,84 +426,41 @@ def train_flow(x, y, x_val, y_val, *, num_classes: int, config, seed: int,
   model = make_flow(cfg, dim)
   kc, ki = jax.random.split(jax.random.PRNGKey(seed))
   centers = flow_lib.make_centers(kc, k, dim, cfg.center_std)
-  order = np.argsort(y, kind='stable')
-  ys_np = y[order].astype(np.int32)
-  counts_np = np.bincount(ys_np, minlength=num_classes).astype(np.int32)
-  pad = lambda a: rows.pad_rows(a, pad_to)
-  xs = pad(x[order].astype(np.float32))
-  ys = pad(ys_np)
-  w = pad(class_nll_weights(ys_np, num_classes, cfg.nll_weight_power,
-                            cfg.nll_weight_norm)[ys_np])
-  counts = jnp.asarray(counts_np)
-  present = np.flatnonzero(counts_np > 0).astype(np.int32)
-  # Padded to C so per-stage flows (fewer classes left) share a compile.
-  classes = jnp.asarray(np.pad(present, (0, num_classes - present.size)))
-  num_present = jnp.asarray(present.size, jnp.int32)
-  starts = jnp.asarray(np.cumsum(counts_np) - counts_np)
-  variables = _flow_init_fn(model)(ki, xs[:2])
+  inputs = _pair_inputs(x, y, num_classes, cfg, pad_to)
+  variables = _flow_init_fn(model)(ki, inputs[0][:2])
   tx, step = flow_train_fns(model, hp)
-  chunk = cfg.eval_chunk
-  metric = cfg.flow_select_metric
-  # The authors' metric is counted on the flow's own training samples, so it
-  # needs no validation split; the other metrics need one.
-  has_val = metric == 'authors' or y_val.size > 0
-  label = 'train_authors' if metric == 'authors' else f'val_{metric}'
-
-  def score(variables):
-    if metric == 'authors':
-      _, ct, _ = flow_evaluate(model, variables, centers, x, chunk)
-      return authors_selection_score(
-          ct, y, k, num_classes, cfg.select_min_purity,
-          cfg.select_min_size, cfg.select_cap_factor)
-    _, cv, _ = flow_evaluate(model, variables, centers, x_val, chunk)
-    if cfg.flow_select_metric == 'purity':
-      return cluster_purity(cv, y_val, k, num_classes)
-    _, ct, _ = flow_evaluate(model, variables, centers, x, chunk)
-    return heldout_purity(ct, y, cv, y_val, k, num_classes)
-
-  def evaluate(step_num, state):
-    current = {'params': state.train['params'],
-               'batch_stats': state.train['batch_stats']}
-    if not has_val:
-      return state.offer(step_num, current, np.nan, always=True), {}
-    s = score(current)
-    # Authors: a flow over the cluster-size cap (-1) is never selected over
-    # an accepted one, but while none is accepted the latest flow is kept
-    # (their code falls back to the last epoch's model).
-    latest = metric == 'authors' and s < 0 and float(state.best_score) < 0
-    return (state.offer(step_num, current, s, always=latest),
-            {label: s})
-
+  score, label = _flow_scorer(model, centers, cfg, x, y, x_val, y_val,
+                              num_classes)
+  initial = (score(variables) if score and cfg.flow_select_metric != 'authors'
+             else -np.inf)
+  log(f'{name}: n={n} D={dim} K={k} step 0 {label}={initial:.4f}')
   train = dict(params=variables['params'],
                batch_stats=variables['batch_stats'],
                opt_state=tx.init(variables['params']),
                ema=jnp.zeros((k,), jnp.float32), t=jnp.zeros((), jnp.float32),
                centers=centers)
-  initial = score(variables) if has_val else -np.inf
-  if metric == 'authors':
-    # The untrained flow is no candidate in the authors' code: any trained
-    # one replaces it.
-    initial = min(initial, -1.0)
-  log(f'{name}: n={n} D={dim} K={k} step 0 {label}='
-      f'{initial:.4f}')
-  state = loop.Selection.start(train, variables, initial)
-  fingerprint = dict(fingerprint or {}, component=name, n_train=n,
-                     n_val=int(y_val.size))
+  check_every = flow_check_every(cfg, n)
   state = loop.fit(
-      state, name=name,
-      step_fn=lambda s, key: s.advance(step, key, xs, ys, n, w, starts,
-                                       counts, classes, num_present),
+      loop.Selection.start(train, variables, initial), name=name,
+      step_fn=lambda s, key: s.advance(step, key, inputs[0], inputs[1], n,
+                                       *inputs[2:]),
       batches=loop.step_keys(seed + 1), total_steps=hp.total_steps,
       checkpoints=checkpoints_lib.StageCheckpoints(
-          files.as_path(workdir) / 'checkpoints', fingerprint),
-      workdir=workdir, log_every=cfg.eval_every,
-      checkpoint_every=checkpoint_every, evaluate_every=cfg.eval_every,
-      evaluate_fn=evaluate, hooks=hooks,
+          files.as_path(workdir) / 'checkpoints',
+          dict(fingerprint or {}, component=name, n_train=n,
+               n_val=int(y_val.size))),
+      workdir=workdir, log_every=min(cfg.eval_every, check_every),
+      checkpoint_every=checkpoint_every, evaluate_every=check_every,
+      evaluate_fn=_flow_selection(score, label), hooks=hooks,
       batch_size=cfg.flow_batch_size, unit='pairs',
       advice='Lower --config.dlsa.flow_lr, or set --config.dlsa.'
              'flow_grad_clip.')
   best_score, best_step = float(state.best_score), int(state.best_step)
-  log(f'{name}: selected step {best_step} ({label}='
-      f'{best_score:.4f})')
-  return model, state.best, centers, {'val_score': best_score,
-                                      'step': best_step, 'n_train': n}
+  # Without a scorer the last flow is kept and no flow was over any cap.
+  over_cap = bool(score is not None and np.isneginf(best_score))
+  log(f'{name}: selected step {best_step} ' +
+      ('(every flow over the cap: the last one)' if over_cap else
+       f'({label}={best_score:.4f})'))
+  return model, state.best, centers, {
+      'val_score': None if over_cap else best_score, 'over_cap': over_cap,
+      'step': best_step, 'n_train': n}

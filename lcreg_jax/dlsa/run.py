@@ -91,6 +91,7 @@ class _Run:
   y: dict     # split -> (N,) labels
   workdir: str
   common: dict  # the keyword arguments every component shares
+  select_metric: str  # eval.select_metric: the score of every val choice
   remaining: dict = dataclasses.field(default_factory=dict)
   stage_of: dict = dataclasses.field(default_factory=dict)
   probs: dict = dataclasses.field(default_factory=dict)
@@ -105,7 +106,7 @@ class _Run:
                      for s in _SPLITS}
     self.probs = {s: np.zeros((self.n[s], self.c), np.float32)
                   for s in _SPLITS}
-    self.final_model = classifiers.LinearClassifier(self.c)
+    self.final_model = classifiers.final_model(self.cfg, self.c)
 
   def component(self, name: str, index: int, *arrays) -> dict:
     # Flows and classifiers each use seeds s and s + 1 (init, steps).
@@ -130,7 +131,8 @@ def _train_flow(run: _Run, st: int):
       *flow_inputs, pad_to=run.n['train'],
       **run.component(f'flow_{st}', st, *flow_inputs))
   flow_info = {'flow_n_train': int(tr.sum()),
-               'flow_select_score': float(finfo['val_score']),
+               'flow_select_score': finfo['val_score'],
+               'flow_over_cap': finfo['over_cap'],
                'flow_step': int(finfo['step'])}
   outs = {s: flow_training.flow_evaluate(model, variables, centers, x[s],
                                          cfg.eval_chunk)
@@ -166,14 +168,15 @@ def _route_stage(run: _Run, st: int, outs: dict, flow_info: dict):
     z = outs[s][2][mask] if cfg.use_flow_latent else x[s][mask]
     return x[s][mask], np.concatenate([z, prior[cluster[s][mask]]], 1)
 
-  model_c = classifiers.ClusterAidedClassifier(c)
+  model_c = classifiers.ClusterAidedClassifier(c, cfg.classifier_init)
   args = (inputs('train', routed_tr), y['train'][routed_tr],
           inputs('val', routed['val']), y['val'][routed['val']])
   params, offset, cinfo = classifiers.train_classifier(
       model_c, *args, pad_train=n['train'], pad_val=n['val'],
+      select_metric=run.select_metric,
       **run.component(f'classifier_{st}', cfg.depth + st, *args[0], args[1],
                       *args[2], args[3]))
-  run.info[st]['val_selection_accuracy'] = cinfo['val_accuracy']
+  run.info[st]['val_selection_score'] = cinfo['val_score']
   correction = classifiers.prior_correction(
       np.bincount(args[1], minlength=c), run.full_counts,
       cfg.balanced_softmax_tiny)
@@ -181,7 +184,8 @@ def _route_stage(run: _Run, st: int, outs: dict, flow_info: dict):
       cfg.stage_prior_correction,
       lambda off: classifiers.predict_probs(
           model_c, params, off, inputs('val', routed['val']),
-          cfg.eval_chunk), offset, correction, y['val'][routed['val']])
+          cfg.eval_chunk), offset, correction, y['val'][routed['val']],
+      c, run.select_metric)
   run.info[st]['prior_correction'] = use
   if use:
     offset = offset + correction
@@ -205,7 +209,7 @@ def _final_classifier(run: _Run, name: str, index: int, rem: dict):
   params, offset, cinfo = classifiers.train_classifier(
       model_f, *args, balanced=cfg.final_balanced_softmax,
       prior_counts=final_counts, pad_train=run.n['train'],
-      pad_val=run.n['val'],
+      pad_val=run.n['val'], select_metric=run.select_metric,
       **run.component(name, index, args[0][0], args[1], args[2][0], args[3]))
   return cinfo, {s: classifiers.predict_probs(
       model_f, params, offset, (x[s][rem[s]],), cfg.eval_chunk)
@@ -228,8 +232,8 @@ def _stage_report(run: _Run) -> dict:
         'threshold': float(run.info.get(st, {}).get('threshold', np.inf)),
     }
   for st in range(depth):
-    for key in ('flow_n_train', 'flow_select_score', 'flow_step',
-                'prior_correction'):
+    for key in ('flow_n_train', 'flow_select_score', 'flow_over_cap',
+                'flow_step', 'prior_correction'):
       if key in run.info.get(st, {}):
         report[st][key] = run.info[st][key]
   return report
@@ -250,7 +254,8 @@ def _depth0_control(run: _Run, val_acc: float):
 
 
 def run_dlsa(config, *, train, val, test, num_classes: int, workdir: str,
-             checkpoint_every: int = 500, hooks=(),
+             select_metric: str = 'class_mean', checkpoint_every: int = 500,
+             hooks=(),
              log: Callable[[str], None] = logging.info) -> DLSAResult:
   """Runs DLSA on frozen features.
 
@@ -261,6 +266,9 @@ def run_dlsa(config, *, train, val, test, num_classes: int, workdir: str,
     num_classes: C.
     workdir: one folder per component (`flow_<s>`, `classifier_<s>`,
       `classifier_final`) with its checkpoints and TensorBoard events.
+    select_metric: `eval.select_metric`, the validation score of the
+      classifiers' checkpoints and of `stage_prior_correction='val'`
+      ('class_mean' or 'image_mean').
     checkpoint_every: steps between checkpoints of each component.
     hooks: the loop's hooks, called as hook(name, step, state).
     log: progress sink.
@@ -277,6 +285,7 @@ def run_dlsa(config, *, train, val, test, num_classes: int, workdir: str,
   data = _standardized(data, cfg)
   run = _Run(cfg=cfg, c=c, x={s: d[0] for s, d in data.items()},
              y={s: d[1] for s, d in data.items()}, workdir=workdir,
+             select_metric=select_metric,
              common=dict(num_classes=c, config=cfg,
                          checkpoint_every=checkpoint_every, hooks=hooks,
                          log=log))
@@ -294,7 +303,7 @@ def run_dlsa(config, *, train, val, test, num_classes: int, workdir: str,
     run.probs[s][rem[s]] = final_probs[s]
   run.info[cfg.depth] = {'threshold': -np.inf,
                          'train_routed': int(rem['train'].sum()),
-                         'val_selection_accuracy': cinfo['val_accuracy']}
+                         'val_selection_score': cinfo['val_score']}
   report = _stage_report(run)
   val_acc = run.accuracy('val', np.ones(run.n['val'], bool))
   log(f'DLSA: val_acc={val_acc:.4f} in {time.time() - t0:.1f}s; stages: ' +
@@ -312,16 +321,19 @@ def run_dlsa(config, *, train, val, test, num_classes: int, workdir: str,
 
 
 def choose_prior_correction(mode: str, predict, offset, correction,
-                            val_labels) -> bool:
+                            val_labels, num_classes: int,
+                            select_metric: str = 'class_mean') -> bool:
   """Whether a stage adds log(n_c,stage / n_c) at inference.
 
   mode 'off' / 'on' decide directly; 'val' compares the stage's validation
-  accuracy without and with the correction (ties keep it off, the authors'
-  form; no validation samples keep it off). predict(offset) -> (N, C).
+  score (`select_metric`) without and with the correction (ties keep it
+  off, the authors' form; no validation samples keep it off).
+  predict(offset) -> (N, C).
   """
   if mode != 'val':
     return mode == 'on'
   if val_labels.size == 0:
     return False
-  acc = lambda off: float(losses.top1(np.asarray(predict(off)), val_labels))
-  return acc(offset + correction) > acc(offset)
+  score = lambda off: classifiers.select_score(
+      np.asarray(predict(off)), val_labels, num_classes, select_metric)
+  return score(offset + correction) > score(offset)

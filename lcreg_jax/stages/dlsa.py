@@ -34,8 +34,10 @@ def run(ctx: common.Context, stage1_state) -> dict:
   result = dlsa.run_dlsa(
       config.dlsa, train=feats['train'], val=feats['val'], test=feats['test'],
       num_classes=ctx.info.num_classes, workdir=ctx.stage_dir('dlsa'),
+      select_metric=config.eval.select_metric,
       checkpoint_every=config.checkpoint_every, hooks=ctx.hooks)
-  extra = dict(val_accuracy=result.val_accuracy, routing=result.stage_report)
+  extra = dict(val_accuracy=result.val_accuracy, routing=result.stage_report,
+               select_metric=config.eval.select_metric)
   if result.control_test_probs is not None:
     # The depth-0 control gets its own report (benchmarks/collect_results.py
     # prints it as row 'dlsa_depth0') and its headline numbers in DLSA's.

@@ -2,9 +2,11 @@
 validation."""
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from lcreg_jax import losses
 from lcreg_jax.config.dlsa import dlsa_config
 from lcreg_jax.dlsa import classifiers
 
@@ -48,7 +50,7 @@ def test_classifier_with_absent_classes_trains(mask_absent, tmp_path):
   probs = classifiers.predict_probs(model, params, offset, (xv, zpv), chunk=3)
   assert probs.shape == (4, c) and np.all(np.isfinite(probs))
   np.testing.assert_allclose(probs.sum(1), 1, rtol=1e-5)
-  assert info['val_accuracy'] >= 0.75  # The three seen classes are easy.
+  assert info['val_score'] >= 0.75  # The three seen classes are easy.
   if mask_absent:
     assert probs[:, [1, 3]].max() < 1e-9
     assert np.argmax(probs[3]) != 1  # Unseen class never predicted.
@@ -64,7 +66,7 @@ def test_classifier_without_validation_keeps_the_last_parameters(tmp_path):
       model, (x,), y, (np.zeros((0, 2), np.float32),), np.zeros(0, np.int32),
       num_classes=2, config=_small_config(), seed=0, workdir=str(tmp_path),
       log=logs.append)
-  assert np.isnan(info['val_accuracy']) and info['best_step'] == 60
+  assert info['val_score'] is None and info['best_step'] == 60
   assert any('no validation samples' in l for l in logs)
   acc = (classifiers.predict_probs(model, params, offset, (x,)).argmax(1) == y)
   assert acc.mean() > 0.9
@@ -87,7 +89,8 @@ def test_classifier_selects_on_validation(tmp_path):
   # wins, and the parameters returned are the ones that scored it.
   assert info['best_step'] == 10
   last = classifiers.predict_probs(model, params, offset, (xv,)).argmax(1)
-  assert info['val_accuracy'] == pytest.approx(np.mean(last == yv))
+  assert info['val_score'] == pytest.approx(
+      losses.class_mean_top1(np.eye(2)[last], yv, 2))
 
 
 def test_prior_correction_and_its_choice_on_validation():
@@ -102,9 +105,131 @@ def test_prior_correction_and_its_choice_on_validation():
   zero = np.zeros(2)
   choose = lambda mode, y: run_lib.choose_prior_correction(
       mode, lambda off: np.tile([0.0, 1.0], (len(y), 1)) + off, zero, corr,
-      np.array(y))
+      np.array(y), 2, 'image_mean')
   assert choose('val', [0, 0, 1]) is True    # 2/3 with it, 1/3 without.
   assert choose('val', [1, 1, 0]) is False   # 1/3 with it, 2/3 without.
   assert choose('val', [0, 1]) is False      # A tie keeps it off.
   assert choose('val', []) is False          # No validation samples.
   assert choose('on', [1, 1]) is True and choose('off', [0, 0]) is False
+
+
+def test_prior_correction_choice_follows_the_select_metric():
+  """Unbalanced val split (one class-0 row, four class-1 rows): without the
+  correction every row is called 1 (top-1 4/5, class mean 1/2); with it the
+  class-0 row and two class-1 rows are right (3/5, 3/4). Image mean keeps
+  it off, class mean turns it on."""
+  from lcreg_jax.dlsa import run as run_lib
+  logits = np.array([[0, 1], [0, 1], [0, 1], [0, 3], [0, 3]], np.float64)
+  y = np.array([0, 1, 1, 1, 1])
+  choose = lambda metric: run_lib.choose_prior_correction(
+      'val', lambda off: logits + off, np.zeros(2), np.array([2.0, 0.0]), y,
+      2, metric)
+  assert choose('image_mean') is False
+  assert choose('class_mean') is True
+
+
+def test_checkpoint_choice_follows_the_select_metric():
+  """Two candidates on the same unbalanced split: 'a' calls everything the
+  majority class, 'b' gets each class half right. Class mean keeps b."""
+  y = np.array([0, 1, 1, 1, 1, 1])
+  preds = {'a': np.ones(6, int), 'b': np.array([0, 1, 1, 1, 0, 0])}
+  from lcreg_jax import loop
+  for metric, kept in (('image_mean', 'a'), ('class_mean', 'b')):
+    evaluate = classifiers._selection(
+        lambda st: st.train, lambda p, off, xs: np.eye(2)[preds[p]], None,
+        (), y, 2, metric)
+    state = loop.Selection.start('a', 'a')
+    state, _ = evaluate(1, state)
+    state, _ = evaluate(2, state.replace(train='b'))
+    assert state.best == kept, metric
+
+
+def _step_setup(model, d=3, c=4, n=5, batch=4, seed=0):
+  rng = np.random.default_rng(seed)
+  x = rng.normal(size=(n, d)).astype(np.float32)
+  y = np.array([0, 1, 1, 3, 1][:n], np.int32)
+  counts = np.bincount(y, minlength=c).astype(np.float32)
+  cfg = dlsa_config()
+  cfg.classifier_batch_size = batch
+  hp = classifiers.ClassifierHparams.from_config(cfg)
+  tx, step, _ = classifiers.classifier_fns(model, hp)
+  params = model.init(jax.random.PRNGKey(seed), x[:1])
+  return x, y, counts, tx, step, params
+
+
+def _numpy_bsm_sgd(w, b, x, y, counts, lr):
+  """One SGD step of the mean balanced-softmax CE, float64 by hand."""
+  x = x.astype(np.float64)
+  adj = x @ w + b + np.log(counts + 1e-12)
+  p = np.exp(adj - adj.max(1, keepdims=True))
+  p /= p.sum(1, keepdims=True)
+  g = (p - np.eye(w.shape[1])[y]) / len(y)
+  return w - lr * x.T @ g, b - lr * g.sum(0)
+
+
+def test_sgd_step_on_the_short_last_batch_matches_numpy():
+  """The authors' default: plain SGD at lr 0.01. n = 5, batch 4: the
+  epoch's second batch holds one real row and three padded ones, which
+  must not count (PyTorch steps on the short batch's mean)."""
+  model = classifiers.LinearClassifier(4)
+  x, y, counts, tx, step, params = _step_setup(model)
+  w = np.asarray(params['params']['lin_x']['kernel'], np.float64)
+  b = np.asarray(params['params']['lin_x']['bias'], np.float64)
+  batches, per_epoch = classifiers.epoch_batches(7, 5, 4)
+  assert per_epoch == 2
+  it = batches(0)
+  train = (params, tx.init(params))
+  for _ in range(2):
+    idx, num_real = next(it)
+    rows = np.asarray(idx)[:num_real]
+    train, _ = step(train, (idx, num_real),
+                          (jnp.asarray(x),), jnp.asarray(y), 5,
+                          jnp.asarray(counts))
+    params = train[0]
+    w, b = _numpy_bsm_sgd(w, b, x[rows], y[rows], counts, 0.01)
+    np.testing.assert_allclose(params['params']['lin_x']['kernel'], w,
+                               rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(params['params']['lin_x']['bias'], b,
+                               rtol=1e-5, atol=1e-7)
+  assert num_real == 1
+
+
+def test_epoch_batches_cover_each_row_once_and_resume():
+  batches, per_epoch = classifiers.epoch_batches(3, 10, 4)
+  assert per_epoch == 3
+  it = batches(0)
+  seen = [next(it) for _ in range(6)]
+  for e in range(2):
+    rows = np.concatenate([np.asarray(i)[:k] for i, k in
+                           seen[3 * e:3 * e + 3]])
+    assert sorted(rows) == list(range(10))
+  assert [int(k) for _, k in seen] == [4, 4, 2] * 2
+  assert not np.array_equal(seen[0][0], seen[3][0])  # a fresh shuffle
+  # A run resumed after step 4 reads steps 5 and 6 as the full run did.
+  resumed = batches(4)
+  for i in (4, 5):
+    np.testing.assert_array_equal(next(resumed)[0], seen[i][0])
+
+
+def test_lin_lin_final_classifier_sums_two_torch_initialised_layers():
+  d, c = 16, 5
+  model = classifiers.LinLinClassifier(c)
+  params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, d)))['params']
+  assert set(params) == {'lin_x', 'lin_z'}
+  bound = 1 / np.sqrt(d)
+  for layer in params.values():
+    for leaf in (layer['kernel'], layer['bias']):
+      assert np.abs(leaf).max() <= bound and np.abs(leaf).max() > 0.5 * bound
+  assert not np.allclose(params['lin_x']['kernel'], params['lin_z']['kernel'])
+  x = np.random.default_rng(0).normal(size=(3, d))
+  expected = sum(x @ np.asarray(l['kernel'], np.float64) + l['bias']
+                 for l in params.values())
+  np.testing.assert_allclose(model.apply({'params': params}, x), expected,
+                             rtol=1e-5, atol=1e-6)
+  cfg = dlsa_config()
+  assert isinstance(classifiers.final_model(cfg, c),
+                    classifiers.LinLinClassifier)
+  cfg.final_classifier, cfg.classifier_init = 'linear', 'zeros'
+  single = classifiers.final_model(cfg, c)
+  p = single.init(jax.random.PRNGKey(0), jnp.zeros((1, d)))['params']
+  assert set(p) == {'lin_x'} and not np.any(p['lin_x']['kernel'])

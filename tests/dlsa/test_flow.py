@@ -109,14 +109,20 @@ def test_flow_batchnorm_eval_logdet_and_inverse():
     np.testing.assert_allclose(back, x, atol=1e-12)
 
 
-def test_flow_batchnorm_train_mode_uses_batch_stats():
+@pytest.mark.parametrize('unbiased', [True, False])
+def test_flow_batchnorm_train_mode_uses_batch_stats(unbiased):
+  """Authors (unbiased): the variance divides by B - 1 in the output, the
+  log-det and the running average (PyTorch's x.var(0)); former: by B."""
   with jax.enable_x64(True):
     dim = 3
-    bn, v = _bn_variables(dim, seed=7)
-    x = np.random.default_rng(8).normal(2.0, 1.5, (16, dim))
+    _, v = _bn_variables(dim, seed=7)
+    bn = flow_lib.FlowBatchNorm(dim, momentum=0.8, eps=1e-3,
+                                unbiased=unbiased)
+    x = np.random.default_rng(8).normal(2.0, 1.5, (5, dim))
     (y, logdet), upd = bn.apply(v, jnp.asarray(x), train=True,
                                 mutable=['batch_stats'])
-    mean, var = x.mean(0), x.var(0)  # Biased, as a bijection of the batch.
+    mean = x.sum(0) / 5
+    var = ((x - mean)**2).sum(0) / (4 if unbiased else 5)
     s = v['params']
     np.testing.assert_allclose(
         y, (x - mean) / np.sqrt(var + 1e-3) * np.exp(s['log_gamma']) +
@@ -131,6 +137,23 @@ def test_flow_batchnorm_train_mode_uses_batch_stats():
                                0.8 * old['mean'] + 0.2 * mean, rtol=1e-12)
     np.testing.assert_allclose(upd['batch_stats']['var'],
                                0.8 * old['var'] + 0.2 * var, rtol=1e-12)
+    np.testing.assert_allclose(
+        logdet, np.sum(s['log_gamma'] - 0.5 * np.log(var + 1e-3)),
+        rtol=1e-12)
+
+
+def test_made_init_is_pytorch_default_or_the_former_small_output():
+  dim, hidden = 6, 12
+  x = jnp.zeros((1, dim))
+  p = flow_lib.MADE(hidden).init(jax.random.PRNGKey(0), x)['params']
+  for i, fan_in in enumerate((dim, hidden, hidden)):
+    for leaf in (p[f'kernel_{i}'], p[f'bias_{i}']):
+      bound = 1 / np.sqrt(fan_in)
+      assert bound * 0.7 < np.abs(leaf).max() <= bound
+  old = flow_lib.MADE(hidden, out_scale=1e-2).init(jax.random.PRNGKey(0),
+                                                   x)['params']
+  assert not any(np.any(old[f'bias_{i}']) for i in range(3))
+  assert np.std(old['kernel_2']) < 0.1 * np.std(p['kernel_2'])
 
 
 def _trained_maf(dim, seed, scale=0.4):

@@ -79,11 +79,20 @@ def test_authors_selection_score_by_hand():
                                            10) == 1
   assert train_lib.authors_selection_score(clusters, labels, 4, 3, 0.8,
                                            1) == 2  # 0.8 is not > 0.8.
-  # Cap N / K * f = 6 f: the largest cluster (12) passes at f = 2, not 1.9.
-  assert train_lib.authors_selection_score(clusters, labels, 4, 3, 0.7, 1,
-                                           2.0) == 3
-  assert train_lib.authors_selection_score(clusters, labels, 4, 3, 0.7, 1,
-                                           1.9) == -1
+  # The authors' fixed cap: the largest cluster (12) must stay below it.
+  score = lambda **kw: train_lib.authors_selection_score(
+      clusters, labels, 4, 3, 0.7, 1, **kw)
+  assert score(cap=13) == 3 and score(cap=12) is None
+  assert score() == 3  # the default 5000
+  # The factor rule (cap None), N / K * f = 6 f: 12 passes at f = 2, not 1.9.
+  assert score(cap=None, cap_factor=2.0) == 3
+  assert score(cap=None, cap_factor=1.9) is None
+  # The two rules part: 5000 takes a 120-sample cluster of N = 240, K = 4,
+  # which N / K * 1.9 = 114 rejects.
+  big = np.repeat([0, 1], [120, 120])
+  assert train_lib.authors_selection_score(big, big % 3, 4, 3, 0.7, 1) == 2
+  assert train_lib.authors_selection_score(
+      big, big % 3, 4, 3, 0.7, 1, cap=None, cap_factor=1.9) is None
 
 
 def test_sample_pairs_distribution():
@@ -265,14 +274,26 @@ def test_authors_selection_in_train_flow(tmp_path, cap, expected_step):
   x = (rng.normal(size=(3, 4))[y] * 3 + rng.normal(size=(100, 4))).astype(
       np.float32)
   cfg = with_preset(dlsa_config())
-  cfg.update(num_clusters=8, flow_steps=20, eval_every=10, flow_batch_size=32,
-             select_cap_factor=cap, select_min_size=2)
+  cfg.update(num_clusters=8, flow_steps=20, flow_eval_every=10,
+             flow_batch_size=32, select_cap=None, select_cap_factor=cap,
+             select_min_size=2)
   logs = []
   _, _, _, info = train_lib.train_flow(
       x, y, x[:0], y[:0], num_classes=3, config=cfg, seed=0,
       workdir=str(tmp_path), log=logs.append)
   if expected_step is not None:
-    assert info == {'val_score': -1.0, 'step': expected_step, 'n_train': 100}
+    assert info == {'val_score': None, 'over_cap': True,
+                    'step': expected_step, 'n_train': 100}
+    assert any('every flow over the cap' in l for l in logs)
   else:
     assert info['step'] in (10, 20) and info['val_score'] >= 0
     assert any(f'train_authors={info["val_score"]:.4f}' in l for l in logs)
+
+
+def test_flow_checks_once_per_epoch_by_default():
+  cfg = dlsa_config()
+  cfg.flow_batch_size = 32
+  assert train_lib.flow_check_every(cfg, 100) == 4   # ceil(100 / 32)
+  assert train_lib.flow_check_every(cfg, 64) == 2
+  cfg.flow_eval_every = 250
+  assert train_lib.flow_check_every(cfg, 100) == 250

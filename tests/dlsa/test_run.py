@@ -33,8 +33,9 @@ def synthetic():
 def _config(**kw):
   cfg = with_preset(dlsa_config())
   cfg.update(dict(num_clusters=16, flow_steps=60, flow_batch_size=64,
-                  eval_every=30, classifier_steps=120,
-                  classifier_batch_size=64, classifier_lr=0.05, depth=2,
+                  eval_every=30, flow_eval_every=30, classifier_epochs=8,
+                  classifier_eval_epochs=2, classifier_batch_size=64,
+                  classifier_lr=0.1, depth=2,
                   eval_chunk=1024))
   cfg.update(kw)
   return cfg
@@ -120,8 +121,12 @@ def test_run_dlsa_switches(synthetic, tmp_path):
                 pair_sampling='sample_uniform', nll_weight_norm='samples',
                 nll_per_dim=True, flow_separate_passes=False,
                 cluster_prior_from='routed', final_counts='remaining',
-                stage_prior_correction='val', depth0_control=False)
-  res, logs = _run(synthetic, tmp_path, cfg)
+                stage_prior_correction='val', depth0_control=False,
+                classifier_steps=120, classifier_optimizer='adamw',
+                classifier_lr=0.05, classifier_init='zeros',
+                final_classifier='linear', flow_eval_every=30,
+                select_cap=None, made_out_scale=1e-2, bn_unbiased_var=False)
+  res, logs = _run(synthetic, tmp_path, cfg, select_metric='image_mean')
   rep = res.stage_report
   assert [rep[s]['train_routed'] for s in range(3)] == [191, 134, 310]
   # One flow, trained on all 635 samples, ranks both stages.
@@ -154,7 +159,7 @@ def test_stage_inputs_flows_priors_and_counts(synthetic, tmp_path,
                       **k: (calls['clf'].append((k['name'], np.array(y),
                                                  k.get('prior_counts'))),
                             real_clf(m, xs, y, *a, **k))[1])
-  cfg = _config(flow_steps=30, classifier_steps=30)
+  cfg = _config(flow_steps=30, classifier_epochs=3)
   res, _ = _run(synthetic, tmp_path, cfg)
   xs = _standardized(xtr, xtr).astype(np.float32)
   # Flow k sees exactly the training samples no stage < k took.
@@ -185,7 +190,7 @@ def test_stage_inputs_flows_priors_and_counts(synthetic, tmp_path,
   # final classifier's softmax its own remaining counts.
   calls.update(prior=[], clf=[], flow=[])
   _run(synthetic, tmp_path / 'switched', _config(
-      flow_steps=30, classifier_steps=30, cluster_prior_from='routed',
+      flow_steps=30, classifier_epochs=3, cluster_prior_from='routed',
       final_counts='remaining', depth0_control=False))
   assert [y.size for y in calls['prior']] == [191, 134]
   assert {name: counts for name, _, counts in calls['clf']} == {
@@ -205,7 +210,7 @@ def test_depth0_is_the_plain_balanced_softmax_classifier(synthetic, dlsa_run,
   np.testing.assert_allclose(res0.test_probs, dlsa_run[0].control_test_probs,
                              atol=1e-6)
   cfg = _config(depth=0)
-  model = classifiers.LinearClassifier(c)
+  model = classifiers.final_model(cfg, c)
   st = lambda x: _standardized(xtr, x).astype(np.float32)
   params, offset, _ = classifiers.train_classifier(
       model, (st(xtr),), ytr, (st(xv),), yv, num_classes=c, config=cfg,
