@@ -244,6 +244,13 @@ def mislas_edits(channels: int, blocks: int) -> list[Edit]:
       'what it meant.',
       '    bin_counts = np.zeros(num_bins, dtype=np.int)\n',
       '    bin_counts = np.zeros(num_bins, dtype=int)\n'))
+  edits.append(Edit(
+      'utils/metric.py', 'accuracy() views a transposed (non-contiguous) '
+      'tensor, which torch >= 1.5 refuses; reshape gives the same values.',
+      '            correct_k = correct[:k].view(-1).float().sum(0, '
+      'keepdim=True)\n',
+      '            correct_k = correct[:k].reshape(-1).float().sum(0, '
+      'keepdim=True)\n'))
   return edits
 
 
