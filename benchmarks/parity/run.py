@@ -212,11 +212,21 @@ def mislas_yaml(config: dict, stage: str, seed: int, data_path: str,
               mixup=False)
 
 
-def schedule_problems(config: dict) -> list[str]:
+def schedule_problems(config: dict, class_counts=None) -> list[str]:
   """Where our config differs from what MiSLAS hard-codes (then the table
-  compares different schedules)."""
+  compares different schedules); with the training class counts, also
+  where a stage-2 epoch differs in length."""
   s1, s2 = config['stage1'], config['stage2']
   out = []
+  if class_counts is not None:
+    theirs = max(class_counts) * len(class_counts)
+    if theirs != sum(class_counts):
+      out.append(
+          f'stage 2: a MiSLAS epoch is max_c n_c x C = {theirs} samples (its '
+          f'ClassAwareSampler), ours {sum(class_counts)} (the training set): '
+          f'MiSLAS trains {theirs / sum(class_counts):.2f}x our stage-2 '
+          'steps at equal epochs (--ours_arg=--config.stage2.epochs=E x '
+          'that ratio equalises them)')
   if (s1['schedule'], s1['warmup'], s1['warmup_epochs'],
       tuple(s1['decay_epochs']), s1['decay_factor']) != (
           'step', 'per_epoch', 5.0, (160.0, 180.0), 0.1):
@@ -296,7 +306,12 @@ def dlsa_yaml(config: dict, args, feat_dir: str, root_dir: str,
 
 
 def run_dlsa_authors(args, seed, folder, code, cfg, kind, select, labels,
-                     num_classes):
+                     num_classes, flows_of=None):
+  """One run of the edited train_dlsa.py (kind 'dlsa') or of the depth-0
+  control; with `flows_of`, the folder of an earlier DLSA run of this seed,
+  its trained flows are loaded (the authors' --ft_model_weight) instead of
+  trained again: the epoch choice comes after the flows, so runs that
+  differ only in it share them (and half the time)."""
   root = os.path.dirname(folder)
   name = os.path.basename(folder) + '_run'
   shutil.rmtree(os.path.join(root, name), ignore_errors=True)
@@ -306,8 +321,13 @@ def run_dlsa_authors(args, seed, folder, code, cfg, kind, select, labels,
   script = 'train_dlsa.py' if kind == 'dlsa' else 'parity_control.py'
   env = {'PARITY_SEED': str(seed), 'PARITY_NUM_CLASS': str(num_classes),
          'PARITY_NUM_VAL': str(len(labels['val'])), 'PARITY_SELECT': select}
-  wall = _run([args.torch_python, script, '--cfg', path, '--name', name],
-              code, os.path.join(folder, 'log.txt'), env)
+  cmd = [args.torch_python, script, '--cfg', path, '--name', name]
+  if flows_of:
+    flows = [os.path.join(root, os.path.basename(flows_of) + '_run',
+                          f'ft_models_D{d}.t7')
+             for d in range(1, cfg['max_depth'] + 1)]
+    cmd.append('--ft_model_weight=' + ','.join(flows))
+  wall = _run(cmd, code, os.path.join(folder, 'log.txt'), env)
   import numpy as np  # pylint: disable=g-import-not-at-top
   pred = np.load(os.path.join(root, name, 'parity_test_pred.npy'))
   with open(os.path.join(folder, 'log.txt')) as f:
@@ -388,15 +408,13 @@ def main(argv=None):
       continue
     config = _read_json(config_path)
     if 'mislas' in parts:
-      for problem in schedule_problems(config):
-        log(f'warning: {problem}; our config differs, so the schedules do')
+      data_path = os.path.join(out, 'data.npz')
+      data_key = os.path.join(out, 'data_config.json')
       if 'mislas' not in code:
         code['mislas'] = edits.prepare(
             args.mislas_repo, os.path.join(out, 'code', 'mislas'),
             edits.mislas_edits(config['data']['channels'],
                                _BLOCKS[args.backbone]), edits.MISLAS_FILES)
-      data_path = os.path.join(out, 'data.npz')
-      data_key = os.path.join(out, 'data_config.json')
       if not os.path.exists(data_path):
         import ml_collections  # pylint: disable=g-import-not-at-top
         from lcreg_jax.data import sources  # pylint: disable=g-import-not-at-top
@@ -407,6 +425,11 @@ def main(argv=None):
       elif _read_json(data_key) != config['data']:
         sys.exit(f'error: {data_path} holds another data config than seed '
                  f'{seed}\'s run; use another --out')
+      if seed == seeds[0]:
+        import numpy as np  # pylint: disable=g-import-not-at-top
+        counts = np.bincount(np.load(data_path)['train_labels']).tolist()
+        for problem in schedule_problems(config, counts):
+          log(f'warning: {problem}')
       s1 = part(f'seed {seed} MiSLAS stage 1',
                 os.path.join(folder, 'mislas_stage1'),
                 lambda f, s=seed: run_mislas_stage(
@@ -436,14 +459,16 @@ def main(argv=None):
                    features)
       labels = {'val': feats['val_labels'], 'test': feats['test_labels']}
       cfg = dlsa_yaml(config, args, feat_dir, folder, feats['n_train'])
-      for sel in selections:
+      for i, sel in enumerate(selections):
         for kind in ('dlsa', 'control'):
+          flows_of = (os.path.join(folder, f'dlsa_{selections[0]}_dlsa')
+                      if i and kind == 'dlsa' else None)
           rec[f'dlsa_{sel}_{kind}'] = part(
               f'seed {seed} authors\' DLSA {kind}, epochs chosen on {sel}',
               os.path.join(folder, f'dlsa_{sel}_{kind}'),
-              lambda f, s=seed, k=kind, c=sel: run_dlsa_authors(
+              lambda f, s=seed, k=kind, c=sel, o=flows_of: run_dlsa_authors(
                   args, s, f, code['dlsa'], cfg, k, c, labels,
-                  config['data']['num_classes']))
+                  config['data']['num_classes'], o))
   table, summary = summarize(per_seed, selections)
   summary['args'] = vars(args)
   _write_json(os.path.join(out, 'parity.json'), summary)
