@@ -109,8 +109,10 @@ def test_mislas_parser_reads_the_last_and_best_epoch():
 
 
 def test_dlsa_parsers():
-  text = ('[2026-12-05 00:50:00] [cacls] Best epoch: 45, Test [45] 71.230 / '
-          '1, 2, 3\n[2026-12-05 00:51:00] [regcls] Best epoch: 150, Test '
+  text = ('[cacls] Best epoch: 45, Test [45] 71.230 / 1, 2, 3\n'
+          '[2026-12-05 00:50:00] [cacls] Best epoch: 45, Test [45] 71.230 / '
+          '1, 2, 3\n[regcls] Best epoch: 150, Test [150] 70.000 / 1, 2, 3\n'
+          '[2026-12-05 00:51:00] [regcls] Best epoch: 150, Test '
           '[150] 70.000 / 1, 2, 3\n')
   assert results.dlsa_chosen_epochs(text) == {'cacls': [45],
                                               'regcls': [150]}

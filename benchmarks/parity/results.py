@@ -11,8 +11,11 @@ import numpy as np
 # MiSLAS's validate() logs, once per epoch on the test split,
 # '* Acc@1 61.810% Acc@5 99.1% HAcc ...'.
 _MISLAS_ACC1 = re.compile(r'\* Acc@1 (-?[0-9.]+)% Acc@5')
-# DLSA's solvers log '[regcls] Best epoch: 45, Test [45] 71.230 / ...'.
-_DLSA_BEST = re.compile(r'\[(cacls|regcls)\] Best epoch: (\d+|None)')
+# DLSA's solvers log '[regcls] Best epoch: 45, Test [45] 71.230 / ...'
+# through a logger that prints it twice: bare and, through the root logger,
+# after a '[date time] ' stamp; only the stamped line counts.
+_DLSA_BEST = re.compile(r'^\[[^\]]+\] \[(cacls|regcls)\] Best epoch: '
+                        r'(\d+|None)', re.M)
 
 
 def mislas_result(log_text: str, epochs: int) -> dict:
