@@ -261,3 +261,15 @@ def test_every_edit_has_a_reason_and_edits_md_is_generated():
     assert len(e.why) > 20 and (e.anchor or e.kind != 'replace')
   with open(os.path.join(ROOT, 'benchmarks', 'parity', 'EDITS.md')) as f:
     assert f.read() == edits.markdown()
+
+
+def test_collect_reads_every_finished_part_of_every_seed(tmp_path):
+  for seed, name, top1 in ((0, 'ours', 0.6), (0, 'mislas_stage1', 0.5),
+                           (3, 'dlsa_val_dlsa', 0.7)):
+    (tmp_path / f'seed_{seed}' / name).mkdir(parents=True)
+    (tmp_path / f'seed_{seed}' / name / 'result.json').write_text(
+        f'{{"top1": {top1}}}')
+  (tmp_path / 'seed_3' / 'mislas_stage2').mkdir()   # unfinished: no result
+  assert run.collect(str(tmp_path)) == {
+      0: {'ours': {'top1': 0.6}, 'mislas_stage1': {'top1': 0.5}},
+      3: {'dlsa_val_dlsa': {'top1': 0.7}}}

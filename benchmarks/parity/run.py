@@ -339,6 +339,18 @@ def run_dlsa_authors(args, seed, folder, code, cfg, kind, select, labels,
 # The table.
 
 
+def collect(out: str) -> dict:
+  """{seed: {part: result}} of every finished part under `out`, whichever
+  invocation ran it (e.g. MiSLAS for 6 seeds, DLSA for 3)."""
+  per_seed = {}
+  for folder in glob.glob(os.path.join(out, 'seed_*')):
+    seed = int(os.path.basename(folder)[len('seed_'):])
+    for done in glob.glob(os.path.join(folder, '*', 'result.json')):
+      part_name = os.path.basename(os.path.dirname(done))
+      per_seed.setdefault(seed, {})[part_name] = _read_json(done)
+  return per_seed
+
+
 def summarize(per_seed: dict, selections) -> tuple[str, dict]:
   """The Markdown table and the JSON summary of all finished seeds."""
   seeds = sorted(per_seed)
@@ -393,14 +405,12 @@ def main(argv=None):
   os.makedirs(out, exist_ok=True)
   from benchmarks.parity import export  # pylint: disable=g-import-not-at-top
   code = {}
-  per_seed = {}
   for seed in seeds:
     folder = os.path.join(out, f'seed_{seed}')
-    rec = per_seed.setdefault(seed, {})
     ours_dir = os.path.join(folder, 'ours')
     if 'ours' in parts:
-      rec['ours'] = part(f'seed {seed} ours', ours_dir,
-                         lambda f, s=seed: run_ours(args, s, f))
+      part(f'seed {seed} ours', ours_dir,
+           lambda f, s=seed: run_ours(args, s, f))
     config_path = os.path.join(ours_dir, 'run', 'config.json')
     if not os.path.exists(config_path):
       log(f'seed {seed}: no run of ours in {ours_dir}; its other parts '
@@ -434,8 +444,7 @@ def main(argv=None):
                 os.path.join(folder, 'mislas_stage1'),
                 lambda f, s=seed: run_mislas_stage(
                     args, s, f, 'stage1', code['mislas'], config, data_path))
-      rec['mislas_stage1'] = s1
-      rec['mislas_stage2'] = part(
+      part(
           f'seed {seed} MiSLAS stage 2', os.path.join(folder, 'mislas_stage2'),
           lambda f, s=seed: run_mislas_stage(
               args, s, f, 'stage2', code['mislas'], config, data_path,
@@ -463,13 +472,13 @@ def main(argv=None):
         for kind in ('dlsa', 'control'):
           flows_of = (os.path.join(folder, f'dlsa_{selections[0]}_dlsa')
                       if i and kind == 'dlsa' else None)
-          rec[f'dlsa_{sel}_{kind}'] = part(
+          part(
               f'seed {seed} authors\' DLSA {kind}, epochs chosen on {sel}',
               os.path.join(folder, f'dlsa_{sel}_{kind}'),
               lambda f, s=seed, k=kind, c=sel, o=flows_of: run_dlsa_authors(
                   args, s, f, code['dlsa'], cfg, k, c, labels,
                   config['data']['num_classes'], o))
-  table, summary = summarize(per_seed, selections)
+  table, summary = summarize(collect(out), SELECTIONS)
   summary['args'] = vars(args)
   _write_json(os.path.join(out, 'parity.json'), summary)
   with open(os.path.join(out, 'parity.md'), 'w') as f:
