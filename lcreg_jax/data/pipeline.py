@@ -88,7 +88,7 @@ def make_train_iterator(images, labels, *, global_batch_size, sharding, seed, st
   tf = import_tf()
   batch = global_batch_size
   rows = local_rows(sharding, batch)
-  spe = samplers.steps_per_epoch(len(labels), batch)
+  spe = samplers.steps_per_epoch(samplers.epoch_samples(np.bincount(labels), sampler), batch)
 
   images_t, labels_t = tf.constant(images), tf.constant(labels)
   mean_t, std_t, rows_t = tf.constant(mean), tf.constant(std), tf.constant(rows)

@@ -11,6 +11,18 @@ import numpy as np
 SAMPLERS = ("shuffle", "class_balanced")
 
 
+def epoch_samples(class_counts, sampler: str) -> int:
+  """Samples in one epoch: the training set when shuffling; for the
+  class-balanced order, MiSLAS's (and classifier-balancing's)
+  ClassAwareSampler length, the largest class times the classes present, so
+  that an epoch draws the head class about once (4.03x the training set on
+  Fashion-MNIST-LT at IF 100)."""
+  counts = np.asarray(class_counts)
+  if sampler == "class_balanced":
+    return int(counts.max() * np.count_nonzero(counts))
+  return int(counts.sum())
+
+
 def steps_per_epoch(num_examples: int, global_batch_size: int) -> int:
   """Full batches per epoch (the remainder is dropped), at least 1."""
   return max(1, num_examples // global_batch_size)

@@ -107,7 +107,8 @@ class _TrainStream:
     self.threads = threads
     self.rows = pipeline.local_rows(sharding, batch)
     self.local = len(self.rows)
-    self.spe = samplers.steps_per_epoch(len(labels), batch)
+    self.spe = samplers.steps_per_epoch(
+        samplers.epoch_samples(np.bincount(labels), sampler), batch)
     self.labels_t = tf.constant(labels)
     self.seed_t = tf.constant(seed, tf.int64)
     self.drawn = _is_drawn(example_fn)

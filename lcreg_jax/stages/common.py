@@ -37,10 +37,13 @@ class Context:
     return files.as_path(self.workdir) / stage
 
 
-def schedule_length(stage_config, info) -> tuple[int, int]:
-  """(steps per epoch, total steps); `steps`, when set, wins over `epochs`."""
-  spe = samplers.steps_per_epoch(info.split_sizes['train'],
-                                 stage_config.batch_size)
+def schedule_length(stage_config, info,
+                    sampler: str = 'shuffle') -> tuple[int, int]:
+  """(steps per epoch, total steps) of a stage reading the training set in
+  `sampler`'s order; `steps`, when set, wins over `epochs`."""
+  spe = samplers.steps_per_epoch(
+      samplers.epoch_samples(info.class_counts, sampler),
+      stage_config.batch_size)
   total = stage_config.steps or int(round(stage_config.epochs * spe))
   return spe, max(total, 1)
 
@@ -102,7 +105,8 @@ def fit(ctx: Context, stage: str, state, step, *, total_steps: int,
         workdir=ctx.stage_dir(stage), log_every=ctx.config.log_every,
         checkpoint_every=ctx.config.checkpoint_every, advice=advice,
         evaluate_every=(ctx.config.eval.val_every or
-                        schedule_length(stage_config, ctx.info)[0]),
+                        schedule_length(stage_config, ctx.info,
+                                        sampler)[0]),
         evaluate_fn=select, hooks=ctx.hooks,
         batch_size=stage_config.batch_size)
   finally:

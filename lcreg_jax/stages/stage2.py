@@ -23,6 +23,10 @@ from lcreg_jax.models import network
 from lcreg_jax.stages import common
 from lcreg_jax.steps import retrain
 
+# MiSLAS, cRT and LWS retrain on class-balanced batches, an epoch being the
+# ClassAwareSampler's (samplers.epoch_samples).
+SAMPLER = 'class_balanced'
+
 
 def merge_stage1(params2, params1):
   """Stage-2 params: stage-1 values wherever the paths exist (all but LWS)."""
@@ -98,7 +102,7 @@ def initial_model(config, num_classes: int, image_shape, stage1_params):
 
 def make_state(config, info, model, params, batch_stats):
   """The stage-2 train state at step 0 (its optimiser sized to the data)."""
-  spe, total = common.schedule_length(config.stage2, info)
+  spe, total = common.schedule_length(config.stage2, info, SAMPLER)
   epochs = max(int(round(total / spe)), 1)
   tx = optim.stage2_optimizer(config.stage2, spe, epochs)
   return train_state.TrainState.create(
@@ -120,7 +124,7 @@ def train(ctx: common.Context, stage1_state):
   cfg = config.stage2
   model, params = initial_model(config, ctx.info.num_classes,
                                 ctx.info.image_shape, stage1_state.params)
-  _, total = common.schedule_length(cfg, ctx.info)
+  _, total = common.schedule_length(cfg, ctx.info, SAMPLER)
   state = make_state(config, ctx.info, model, params,
                      jax.device_get(stage1_state.batch_stats))
   state = parallel.replicate(state, ctx.mesh)
@@ -131,7 +135,7 @@ def train(ctx: common.Context, stage1_state):
   logging.info('stage2: settings %s.', settings)
   return common.fit(
       ctx, 'stage2', state, step, total_steps=total,
-      data_seed=config.seed + 1, sampler='class_balanced',
+      data_seed=config.seed + 1, sampler=SAMPLER,
       samples_per_class=cfg.samples_per_class,
       fingerprint_extra=dict(stage2_settings=settings),
       advice='Lower the learning rate (--config.stage2.lr).')

@@ -209,6 +209,27 @@ def test_steps_per_epoch():
   assert samplers.steps_per_epoch(5, 128) == 1
 
 
+def test_a_class_balanced_epoch_is_the_largest_class_times_the_classes():
+  # MiSLAS's ClassAwareSampler: max_c n_c x C samples (absent classes left
+  # out); shuffling reads the training set once.
+  counts = np.array([20, 8, 4, 0, 4])
+  assert samplers.epoch_samples(counts, "class_balanced") == 20 * 4
+  assert samplers.epoch_samples(counts, "shuffle") == 36
+
+
+def test_the_class_balanced_iterator_starts_epoch_1_after_that_many_steps():
+  labels = np.repeat(np.arange(4), [20, 8, 4, 4])   # 80 samples an epoch
+  spe = 80 // BATCH
+  assert spe > len(labels) // BATCH   # a training-set epoch would be shorter
+  batches = _train(_images(len(labels)), labels, spe + 1, sampler="class_balanced",
+                   samples_per_class=4, augment="none")
+  order = np.concatenate([b["label"] for b in batches])
+  epoch = lambda e: samplers.epoch_order(labels, e, seed=7, sampler="class_balanced",
+                                         samples_per_class=4, length=spe * BATCH)
+  np.testing.assert_array_equal(order[:spe * BATCH], labels[epoch(0)])
+  np.testing.assert_array_equal(order[spe * BATCH:], labels[epoch(1)[:BATCH]])
+
+
 def test_bad_arguments():
   with pytest.raises(ValueError, match="augment"):
     pipeline.make_train_iterator(_images(20), np.arange(20), global_batch_size=BATCH,
