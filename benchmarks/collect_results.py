@@ -39,14 +39,14 @@ COLS = ('top1', 'many', 'medium', 'few', 'ece', 'nll', 'top1_best_val')
 # Headings of the record tables (a record names its table by key); a key
 # not listed here is its own heading.
 TABLES = {
-    'default': 'Default config (digits-LT, IF 10)',
-    'default_dlsa': 'Default config with DLSA (digits-LT, IF 10)',
-    'dlsa_switches': "DLSA's switches on the default config's stage 1 "
-                     '(digits-LT, IF 10)',
-    'pods_tau_norm': 'configs/baselines/tau_norm.py:default on 1 process '
-                     'and on 2 (digits-LT, IF 10)',
-    'pods_dlsa': 'configs/default.py with DLSA on 1 process and on 2 '
-                 '(digits-LT, IF 10)',
+  'default': 'Default config (digits-LT, IF 10)',
+  'default_dlsa': 'Default config with DLSA (digits-LT, IF 10)',
+  'dlsa_switches': "DLSA's switches on the default config's stage 1 "
+  '(digits-LT, IF 10)',
+  'pods_tau_norm': 'configs/baselines/tau_norm.py:default on 1 process '
+  'and on 2 (digits-LT, IF 10)',
+  'pods_dlsa': 'configs/default.py with DLSA on 1 process and on 2 '
+  '(digits-LT, IF 10)',
 }
 
 
@@ -66,16 +66,22 @@ def _rows_table(rows, cols=COLS, routing=False) -> str:
   """rows: (name, stage, [metrics dict per run]) → a Markdown table; with
   `routing`, a last column of DLSA's test share per routing stage."""
   extra = ['routing, % of test'] if routing else []
-  lines = ['| method | stage | runs | ' + ' | '.join(list(cols) + extra) + ' |',
-           '|---|---|---|' + '---|' * (len(cols) + len(extra))]
+  lines = [
+    '| method | stage | runs | ' + ' | '.join(list(cols) + extra) + ' |',
+    '|---|---|---|' + '---|' * (len(cols) + len(extra)),
+  ]
   for name, stage, runs in rows:
     cells = [_cell([r.get(c) for r in runs], c) for c in cols]
     if routing:
       shares = [r.get('routing_share') for r in runs]
-      cells.append(' / '.join(f'{100 * x:.1f}' for x in shares[0])
-                   if len(runs) == 1 and shares[0] else '-')
-    lines.append(f'| {name} | {stage} | {len(runs)} | '
-                 + ' | '.join(cells) + ' |')
+      cells.append(
+        ' / '.join(f'{100 * x:.1f}' for x in shares[0])
+        if len(runs) == 1 and shares[0]
+        else '-'
+      )
+    lines.append(
+      f'| {name} | {stage} | {len(runs)} | ' + ' | '.join(cells) + ' |'
+    )
   return '\n'.join(lines)
 
 
@@ -83,12 +89,15 @@ def table(runs) -> str:
   """The Markdown table of `runs`, (name, [workdir, ...]) pairs: one row
   per name and stage found, mean ± sample std over the workdirs."""
   from lcreg_jax import files  # pylint: disable=g-import-not-at-top
+
   rows = []
   for name, dirs in runs:
     for stage in STAGES:
-      reports = [files.read_json(files.as_path(d) / stage / 'report.json')
-                 for d in dirs
-                 if (files.as_path(d) / stage / 'report.json').exists()]
+      reports = [
+        files.read_json(files.as_path(d) / stage / 'report.json')
+        for d in dirs
+        if (files.as_path(d) / stage / 'report.json').exists()
+      ]
       if reports:
         rows.append((name, stage, reports))
   return _rows_table(rows)
@@ -110,8 +119,9 @@ def _by_table(records):
   """{table: [(name, record), ...]}, each table's records in the order
   they were made (date, then name)."""
   tables = {}
-  for name, rec in sorted(records.items(),
-                          key=lambda kv: (kv[1]['date'], kv[0])):
+  for name, rec in sorted(
+    records.items(), key=lambda kv: (kv[1]['date'], kv[0])
+  ):
     tables.setdefault(rec['table'], []).append((name, rec))
   return tables
 
@@ -123,8 +133,14 @@ def record_table(entries, stages=STAGES) -> str:
   labels = {}
   for _, rec in entries:
     labels.setdefault(rec['label'], []).append(rec)
-  cols = [c for c in COLS if c != 'top1_best_val' or any(
-      'top1_best_val' in m for _, r in entries for m in r['metrics'].values())]
+  cols = [
+    c
+    for c in COLS
+    if c != 'top1_best_val'
+    or any(
+      'top1_best_val' in m for _, r in entries for m in r['metrics'].values()
+    )
+  ]
   rows = []
   for label, recs in labels.items():
     for stage in stages:
@@ -138,10 +154,13 @@ def record_table(entries, stages=STAGES) -> str:
 def summary_block(rec) -> str:
   """The table as `python -m lcreg_jax.main` prints it at the end."""
   from lcreg_jax.evaluate import report  # pylint: disable=g-import-not-at-top
+
   data = rec['data']
-  return (f'```\n{data["name"]}, test set of {data["test_examples"]} '
-          f'(accuracies and ECE in %):\n'
-          f'{report.format_table(rec["metrics"])}\n```')
+  return (
+    f'```\n{data["name"]}, test set of {data["test_examples"]} '
+    f'(accuracies and ECE in %):\n'
+    f'{report.format_table(rec["metrics"])}\n```'
+  )
 
 
 def _hours(seconds):
@@ -155,32 +174,45 @@ def provenance(entries) -> str:
   for name, rec in entries:
     note = f' {rec["note"]}' if rec.get('note') else ''
     lines.append(
-        f'- `results/{name}.json`: `{rec["command"]}`; '
-        f'{rec["data"]["name"]}, {rec["data"]["test_examples"]} test '
-        f'images; {_hours(rec["wall_s"])} wall on {rec["machine"]}; '
-        f'{rec["date"]}, commit {rec["git_commit"][:10]}, config '
-        f'{rec["config_hash"]}.{note}')
+      f'- `results/{name}.json`: `{rec["command"]}`; '
+      f'{rec["data"]["name"]}, {rec["data"]["test_examples"]} test '
+      f'images; {_hours(rec["wall_s"])} wall on {rec["machine"]}; '
+      f'{rec["date"]}, commit {rec["git_commit"][:10]}, config '
+      f'{rec["config_hash"]}.{note}'
+    )
   return '\n'.join(lines)
 
 
 def results_page(records) -> str:
-  out = ['# Results', '',
-         'Generated by `python benchmarks/collect_results.py --markdown` '
-         'from the run records in `results/`; do not edit it by hand. '
-         'Each record holds the command, a hash of the resolved config, '
-         'the git commit, the date, the machine, the wall time and the '
-         'metrics of one run (`python benchmarks/record_run.py` writes '
-         'one). Accuracies and ECE are in %, NLL in nats; `runs` is the '
-         'number of records (seeds) in a row, and with more than one the '
-         'cells are mean ± sample standard deviation.']
+  out = [
+    '# Results',
+    '',
+    'Generated by `python benchmarks/collect_results.py --markdown` '
+    'from the run records in `results/`; do not edit it by hand. '
+    'Each record holds the command, a hash of the resolved config, '
+    'the git commit, the date, the machine, the wall time and the '
+    'metrics of one run (`python benchmarks/record_run.py` writes '
+    'one). Accuracies and ECE are in %, NLL in nats; `runs` is the '
+    'number of records (seeds) in a row, and with more than one the '
+    'cells are mean ± sample standard deviation.',
+  ]
   for key, entries in _by_table(records).items():
-    out += ['', f'## {TABLES.get(key, key)}', '', record_table(entries), '',
-            provenance(entries)]
+    out += [
+      '',
+      f'## {TABLES.get(key, key)}',
+      '',
+      record_table(entries),
+      '',
+      provenance(entries),
+    ]
   return '\n'.join(out) + '\n'
 
 
-_BLOCK = re.compile(r'(<!-- results:([\w-]+):(table|summary)(?::([\w,]+))? -->\n)'
-                    r'.*?(<!-- /results -->)', re.S)
+_BLOCK = re.compile(
+  r'(<!-- results:([\w-]+):(table|summary)(?::([\w,]+))? -->\n)'
+  r'.*?(<!-- /results -->)',
+  re.S,
+)
 
 
 def fill_blocks(text: str, records) -> str:
@@ -191,11 +223,17 @@ def fill_blocks(text: str, records) -> str:
     key, form = m.group(2), m.group(3)
     stages = tuple(m.group(4).split(',')) if m.group(4) else STAGES
     if key not in tables:
-      raise SystemExit(f'error: a results block names table {key!r}, which '
-                       f'no record in results/ has ({", ".join(tables)}).')
-    body = (record_table(tables[key], stages) if form == 'table'
-            else summary_block(tables[key][0][1]))
+      raise SystemExit(
+        f'error: a results block names table {key!r}, which '
+        f'no record in results/ has ({", ".join(tables)}).'
+      )
+    body = (
+      record_table(tables[key], stages)
+      if form == 'table'
+      else summary_block(tables[key][0][1])
+    )
     return f'{m.group(1)}{body}\n{m.group(5)}'
+
   return _BLOCK.sub(repl, text)
 
 
@@ -205,8 +243,9 @@ def generated_pages(root: str = ROOT, results_dir: str | None = None):
   records = load_records(results_dir or os.path.join(root, 'results'))
   pages = {RESULTS_PAGE: results_page(records)}
   for rel in ['README.md'] + sorted(
-      os.path.relpath(p, root)
-      for p in glob.glob(os.path.join(root, 'docs', '*.md'))):
+    os.path.relpath(p, root)
+    for p in glob.glob(os.path.join(root, 'docs', '*.md'))
+  ):
     if rel == RESULTS_PAGE:
       continue
     with open(os.path.join(root, rel)) as f:
@@ -234,15 +273,21 @@ def write_markdown(root: str = ROOT, check: bool = False) -> list[str]:
 
 def main(argv=None):
   parser = argparse.ArgumentParser(
-      description=__doc__.split('\n')[0],
-      usage='%(prog)s NAME=WORKDIR[,WORKDIR...] ... | --markdown [--check]')
+    description=__doc__.split('\n')[0],
+    usage='%(prog)s NAME=WORKDIR[,WORKDIR...] ... | --markdown [--check]',
+  )
   parser.add_argument('runs', nargs='*', metavar='NAME=WORKDIR[,WORKDIR...]')
-  parser.add_argument('--markdown', action='store_true',
-                      help='write docs/results.md and the results blocks '
-                           'from the records in results/')
-  parser.add_argument('--check', action='store_true',
-                      help='with --markdown: write nothing, exit 1 when a '
-                           'page is stale')
+  parser.add_argument(
+    '--markdown',
+    action='store_true',
+    help='write docs/results.md and the results blocks '
+    'from the records in results/',
+  )
+  parser.add_argument(
+    '--check',
+    action='store_true',
+    help='with --markdown: write nothing, exit 1 when a page is stale',
+  )
   args = parser.parse_args(argv)
   if args.markdown:
     stale = write_markdown(check=args.check)

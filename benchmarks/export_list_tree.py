@@ -28,15 +28,19 @@ from lcreg_jax import cli
 from lcreg_jax import config as config_lib
 from lcreg_jax.data import sources
 
-config_flags.DEFINE_config_file('config', 'configs/fashion_mnist_lt.py',
-                                'Config whose (in-memory) data set is written.')
+config_flags.DEFINE_config_file(
+  'config',
+  'configs/fashion_mnist_lt.py',
+  'Config whose (in-memory) data set is written.',
+)
 flags.DEFINE_string('out', 'data/fmnist_lt_png', 'Folder to write.')
 flags.DEFINE_enum('format', 'png', ['png', 'jpg'], 'Image file format.')
 FLAGS = flags.FLAGS
 
 
-def write_split(root: str, split: str, images: np.ndarray, labels: np.ndarray,
-                fmt: str) -> str:
+def write_split(
+  root: str, split: str, images: np.ndarray, labels: np.ndarray, fmt: str
+) -> str:
   lines = []
   for i, (image, label) in enumerate(zip(images, labels)):
     rel = os.path.join(split, str(int(label)), f'{i:06d}.{fmt}')
@@ -55,15 +59,19 @@ def main(argv):
   config = config_lib.resolve_and_validate(FLAGS.config, num_visible_devices=1)
   arrays = sources.load_dataset(config.data)
   out = FLAGS.out
-  train = write_split(out, 'train', arrays.train.images, arrays.train.labels,
-                      FLAGS.format)
-  test = write_split(out, 'test', arrays.test.images, arrays.test.labels,
-                     FLAGS.format)
-  print(f'{len(arrays.train.labels)} training and {len(arrays.test.labels)} '
-        f'test images of {arrays.name} written to {out}. Train on them with\n'
-        f'  --config.data.source=list '
-        f'--config.data.image_root={out} --config.data.train_list={train} '
-        f'--config.data.test_list={test}')
+  train = write_split(
+    out, 'train', arrays.train.images, arrays.train.labels, FLAGS.format
+  )
+  test = write_split(
+    out, 'test', arrays.test.images, arrays.test.labels, FLAGS.format
+  )
+  print(
+    f'{len(arrays.train.labels)} training and {len(arrays.test.labels)} '
+    f'test images of {arrays.name} written to {out}. Train on them with\n'
+    f'  --config.data.source=list '
+    f'--config.data.image_root={out} --config.data.train_list={train} '
+    f'--config.data.test_list={test}'
+  )
 
 
 if __name__ == '__main__':

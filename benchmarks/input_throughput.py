@@ -73,31 +73,52 @@ from PIL import Image
 
 from lcreg_jax import cli  # --help exits 0
 
-flags.DEFINE_integer('images', 512, 'JPEG files to generate (or reuse) in --dir.')
-flags.DEFINE_string('dir', os.path.join(tempfile.gettempdir(), 'lcreg_jax_input_throughput'),
-                    'Folder of the generated images and list file; reused if present.')
-flags.DEFINE_integer('workers', os.cpu_count(),
-                     'tf.data threads (ours) and DataLoader worker processes (reference).')
+flags.DEFINE_integer(
+  'images', 512, 'JPEG files to generate (or reuse) in --dir.'
+)
+flags.DEFINE_string(
+  'dir',
+  os.path.join(tempfile.gettempdir(), 'lcreg_jax_input_throughput'),
+  'Folder of the generated images and list file; reused if present.',
+)
+flags.DEFINE_integer(
+  'workers',
+  os.cpu_count(),
+  'tf.data threads (ours) and DataLoader worker processes (reference).',
+)
 flags.DEFINE_integer('batch_size', 256, 'Images per batch.')
-flags.DEFINE_integer('batches', 20, 'Timed batches: a multiple of --workers, and many more '
-                     'than 2 x --workers (the DataLoader\'s workers each build whole '
-                     'batches, up to 2 ahead), or the rates mean little.')
+flags.DEFINE_integer(
+  'batches',
+  20,
+  'Timed batches: a multiple of --workers, and many more '
+  'than 2 x --workers (the DataLoader\'s workers each build whole '
+  'batches, up to 2 ahead), or the rates mean little.',
+)
 flags.DEFINE_integer('warmup', 4, 'Untimed batches before the timed ones.')
-flags.DEFINE_integer('rounds', 3, 'Rounds, each timing ours then the reference; the '
-                     'summary gives the medians.')
-flags.DEFINE_string('torch_python', '', 'Python of an environment with torch and '
-                    'torchvision for the reference; empty: measure only ours.')
+flags.DEFINE_integer(
+  'rounds',
+  3,
+  'Rounds, each timing ours then the reference; the summary gives the medians.',
+)
+flags.DEFINE_string(
+  'torch_python',
+  '',
+  'Python of an environment with torch and '
+  'torchvision for the reference; empty: measure only ours.',
+)
 flags.DEFINE_integer('seed', 0, 'Seed of the images and of both loaders.')
 FLAGS = flags.FLAGS
 
 NUM_CLASSES = 10
-SIZES = ((500, 375), (375, 500))   # (width, height), alternating
-REFERENCE = os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                         'torch_reference_loader.py')
+SIZES = ((500, 375), (375, 500))  # (width, height), alternating
+REFERENCE = os.path.join(
+  os.path.dirname(os.path.abspath(__file__)), 'torch_reference_loader.py'
+)
 MAKE_REFERENCE_ENV = (
-    'python3 -m venv /tmp/torch_ref && /tmp/torch_ref/bin/pip install torch==2.14.1 '
-    'torchvision==0.29.1 pillow (on aarch64, or if those are not available: torch==2.9.1 '
-    'torchvision==0.24.1), then pass --torch_python=/tmp/torch_ref/bin/python')
+  'python3 -m venv /tmp/torch_ref && /tmp/torch_ref/bin/pip install torch==2.14.1 '
+  'torchvision==0.29.1 pillow (on aarch64, or if those are not available: torch==2.9.1 '
+  'torchvision==0.24.1), then pass --torch_python=/tmp/torch_ref/bin/python'
+)
 
 
 def photo(seed: int, index: int) -> np.ndarray:
@@ -106,10 +127,18 @@ def photo(seed: int, index: int) -> np.ndarray:
   w, h = SIZES[index % 2]
   out = np.full((h, w, 3), 128.0, np.float32)
   for step, amplitude in ((40, 1.0), (10, 0.35), (3, 0.25)):
-    small = rng.uniform(-128, 128, (h // step + 2, w // step + 2, 3)).astype(np.float32)
+    small = rng.uniform(-128, 128, (h // step + 2, w // step + 2, 3)).astype(
+      np.float32
+    )
     out += amplitude * np.stack(
-        [np.asarray(Image.fromarray(small[..., c], 'F').resize((w, h), Image.BICUBIC))
-         for c in range(3)], axis=-1)
+      [
+        np.asarray(
+          Image.fromarray(small[..., c], 'F').resize((w, h), Image.BICUBIC)
+        )
+        for c in range(3)
+      ],
+      axis=-1,
+    )
   out += rng.normal(0.0, 14.0, out.shape)
   return np.clip(out, 0, 255).astype(np.uint8)
 
@@ -191,9 +220,17 @@ def run_ours(folder: str, list_path: str, host_only: bool = False) -> dict:
 
   batch, warmup, timed = FLAGS.batch_size, FLAGS.warmup, FLAGS.batches
   cfg = config_lib.base_config().data
-  cfg.update(source='list', augment='imagenet', image_size=224, channels=3,
-             imbalance_factor=1.0, num_classes=NUM_CLASSES, image_root=folder,
-             train_list=list_path, test_list=list_path)
+  cfg.update(
+    source='list',
+    augment='imagenet',
+    image_size=224,
+    channels=3,
+    imbalance_factor=1.0,
+    num_classes=NUM_CLASSES,
+    image_root=folder,
+    train_list=list_path,
+    test_list=list_path,
+  )
   data = dataset.load(cfg)
   split = data._splits['train']  # pylint: disable=protected-access
   # As FileDataset.train_batches, with the thread limit it does not expose and a data
@@ -202,11 +239,17 @@ def run_ours(folder: str, list_path: str, host_only: bool = False) -> dict:
   sharding = parallel.batch_sharding(parallel.make_mesh(1))
   augment = data._train_fn(batch)  # pylint: disable=protected-access
   batches = streaming.make_train_iterator(
-      split.reader.subset(np.resize(np.arange(len(split.labels)), samples)),
-      np.resize(split.labels, samples),
-      global_batch_size=batch, sharding=sharding, seed=FLAGS.seed, start_step=0,
-      example_fn=(_HostPart(augment) if host_only else augment),
-      on_bad_image=cfg.on_bad_image, where=split.where, threads=FLAGS.workers)
+    split.reader.subset(np.resize(np.arange(len(split.labels)), samples)),
+    np.resize(split.labels, samples),
+    global_batch_size=batch,
+    sharding=sharding,
+    seed=FLAGS.seed,
+    start_step=0,
+    example_fn=(_HostPart(augment) if host_only else augment),
+    on_bad_image=cfg.on_bad_image,
+    where=split.where,
+    threads=FLAGS.workers,
+  )
   start = time.perf_counter()
   t0, cpu0 = start, time.process_time()
   for step in range(warmup + timed):
@@ -217,18 +260,25 @@ def run_ours(folder: str, list_path: str, host_only: bool = False) -> dict:
       t0, cpu0 = time.perf_counter(), time.process_time()
   seconds, cpu = time.perf_counter() - t0, time.process_time() - cpu0
   assert b['image'].shape == (batch, 224, 224, 3), b['image'].shape
-  batches.close()   # ends this epoch's tf.data iterator, so that its threads stop
+  batches.close()  # ends this epoch's tf.data iterator, so that its threads stop
   del batches, b
   gc.collect()
-  return {'loader': 'ours', 'images_per_s': timed * batch / seconds, 'seconds': seconds,
-          'first_batch_s': first, 'images_per_cpu_s': timed * batch / cpu if cpu else None,
-          'maxrss_mib': peak_rss_mib(), 'samples': samples,
-          'versions': f'TensorFlow {_tf_version()}, JAX {jax.__version__} on '
-                      f'{jax.devices()[0].platform}'}
+  return {
+    'loader': 'ours',
+    'images_per_s': timed * batch / seconds,
+    'seconds': seconds,
+    'first_batch_s': first,
+    'images_per_cpu_s': timed * batch / cpu if cpu else None,
+    'maxrss_mib': peak_rss_mib(),
+    'samples': samples,
+    'versions': f'TensorFlow {_tf_version()}, JAX {jax.__version__} on '
+    f'{jax.devices()[0].platform}',
+  }
 
 
 def _tf_version() -> str:
   from lcreg_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+
   return pipeline.import_tf().__version__
 
 
@@ -237,25 +287,40 @@ def reference_python_problem(python: str) -> str | None:
   if not python:
     return '--torch_python not given'
   try:
-    res = subprocess.run([python, '-c', 'import torch, torchvision, PIL'],
-                         capture_output=True, text=True, timeout=300)
+    res = subprocess.run(
+      [python, '-c', 'import torch, torchvision, PIL'],
+      capture_output=True,
+      text=True,
+      timeout=300,
+    )
   except (OSError, subprocess.SubprocessError) as e:
     return f'cannot run --torch_python={python} ({e})'
   if res.returncode:
     last = (res.stderr.strip().splitlines() or ['no message'])[-1]
-    return f'--torch_python={python} cannot import torch and torchvision ({last})'
+    return (
+      f'--torch_python={python} cannot import torch and torchvision ({last})'
+    )
   return None
 
 
 def run_reference(folder: str, list_path: str) -> dict:
   """benchmarks/torch_reference_loader.py in the --torch_python environment."""
-  cmd = [FLAGS.torch_python, REFERENCE, f'--list={list_path}', f'--root={folder}',
-         f'--workers={FLAGS.workers}', f'--batch_size={FLAGS.batch_size}',
-         f'--batches={FLAGS.batches}', f'--warmup={FLAGS.warmup}', f'--seed={FLAGS.seed}']
+  cmd = [
+    FLAGS.torch_python,
+    REFERENCE,
+    f'--list={list_path}',
+    f'--root={folder}',
+    f'--workers={FLAGS.workers}',
+    f'--batch_size={FLAGS.batch_size}',
+    f'--batches={FLAGS.batches}',
+    f'--warmup={FLAGS.warmup}',
+    f'--seed={FLAGS.seed}',
+  ]
   res = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
   if res.returncode:
-    raise RuntimeError(f'the reference loader failed ({" ".join(cmd)}):\n'
-                       f'{res.stderr[-3000:]}')
+    raise RuntimeError(
+      f'the reference loader failed ({" ".join(cmd)}):\n{res.stderr[-3000:]}'
+    )
   return json.loads(res.stdout.strip().splitlines()[-1])
 
 
@@ -265,12 +330,19 @@ def _plural(n: int, word: str) -> str:
 
 def _summary(runs: list[dict]) -> dict:
   """Medians over rounds of the rates, the largest memory, the spread of images/s."""
-  med = lambda key: (float(np.median([r[key] for r in runs]))
-                     if all(r.get(key) for r in runs) else None)
+  med = lambda key: (
+    float(np.median([r[key] for r in runs]))
+    if all(r.get(key) for r in runs)
+    else None
+  )
   rates = [r['images_per_s'] for r in runs]
-  out = dict(runs[-1], images_per_s=med('images_per_s'),
-             images_per_cpu_s=med('images_per_cpu_s'), first_batch_s=med('first_batch_s'),
-             spread=(min(rates), max(rates)))
+  out = dict(
+    runs[-1],
+    images_per_s=med('images_per_s'),
+    images_per_cpu_s=med('images_per_cpu_s'),
+    first_batch_s=med('first_batch_s'),
+    spread=(min(rates), max(rates)),
+  )
   for key in ('maxrss_mib', 'maxrss_main_mib', 'maxrss_worker_mib'):
     if key in runs[0]:
       out[key] = max(r[key] for r in runs)
@@ -279,24 +351,37 @@ def _summary(runs: list[dict]) -> dict:
 
 def main(argv):
   del argv
-  if (min(FLAGS.images, FLAGS.workers, FLAGS.batch_size, FLAGS.batches, FLAGS.rounds) < 1
-      or FLAGS.warmup < 0):
-    raise app.UsageError('--images, --workers, --batch_size, --batches, --rounds must be '
-                         '>= 1 and --warmup >= 0.')
+  if (
+    min(
+      FLAGS.images, FLAGS.workers, FLAGS.batch_size, FLAGS.batches, FLAGS.rounds
+    )
+    < 1
+    or FLAGS.warmup < 0
+  ):
+    raise app.UsageError(
+      '--images, --workers, --batch_size, --batches, --rounds must be '
+      '>= 1 and --warmup >= 0.'
+    )
   cpus = os.cpu_count()
   cores = min(FLAGS.workers, cpus)
-  affinity = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else cpus
-  print(f'machine: {cpus} CPUs ({affinity} usable), {cpu_model()}, {platform.machine()}, '
-        f'Python {platform.python_version()}, '
-        f'{datetime.datetime.now().astimezone().isoformat(timespec="seconds")}, load average '
-        f'{os.getloadavg()[0]:.2f}')
+  affinity = (
+    len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else cpus
+  )
+  print(
+    f'machine: {cpus} CPUs ({affinity} usable), {cpu_model()}, {platform.machine()}, '
+    f'Python {platform.python_version()}, '
+    f'{datetime.datetime.now().astimezone().isoformat(timespec="seconds")}, load average '
+    f'{os.getloadavg()[0]:.2f}'
+  )
   t = time.perf_counter()
   list_path, kib = write_images(FLAGS.dir, FLAGS.images, FLAGS.seed)
-  print(f'data: {FLAGS.images} JPEGs ({"x".join(map(str, SIZES[0]))} and '
-        f'{"x".join(map(str, SIZES[1]))}, quality 90, mean {kib:.0f} KiB) in {FLAGS.dir} '
-        f'({time.perf_counter() - t:.1f} s); batch {FLAGS.batch_size}, {FLAGS.warmup} '
-        f'warm-up + {FLAGS.batches} timed batches, {_plural(FLAGS.workers, "worker")}, '
-        f'{_plural(FLAGS.rounds, "round")}; per core = / {cores}')
+  print(
+    f'data: {FLAGS.images} JPEGs ({"x".join(map(str, SIZES[0]))} and '
+    f'{"x".join(map(str, SIZES[1]))}, quality 90, mean {kib:.0f} KiB) in {FLAGS.dir} '
+    f'({time.perf_counter() - t:.1f} s); batch {FLAGS.batch_size}, {FLAGS.warmup} '
+    f'warm-up + {FLAGS.batches} timed batches, {_plural(FLAGS.workers, "worker")}, '
+    f'{_plural(FLAGS.rounds, "round")}; per core = / {cores}'
+  )
   sys.stdout.flush()
   problem = reference_python_problem(FLAGS.torch_python)
 
@@ -306,8 +391,10 @@ def main(argv):
   for k in range(FLAGS.rounds):
     ours_runs.append(run_ours(FLAGS.dir, list_path))
     host_runs.append(run_ours(FLAGS.dir, list_path, host_only=True))
-    text = (f'round {k + 1}: ours {ours_runs[-1]["images_per_s"]:.1f} images/s, host part '
-            f'{host_runs[-1]["images_per_s"]:.1f}')
+    text = (
+      f'round {k + 1}: ours {ours_runs[-1]["images_per_s"]:.1f} images/s, host part '
+      f'{host_runs[-1]["images_per_s"]:.1f}'
+    )
     if not problem:
       ref_runs.append(run_reference(FLAGS.dir, list_path))
       text += f', reference {ref_runs[-1]["images_per_s"]:.1f} images/s'
@@ -317,35 +404,55 @@ def main(argv):
   def line(name, r, memory):
     per_cpu = r.get('images_per_cpu_s')
     per_cpu = f'{per_cpu:.1f}' if per_cpu else 'n/a'
-    spread = (f' (median of {FLAGS.rounds} rounds, {r["spread"][0]:.1f}-{r["spread"][1]:.1f})'
-              if FLAGS.rounds > 1 else '')
-    print(f'{name}: {r["images_per_s"]:.1f} images/s{spread}, '
-          f'{r["images_per_s"] / cores:.1f} images/s per core, {per_cpu} images per '
-          f'CPU-second, first batch after {r["first_batch_s"]:.1f} s, {memory}')
+    spread = (
+      f' (median of {FLAGS.rounds} rounds, {r["spread"][0]:.1f}-{r["spread"][1]:.1f})'
+      if FLAGS.rounds > 1
+      else ''
+    )
+    print(
+      f'{name}: {r["images_per_s"]:.1f} images/s{spread}, '
+      f'{r["images_per_s"] / cores:.1f} images/s per core, {per_cpu} images per '
+      f'CPU-second, first batch after {r["first_batch_s"]:.1f} s, {memory}'
+    )
 
   ours = _summary(ours_runs)
   host = _summary(host_runs)
-  line(f'ours (tf.data, {_plural(FLAGS.workers, "thread")}, and the jitted flip, jitter and '
-       f'normalisation on the JAX device; {ours["versions"]})', ours,
-       f'peak RSS {ours["maxrss_mib"]:.0f} MiB (TF + JAX process)')
-  line('ours, host part only (uint8 crops: what the host of a GPU/TPU machine computes)',
-       host, f'peak RSS {host["maxrss_mib"]:.0f} MiB')
+  line(
+    f'ours (tf.data, {_plural(FLAGS.workers, "thread")}, and the jitted flip, jitter and '
+    f'normalisation on the JAX device; {ours["versions"]})',
+    ours,
+    f'peak RSS {ours["maxrss_mib"]:.0f} MiB (TF + JAX process)',
+  )
+  line(
+    'ours, host part only (uint8 crops: what the host of a GPU/TPU machine computes)',
+    host,
+    f'peak RSS {host["maxrss_mib"]:.0f} MiB',
+  )
   if problem:
-    print(f'reference not measured: {problem}. To measure it, create its environment '
-          f'outside the repository: {MAKE_REFERENCE_ENV}.')
+    print(
+      f'reference not measured: {problem}. To measure it, create its environment '
+      f'outside the repository: {MAKE_REFERENCE_ENV}.'
+    )
     return
   ref = _summary(ref_runs)
-  line(f'reference (torch DataLoader, {_plural(ref["workers"], "worker")}; torch '
-       f'{ref["torch"]}, torchvision {ref["torchvision"]}, Pillow {ref["pillow"]}'
-       f'{"" if ref["libjpeg_turbo"] else " without libjpeg-turbo"})', ref,
-       f'peak RSS main {ref["maxrss_main_mib"]:.0f} MiB, largest worker '
-       f'{ref["maxrss_worker_mib"]:.0f} MiB')
+  line(
+    f'reference (torch DataLoader, {_plural(ref["workers"], "worker")}; torch '
+    f'{ref["torch"]}, torchvision {ref["torchvision"]}, Pillow {ref["pillow"]}'
+    f'{"" if ref["libjpeg_turbo"] else " without libjpeg-turbo"})',
+    ref,
+    f'peak RSS main {ref["maxrss_main_mib"]:.0f} MiB, largest worker '
+    f'{ref["maxrss_worker_mib"]:.0f} MiB',
+  )
   for name, r in (('ours', ours), ('ours host part', host)):
     if r['images_per_cpu_s'] and ref['images_per_cpu_s']:
-      print(f'ratio {name}/reference images per CPU-second: '
-            f'{r["images_per_cpu_s"] / ref["images_per_cpu_s"]:.2f}')
-    print(f'ratio {name}/reference images/s per core: '
-          f'{r["images_per_s"] / ref["images_per_s"]:.2f}')
+      print(
+        f'ratio {name}/reference images per CPU-second: '
+        f'{r["images_per_cpu_s"] / ref["images_per_cpu_s"]:.2f}'
+      )
+    print(
+      f'ratio {name}/reference images/s per core: '
+      f'{r["images_per_s"] / ref["images_per_s"]:.2f}'
+    )
 
 
 if __name__ == '__main__':

@@ -38,33 +38,39 @@ def parts(config, mesh):
   b = config.stage1.batch_size
   latent = config.model.latent
   m, d = latent.num_latents, resnet.feature_dim(config.model.backbone)
-  side = config.data.image_size // 32      # ResNet's final map: /32
+  side = config.data.image_size // 32  # ResNet's final map: /32
   p = side * side
   dtype = jnp.dtype(config.model.dtype)
   rep, rows = parallel.replicated(mesh), parallel.batch_sharding(mesh)
-  cov_sharding = (parallel.covariance_sharding(mesh)
-                  if config.shard_covariance else rep)
+  cov_sharding = (
+    parallel.covariance_sharding(mesh) if config.shard_covariance else rep
+  )
   cov_mesh = mesh if config.shard_covariance else None
   spec = lambda shape, s, dt=jnp.float32: jax.ShapeDtypeStruct(
-      shape, dt, sharding=s)
+    shape, dt, sharding=s
+  )
   diagonal = latent.covariance == 'diagonal'
   cov_shape = (m, d) if diagonal else (m, d, d)
   state = covariance.CovarianceState(
-      mean=spec((m, d), cov_sharding), cov=spec(cov_shape, cov_sharding),
-      count=spec((m,), cov_sharding))
+    mean=spec((m, d), cov_sharding),
+    cov=spec(cov_shape, cov_sharding),
+    count=spec((m,), cov_sharding),
+  )
   module = latent_lib.LatentCategories(
-      num_latents=m, similarity_scale=1.0 / d**0.5,
-      tau_assign=latent.tau_assign)
-  variables = jax.eval_shape(module.init, jax.random.key(0),
-                             jnp.zeros((1, p, d), dtype))
-  variables = aot.with_sharding(variables,
-                                jax.tree.map(lambda _: rep, variables))
+    num_latents=m, similarity_scale=1.0 / d**0.5, tau_assign=latent.tau_assign
+  )
+  variables = jax.eval_shape(
+    module.init, jax.random.key(0), jnp.zeros((1, p, d), dtype)
+  )
+  variables = aot.with_sharding(
+    variables, jax.tree.map(lambda _: rep, variables)
+  )
 
   def latent_fwd_bwd(variables, fmap):
     def f(v, x):
       out = module.apply(v, x)
-      return sum(jnp.sum(o.astype(jnp.float32))
-                 for o in jax.tree.leaves(out))
+      return sum(jnp.sum(o.astype(jnp.float32)) for o in jax.tree.leaves(out))
+
     return jax.grad(f, argnums=(0, 1))(variables, fmap)
 
   def cov_update(state, samples):
@@ -73,24 +79,35 @@ def parts(config, mesh):
   def sigma2_aug(kernel, state, logits):
     def f(k, g):
       labels = jnp.tile(jnp.arange(m), b)
-      g = losses.isda_augmented_logits(g, k, state.cov, labels, 0.5,
-                                       mesh=cov_mesh)
+      g = losses.isda_augmented_logits(
+        g, k, state.cov, labels, 0.5, mesh=cov_mesh
+      )
       return losses.cross_entropy(g, labels)
+
     return jax.grad(f, argnums=(0, 1))(kernel, logits)
 
   def recon(fmap, rec):
-    return jax.grad(lambda f, r: losses.reconstruction_loss(f, r),
-                    argnums=(0, 1))(fmap, rec)
+    return jax.grad(
+      lambda f, r: losses.reconstruction_loss(f, r), argnums=(0, 1)
+    )(fmap, rec)
 
   return [
-      ('latent_module', latent_fwd_bwd,
-       (variables, spec((b, p, d), rows, dtype))),
-      ('covariance_update', cov_update,
-       (state, spec((b, m, d), rows))),
-      ('sigma2_table_and_aug_loss', sigma2_aug,
-       (spec((d, m), rep), state, spec((b * m, m), rows))),
-      ('reconstruction_loss', recon,
-       (spec((b, p, d), rows, dtype), spec((b, p, d), rows, dtype))),
+    (
+      'latent_module',
+      latent_fwd_bwd,
+      (variables, spec((b, p, d), rows, dtype)),
+    ),
+    ('covariance_update', cov_update, (state, spec((b, m, d), rows))),
+    (
+      'sigma2_table_and_aug_loss',
+      sigma2_aug,
+      (spec((d, m), rep), state, spec((b * m, m), rows)),
+    ),
+    (
+      'reconstruction_loss',
+      recon,
+      (spec((b, p, d), rows, dtype), spec((b, p, d), rows, dtype)),
+    ),
   ]
 
 
@@ -102,10 +119,24 @@ def main(argv):
   b = config.stage1.batch_size
   for name, fn, args in parts(config, mesh):
     row = aot.compile_program(
-        aot.Program(name, jax.jit(fn), args, b, mesh.size), target)
-    print(json.dumps({k: row[k] for k in (
-        'program', 'target', 'flops_per_image', 'bytes_per_image',
-        'hbm_bytes', 'compile_s')}), flush=True)
+      aot.Program(name, jax.jit(fn), args, b, mesh.size), target
+    )
+    print(
+      json.dumps(
+        {
+          k: row[k]
+          for k in (
+            'program',
+            'target',
+            'flops_per_image',
+            'bytes_per_image',
+            'hbm_bytes',
+            'compile_s',
+          )
+        }
+      ),
+      flush=True,
+    )
 
 
 if __name__ == '__main__':

@@ -25,19 +25,26 @@ import sys
 import numpy as np
 
 VARIANTS = {
-    'raw': [],
-    'norm_t1': ['--config.model.latent.recon_normalize=True',
-                '--config.model.latent.recon_temperature=1.0'],
-    'norm_t0.1': ['--config.model.latent.recon_normalize=True',
-                  '--config.model.latent.recon_temperature=0.1'],
-    'norm_t0.05': ['--config.model.latent.recon_normalize=True',
-                   '--config.model.latent.recon_temperature=0.05'],
+  'raw': [],
+  'norm_t1': [
+    '--config.model.latent.recon_normalize=True',
+    '--config.model.latent.recon_temperature=1.0',
+  ],
+  'norm_t0.1': [
+    '--config.model.latent.recon_normalize=True',
+    '--config.model.latent.recon_temperature=0.1',
+  ],
+  'norm_t0.05': [
+    '--config.model.latent.recon_normalize=True',
+    '--config.model.latent.recon_temperature=0.05',
+  ],
 }
 
 
 def recon_curve(stage_dir: str) -> dict[int, float]:
   """{step: recon_loss} from a stage's TensorBoard events."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
   out = {}
   for path in sorted(glob.glob(os.path.join(stage_dir, 'events.out.*'))):
     for event in tf.compat.v1.train.summary_iterator(path):
@@ -67,10 +74,14 @@ def main():
   parser.add_argument('--config', default='configs/default.py')
   parser.add_argument('--seeds', default='0,1,2')
   parser.add_argument('--variants', default=','.join(VARIANTS))
-  parser.add_argument('--steps', default='10,50,200',
-                      help='stage-1 steps at which to show L_recon')
-  parser.add_argument('overrides', nargs='*',
-                      help='extra --config.KEY=VALUE for every run')
+  parser.add_argument(
+    '--steps',
+    default='10,50,200',
+    help='stage-1 steps at which to show L_recon',
+  )
+  parser.add_argument(
+    'overrides', nargs='*', help='extra --config.KEY=VALUE for every run'
+  )
   args = parser.parse_args()
   seeds = [int(s) for s in args.seeds.split(',')]
   shown = [int(s) for s in args.steps.split(',')]
@@ -80,30 +91,49 @@ def main():
     for seed in seeds:
       work = os.path.join(args.root, variant, f'seed{seed}')
       if not os.path.exists(os.path.join(work, 'summary.json')):
-        cmd = [sys.executable, '-m', 'lcreg_jax.main', f'--config={args.config}',
-               f'--workdir={work}', f'--config.seed={seed}',
-               *VARIANTS[variant], *args.overrides]
+        cmd = [
+          sys.executable,
+          '-m',
+          'lcreg_jax.main',
+          f'--config={args.config}',
+          f'--workdir={work}',
+          f'--config.seed={seed}',
+          *VARIANTS[variant],
+          *args.overrides,
+        ]
         print('running:', ' '.join(cmd), flush=True)
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
       summary = json.load(open(os.path.join(work, 'summary.json')))
       curve = recon_curve(os.path.join(work, 'stage1'))
-      per_seed.append(dict(
-          curve=[_at(curve, s) for s in shown], final=curve[max(curve)],
-          stage1=summary['stage1']['top1'], stage2=summary['stage2']['top1']))
+      per_seed.append(
+        dict(
+          curve=[_at(curve, s) for s in shown],
+          final=curve[max(curve)],
+          stage1=summary['stage1']['top1'],
+          stage2=summary['stage2']['top1'],
+        )
+      )
     rows.append((variant, per_seed))
 
-  head = ([f'L_recon @ {s}' for s in shown] +
-          ['L_recon final', 'stage-1 top-1', 'stage-2 top-1'])
-  print(f'\n{args.config}, seeds {args.seeds}; L_recon as logged '
-        '(mean over the log interval):')
+  head = [f'L_recon @ {s}' for s in shown] + [
+    'L_recon final',
+    'stage-1 top-1',
+    'stage-2 top-1',
+  ]
+  print(
+    f'\n{args.config}, seeds {args.seeds}; L_recon as logged '
+    '(mean over the log interval):'
+  )
   print('| variant | ' + ' | '.join(head) + ' |')
   print('|---|' + '---|' * len(head))
   for variant, runs in rows:
-    cells = [_cell([r['curve'][i] for r in runs], '{:.3g}')
-             for i in range(len(shown))]
+    cells = [
+      _cell([r['curve'][i] for r in runs], '{:.3g}') for i in range(len(shown))
+    ]
     cells.append(_cell([r['final'] for r in runs], '{:.3g}'))
-    cells += [_cell([100 * r[k] for r in runs], '{:.2f}')
-              for k in ('stage1', 'stage2')]
+    cells += [
+      _cell([100 * r[k] for r in runs], '{:.2f}') for k in ('stage1', 'stage2')
+    ]
     print(f'| {variant} | ' + ' | '.join(cells) + ' |')
 
 

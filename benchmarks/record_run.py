@@ -32,8 +32,19 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(ROOT, 'results')
 # The metrics a record keeps of each stage (fractions, as in summary.json).
-METRICS = ('top1', 'top1_best_val', 'many', 'medium', 'few', 'ece', 'mce',
-           'nll', 'num_examples', 'method', 'tau')
+METRICS = (
+  'top1',
+  'top1_best_val',
+  'many',
+  'medium',
+  'few',
+  'ece',
+  'mce',
+  'nll',
+  'num_examples',
+  'method',
+  'tau',
+)
 
 
 def config_hash(config: dict) -> str:
@@ -44,22 +55,35 @@ def config_hash(config: dict) -> str:
 
 def git_commit() -> str:
   """HEAD of the checkout, with '+dirty' when tracked files differ from it."""
+
   def git(*args):
-    return subprocess.run(['git', *args], cwd=ROOT, capture_output=True,
-                          text=True).stdout.strip()
+    return subprocess.run(
+      ['git', *args], cwd=ROOT, capture_output=True, text=True
+    ).stdout.strip()
+
   commit = git('rev-parse', 'HEAD') or 'unknown'
-  if git('status', '--porcelain', '--untracked-files=no', '--', 'lcreg_jax',
-         'configs'):
+  if git(
+    'status',
+    '--porcelain',
+    '--untracked-files=no',
+    '--',
+    'lcreg_jax',
+    'configs',
+  ):
     commit += '+dirty'
   return commit
 
 
 def machine() -> str:
   """The machine in words: CPU count, architecture, OS, Python, JAX backend."""
-  parts = [f'{os.cpu_count()}-core {platform.machine()}',
-           platform.system(), f'Python {platform.python_version()}']
+  parts = [
+    f'{os.cpu_count()}-core {platform.machine()}',
+    platform.system(),
+    f'Python {platform.python_version()}',
+  ]
   try:
     import jax  # pylint: disable=g-import-not-at-top
+
     parts.append(f'jax {jax.__version__} on {jax.default_backend()}')
   except ImportError:
     pass
@@ -85,59 +109,80 @@ def data_name_of(config: dict) -> str:
   if d['source'] in ('list', 'tfds_stream'):
     name = d['name'] or ('list' if d['source'] == 'list' else d['tfds_name'])
   else:
-    name = d['name'] or (d['tfds_name'] if d['source'] == 'tfds'
-                         else d['source'])
+    name = d['name'] or (
+      d['tfds_name'] if d['source'] == 'tfds' else d['source']
+    )
   if d['imbalance_factor'] > 1:
     name = f'{name}-lt{d["imbalance_factor"]:g}'
   return name
 
 
-def make_record(workdir: str, *, command: str, table: str, label: str,
-                wall_s: float | None, note: str = '', data_name=None,
-                test_size=None, commit=None, date=None) -> dict:
+def make_record(
+  workdir: str,
+  *,
+  command: str,
+  table: str,
+  label: str,
+  wall_s: float | None,
+  note: str = '',
+  data_name=None,
+  test_size=None,
+  commit=None,
+  date=None,
+) -> dict:
   """The record of the finished run in `workdir`."""
+
   def read(*parts):
     with open(os.path.join(workdir, *parts)) as f:
       return json.load(f)
+
   config = read('config.json')
   summary = read('summary.json')
   if wall_s is None:
-    wall_s = (os.path.getmtime(os.path.join(workdir, 'summary.json'))
-              - os.path.getmtime(os.path.join(workdir, 'config.json')))
+    wall_s = os.path.getmtime(
+      os.path.join(workdir, 'summary.json')
+    ) - os.path.getmtime(os.path.join(workdir, 'config.json'))
   metrics = {}
   for stage, row in summary.items():
     metrics[stage] = {k: row[k] for k in METRICS if row.get(k) is not None}
   # DLSA's depth-0 control has a report but no summary row.
   if 'dlsa' in metrics and os.path.exists(
-      os.path.join(workdir, 'dlsa_depth0', 'report.json')):
+    os.path.join(workdir, 'dlsa_depth0', 'report.json')
+  ):
     row = read('dlsa_depth0', 'report.json')
-    metrics['dlsa_depth0'] = {k: row[k] for k in METRICS
-                              if row.get(k) is not None}
+    metrics['dlsa_depth0'] = {
+      k: row[k] for k in METRICS if row.get(k) is not None
+    }
   if 'dlsa' in metrics and os.path.exists(
-      os.path.join(workdir, 'dlsa', 'report.json')):
+    os.path.join(workdir, 'dlsa', 'report.json')
+  ):
     routing = read('dlsa', 'report.json').get('routing')
     if routing:
       metrics['dlsa']['routing_share'] = [
-          routing[k]['share'] for k in sorted(routing, key=int)]
+        routing[k]['share'] for k in sorted(routing, key=int)
+      ]
   if test_size is None:
     test_size = next(iter(summary.values())).get('num_examples')
   if date is None:
     date = datetime.datetime.fromtimestamp(
-        os.path.getmtime(os.path.join(workdir, 'summary.json')),
-        datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')
+      os.path.getmtime(os.path.join(workdir, 'summary.json')),
+      datetime.timezone.utc,
+    ).strftime('%Y-%m-%d %H:%M UTC')
   return {
-      'table': table,
-      'label': label,
-      'command': command,
-      'config_hash': config_hash(config),
-      'git_commit': commit or git_commit(),
-      'date': date,
-      'machine': machine(),
-      'wall_s': round(float(wall_s), 1),
-      'note': note,
-      'data': {'name': data_name or data_name_of(config),
-               'test_examples': test_size},
-      'metrics': metrics,
+    'table': table,
+    'label': label,
+    'command': command,
+    'config_hash': config_hash(config),
+    'git_commit': commit or git_commit(),
+    'date': date,
+    'machine': machine(),
+    'wall_s': round(float(wall_s), 1),
+    'note': note,
+    'data': {
+      'name': data_name or data_name_of(config),
+      'test_examples': test_size,
+    },
+    'metrics': metrics,
   }
 
 
@@ -155,27 +200,37 @@ def main(argv=None) -> str:
   command = []
   if '--' in argv:
     i = argv.index('--')
-    argv, command = argv[:i], argv[i + 1:]
+    argv, command = argv[:i], argv[i + 1 :]
   parser = argparse.ArgumentParser(
-      description=__doc__.split('\n')[0],
-      usage='%(prog)s --name=NAME --table=TABLE [options] -- COMMAND ...')
-  parser.add_argument('--name', required=True,
-                      help='the record is results/<name>.json')
-  parser.add_argument('--table', required=True,
-                      help='the results table the record is a row of')
-  parser.add_argument('--label', default='',
-                      help='its row name in that table (default: name)')
-  parser.add_argument('--workdir', default=None,
-                      help='a finished run (default: the --workdir of the '
-                           'command)')
-  parser.add_argument('--command', default=None,
-                      help='the command that made the run in --workdir')
+    description=__doc__.split('\n')[0],
+    usage='%(prog)s --name=NAME --table=TABLE [options] -- COMMAND ...',
+  )
+  parser.add_argument(
+    '--name', required=True, help='the record is results/<name>.json'
+  )
+  parser.add_argument(
+    '--table', required=True, help='the results table the record is a row of'
+  )
+  parser.add_argument(
+    '--label', default='', help='its row name in that table (default: name)'
+  )
+  parser.add_argument(
+    '--workdir',
+    default=None,
+    help='a finished run (default: the --workdir of the command)',
+  )
+  parser.add_argument(
+    '--command', default=None, help='the command that made the run in --workdir'
+  )
   parser.add_argument('--wall_s', type=float, default=None)
-  parser.add_argument('--note', default='',
-                      help='conditions worth knowing (e.g. a shared CPU)')
-  parser.add_argument('--commit', default=None,
-                      help='the commit the run used (default: HEAD of this '
-                           'checkout)')
+  parser.add_argument(
+    '--note', default='', help='conditions worth knowing (e.g. a shared CPU)'
+  )
+  parser.add_argument(
+    '--commit',
+    default=None,
+    help='the commit the run used (default: HEAD of this checkout)',
+  )
   parser.add_argument('--results_dir', default=RESULTS)
   args = parser.parse_args(argv)
   wall_s, data_name, test_size = args.wall_s, None, None
@@ -185,8 +240,9 @@ def main(argv=None) -> str:
     wall_s = time.monotonic() - start
     sys.stdout.write(res.stdout)
     if res.returncode:
-      raise SystemExit(f'error: the command exited {res.returncode}; no '
-                       'record written.')
+      raise SystemExit(
+        f'error: the command exited {res.returncode}; no record written.'
+      )
     data_name, test_size = _data_line(res.stdout)
     shown = ' '.join(shlex.quote(a) for a in command)
     shown = re.sub(r'^\S*python3?\S* ', 'python ', shown)
@@ -197,10 +253,17 @@ def main(argv=None) -> str:
   workdir = args.workdir or _workdir_of(command or shlex.split(shown))
   if not workdir:
     parser.error('no --workdir given and none in the command')
-  record = make_record(workdir, command=shown, table=args.table,
-                       label=args.label or args.name, wall_s=wall_s,
-                       note=args.note, data_name=data_name,
-                       test_size=test_size, commit=args.commit)
+  record = make_record(
+    workdir,
+    command=shown,
+    table=args.table,
+    label=args.label or args.name,
+    wall_s=wall_s,
+    note=args.note,
+    data_name=data_name,
+    test_size=test_size,
+    commit=args.commit,
+  )
   path = write_record(record, args.name, args.results_dir)
   print(f'wrote {path}')
   return path

@@ -45,7 +45,11 @@ class ListDataset(data.Dataset):
 
   def __init__(self, list_path, root, length, transform):
     with open(list_path, encoding='utf-8') as f:
-      rows = [line.rsplit(maxsplit=1) for line in f.read().splitlines() if line.strip()]
+      rows = [
+        line.rsplit(maxsplit=1)
+        for line in f.read().splitlines()
+        if line.strip()
+      ]
     self.paths = [os.path.join(root, path) for path, _ in rows]
     self.labels = [int(label) for _, label in rows]
     self.length = length or len(rows)
@@ -61,13 +65,19 @@ class ListDataset(data.Dataset):
 
 
 def mislas_train_transform(size=224):
-  return transforms.Compose([
+  return transforms.Compose(
+    [
       transforms.RandomResizedCrop(size),
       transforms.RandomHorizontalFlip(),
-      transforms.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.4, hue=0),
+      transforms.ColorJitter(
+        brightness=0.4, contrast=0.4, saturation=0.4, hue=0
+      ),
       transforms.ToTensor(),
-      transforms.Normalize(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225]),
-  ])
+      transforms.Normalize(
+        mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225]
+      ),
+    ]
+  )
 
 
 def _peak_rss_mib(who=resource.RUSAGE_SELF):
@@ -86,7 +96,9 @@ def _peak_rss_mib(who=resource.RUSAGE_SELF):
     except (OSError, ValueError, IndexError):
       pass
   # ru_maxrss is in KiB on Linux, in bytes on macOS.
-  return resource.getrusage(who).ru_maxrss / (2**20 if sys.platform == 'darwin' else 1024)
+  return resource.getrusage(who).ru_maxrss / (
+    2**20 if sys.platform == 'darwin' else 1024
+  )
 
 
 def _cpu_seconds(pids):
@@ -104,22 +116,37 @@ def _cpu_seconds(pids):
 
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-  parser.add_argument('--list', required=True, help='list file of "relative/path label"')
-  parser.add_argument('--root', required=True, help='folder the list paths start from')
+  parser.add_argument(
+    '--list', required=True, help='list file of "relative/path label"'
+  )
+  parser.add_argument(
+    '--root', required=True, help='folder the list paths start from'
+  )
   parser.add_argument('--workers', type=int, default=os.cpu_count())
   parser.add_argument('--batch_size', type=int, default=256)
   parser.add_argument('--batches', type=int, default=20, help='timed batches')
-  parser.add_argument('--warmup', type=int, default=4, help='untimed batches first')
-  parser.add_argument('--samples', type=int, default=0,
-                      help='data set length; 0 = (warmup + batches) * batch_size')
+  parser.add_argument(
+    '--warmup', type=int, default=4, help='untimed batches first'
+  )
+  parser.add_argument(
+    '--samples',
+    type=int,
+    default=0,
+    help='data set length; 0 = (warmup + batches) * batch_size',
+  )
   parser.add_argument('--seed', type=int, default=0)
   args = parser.parse_args(argv)
 
   torch.manual_seed(args.seed)
   samples = args.samples or (args.warmup + args.batches) * args.batch_size
   dataset = ListDataset(args.list, args.root, samples, mislas_train_transform())
-  loader = data.DataLoader(dataset, batch_size=args.batch_size, shuffle=True,
-                           num_workers=args.workers, pin_memory=False)
+  loader = data.DataLoader(
+    dataset,
+    batch_size=args.batch_size,
+    shuffle=True,
+    num_workers=args.workers,
+    pin_memory=False,
+  )
   start = time.perf_counter()
   it = iter(loader)
   # CPU time over the timed batches: this process and the workers (which exist from here on).
@@ -133,25 +160,46 @@ def main(argv=None):
     if step == args.warmup - 1:
       t0, cpu0 = time.perf_counter(), cpu()
   seconds, cpu1 = time.perf_counter() - t0, cpu()
-  used = None if cpu1[1] is None or cpu0[1] is None else (
-      cpu1[0] - cpu0[0] + cpu1[1] - cpu0[1])
-  assert images.shape == (args.batch_size, 3, 224, 224) and images.dtype == torch.float32
-  del it, loader   # workers exit and are reaped: RUSAGE_CHILDREN then covers them
-  print(json.dumps({
-      'loader': 'torch',
-      'images_per_s': args.batches * args.batch_size / seconds,
-      'seconds': seconds,
-      'first_batch_s': first,
-      'images_per_cpu_s': args.batches * args.batch_size / used if used else None,
-      'batches': args.batches, 'warmup': args.warmup, 'batch_size': args.batch_size,
-      'workers': args.workers, 'samples': samples, 'files': len(dataset.paths),
-      'maxrss_main_mib': _peak_rss_mib(),
-      'maxrss_worker_mib': _peak_rss_mib(resource.RUSAGE_CHILDREN),
-      'torch': torch.__version__, 'torchvision': torchvision.__version__,
-      'pillow': PIL.__version__,
-      'libjpeg_turbo': bool(features.check_feature('libjpeg_turbo')),
-      'torch_threads_main': torch.get_num_threads(),
-  }), flush=True)
+  used = (
+    None
+    if cpu1[1] is None or cpu0[1] is None
+    else (cpu1[0] - cpu0[0] + cpu1[1] - cpu0[1])
+  )
+  assert (
+    images.shape == (args.batch_size, 3, 224, 224)
+    and images.dtype == torch.float32
+  )
+  del (
+    it,
+    loader,
+  )  # workers exit and are reaped: RUSAGE_CHILDREN then covers them
+  print(
+    json.dumps(
+      {
+        'loader': 'torch',
+        'images_per_s': args.batches * args.batch_size / seconds,
+        'seconds': seconds,
+        'first_batch_s': first,
+        'images_per_cpu_s': args.batches * args.batch_size / used
+        if used
+        else None,
+        'batches': args.batches,
+        'warmup': args.warmup,
+        'batch_size': args.batch_size,
+        'workers': args.workers,
+        'samples': samples,
+        'files': len(dataset.paths),
+        'maxrss_main_mib': _peak_rss_mib(),
+        'maxrss_worker_mib': _peak_rss_mib(resource.RUSAGE_CHILDREN),
+        'torch': torch.__version__,
+        'torchvision': torchvision.__version__,
+        'pillow': PIL.__version__,
+        'libjpeg_turbo': bool(features.check_feature('libjpeg_turbo')),
+        'torch_threads_main': torch.get_num_threads(),
+      }
+    ),
+    flush=True,
+  )
 
 
 if __name__ == '__main__':

@@ -19,7 +19,7 @@ def get_config():
   c.data.source = 'cifar100'
   c.data.tfds_name = 'cifar100'
   c.data.image_size, c.data.channels, c.data.num_classes = 32, 3, 100
-  c.data.imbalance_factor = 100.0   # 10 / 50 / 100 also picks stage-2 row
+  c.data.imbalance_factor = 100.0  # 10 / 50 / 100 also picks stage-2 row
   c.model.latent.num_latents = 50
   c.stage2.preset = 'cifar100'
   c.checkpoint_every = 1000

@@ -19,7 +19,7 @@ def get_config():
   c.data.source = 'cifar10'
   c.data.tfds_name = 'cifar10'
   c.data.image_size, c.data.channels, c.data.num_classes = 32, 3, 10
-  c.data.imbalance_factor = 100.0   # 10 / 50 / 100 also picks stage-2 row
+  c.data.imbalance_factor = 100.0  # 10 / 50 / 100 also picks stage-2 row
   c.model.latent.num_latents = 40
   c.stage2.preset = 'cifar10'
   c.checkpoint_every = 1000

@@ -22,7 +22,7 @@ def get_config():
   c.data.image_size, c.data.channels, c.data.num_classes = 8, 1, 10
   c.data.imbalance_factor = 10.0
   c.data.pad = 1
-  c.data.augment = 'crop'   # a mirrored digit is not the same digit
+  c.data.augment = 'crop'  # a mirrored digit is not the same digit
   c.model.latent.num_latents = 20
   c.stage1.epochs = 30.0
   c.stage1.batch_size = 64

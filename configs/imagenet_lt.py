@@ -43,7 +43,7 @@ def get_config():
   d.val_list = None
   d.test_list = 'data/ImageNet_LT/ImageNet_LT_test.txt'
   d.num_classes, d.image_size, d.channels = 1000, 224, 3
-  d.imbalance_factor = 1.0          # the lists are the long tail
+  d.imbalance_factor = 1.0  # the lists are the long tail
   d.augment = 'imagenet'
   c.model.backbone = 'resnet50'
   c.model.latent.num_latents = 100
@@ -51,8 +51,15 @@ def get_config():
   # two more of that: diagonal keeps the train state of a 16 GB accelerator
   # for the network (docs/data.md, "Memory").
   c.model.latent.covariance = 'diagonal'
-  c.stage1.update(epochs=180.0, batch_size=256, lr=0.1, weight_decay=5e-4,
-                  schedule='cosine', warmup_epochs=0.0, mixup_alpha=0.2)
+  c.stage1.update(
+    epochs=180.0,
+    batch_size=256,
+    lr=0.1,
+    weight_decay=5e-4,
+    schedule='cosine',
+    warmup_epochs=0.0,
+    mixup_alpha=0.2,
+  )
   # Stage 2's weight decay and batch size come from the preset row (docs/method.md §4).
   c.stage2.update(preset='imagenet_lt', epochs=10.0)
   c.eval.batch_size = 256

@@ -39,8 +39,15 @@ def get_config():
   c.model.latent.num_latents = 200
   # Full covariance at M = 200, D = 2048 is 3.4 GB (docs/data.md, "Memory"): diagonal.
   c.model.latent.covariance = 'diagonal'
-  c.stage1.update(epochs=200.0, batch_size=256, lr=0.1, weight_decay=1e-4,
-                  schedule='cosine', warmup_epochs=0.0, mixup_alpha=0.2)
+  c.stage1.update(
+    epochs=200.0,
+    batch_size=256,
+    lr=0.1,
+    weight_decay=1e-4,
+    schedule='cosine',
+    warmup_epochs=0.0,
+    mixup_alpha=0.2,
+  )
   # Stage 2's weight decay and batch size come from the preset row (docs/method.md §4).
   c.stage2.update(preset='inat2018', epochs=10.0)
   c.eval.batch_size = 256

@@ -48,14 +48,23 @@ def get_config():
   m = c.model
   m.backbone = 'resnet152'
   m.trainable_blocks = 1
-  m.pretrained_dont_load = ('params/backbone/stage4_block3/.*',
-                            'batch_stats/backbone/stage4_block3/.*')
+  m.pretrained_dont_load = (
+    'params/backbone/stage4_block3/.*',
+    'batch_stats/backbone/stage4_block3/.*',
+  )
   m.latent.num_latents = 100
   # Full covariance at D = 2048 does not fit beside ResNet-152 on 16 GB
   # (docs/data.md, "Memory"): diagonal.
   m.latent.covariance = 'diagonal'
-  c.stage1.update(epochs=90.0, batch_size=256, lr=0.1, weight_decay=5e-4,
-                  schedule='cosine', warmup_epochs=0.0, mixup_alpha=0.2)
+  c.stage1.update(
+    epochs=90.0,
+    batch_size=256,
+    lr=0.1,
+    weight_decay=5e-4,
+    schedule='cosine',
+    warmup_epochs=0.0,
+    mixup_alpha=0.2,
+  )
   # Stage 2's weight decay and batch size come from the preset row (docs/method.md §4).
   c.stage2.update(preset='places_lt', epochs=10.0)
   c.eval.batch_size = 256

@@ -55,17 +55,19 @@ from lcreg_jax.config import validate
 from lcreg_jax.data import dataset as dataset_lib
 from lcreg_jax.models import network
 
-USAGE = ('python -m lcreg_jax.aot --config=configs/imagenet_lt.py '
-         '--target=tpu:v5e:4x4 [--json] [--programs=stage1,...] '
-         '[--config.KEY=VALUE ...]')
+USAGE = (
+  'python -m lcreg_jax.aot --config=configs/imagenet_lt.py '
+  '--target=tpu:v5e:4x4 [--json] [--programs=stage1,...] '
+  '[--config.KEY=VALUE ...]'
+)
 PROGRAMS = ('stage1', 'stage2', 'eval', 'dlsa')
 
 # Images in the published splits (train, val, test): the sizes set the
 # schedule and DLSA's feature arrays; nothing is read.
 DATA_SIZES = {
-    'imagenet_lt': (115_846, 20_000, 50_000),
-    'inat2018': (437_513, 0, 24_426),
-    'places_lt': (62_500, 7_300, 36_500),
+  'imagenet_lt': (115_846, 20_000, 50_000),
+  'inat2018': (437_513, 0, 24_426),
+  'places_lt': (62_500, 7_300, 36_500),
 }
 
 
@@ -75,9 +77,9 @@ class CompileError(errors.UserError):
 
 @dataclasses.dataclass(frozen=True)
 class Target:
-  spec: str              # as given on the command line
-  platform: str          # 'tpu' | 'cuda', for lowering
-  devices: tuple         # compile-only devices, in mesh order
+  spec: str  # as given on the command line
+  platform: str  # 'tpu' | 'cuda', for lowering
+  devices: tuple  # compile-only devices, in mesh order
 
   @property
   def hosts(self) -> int:
@@ -97,37 +99,47 @@ class Target:
 def tpu_devices(topology: str):
   try:
     from jax.experimental import topologies  # pylint: disable=g-import-not-at-top
+
     return topologies.get_topology_desc(
-        platform='tpu', topology_name=topology).devices
+      platform='tpu', topology_name=topology
+    ).devices
   except Exception as e:  # pylint: disable=broad-except
     # Missing libtpu or an unknown name both surface as a runtime error.
     raise CompileError(
-        f'cannot make the TPU topology {topology!r} ({type(e).__name__}: '
-        f'{str(e).splitlines()[0] if str(e) else e}). Install the tpu extra '
-        "(pip install -e '.[tpu]') and give a topology such as v5e:4x4, "
-        'v4:2x2x1 or v5p:2x2x1.') from e
+      f'cannot make the TPU topology {topology!r} ({type(e).__name__}: '
+      f'{str(e).splitlines()[0] if str(e) else e}). Install the tpu extra '
+      "(pip install -e '.[tpu]') and give a topology such as v5e:4x4, "
+      'v4:2x2x1 or v5p:2x2x1.'
+    ) from e
 
 
 def gpu_devices(kind: str, count: str):
   if kind not in chips.GPU_TARGETS or not count.isdigit() or int(count) < 1:
     raise CompileError(
-        f'unknown GPU target gpu:{kind}:{count}; use gpu:h100:<n> or '
-        'gpu:h200:<n> with n GPUs (8 per host).')
+      f'unknown GPU target gpu:{kind}:{count}; use gpu:h100:<n> or '
+      'gpu:h200:<n> with n GPUs (8 per host).'
+    )
   n = int(count)
   per_host = min(n, 8)
   if n % per_host:
-    raise CompileError(f'gpu:{kind}:{n}: more than 8 GPUs must be whole '
-                       'hosts of 8 (16, 24, ...).')
+    raise CompileError(
+      f'gpu:{kind}:{n}: more than 8 GPUs must be whole '
+      'hosts of 8 (16, 24, ...).'
+    )
   try:
     from jax.experimental import topologies  # pylint: disable=g-import-not-at-top
+
     return topologies.get_topology_desc(
-        platform='cuda', target_config=chips.GPU_TARGETS[kind],
-        topology=f'1x{n // per_host}x{per_host}').devices
+      platform='cuda',
+      target_config=chips.GPU_TARGETS[kind],
+      topology=f'1x{n // per_host}x{per_host}',
+    ).devices
   except Exception as e:  # pylint: disable=broad-except
     raise CompileError(
-        f'cannot make the GPU topology gpu:{kind}:{n} ({type(e).__name__}: '
-        f'{str(e).splitlines()[0] if str(e) else e}). Install the cuda12 '
-        "extra (pip install -e '.[cuda12]'); no GPU is needed.") from e
+      f'cannot make the GPU topology gpu:{kind}:{n} ({type(e).__name__}: '
+      f'{str(e).splitlines()[0] if str(e) else e}). Install the cuda12 '
+      "extra (pip install -e '.[cuda12]'); no GPU is needed."
+    ) from e
 
 
 def get_target(spec: str) -> Target:
@@ -137,8 +149,10 @@ def get_target(spec: str) -> Target:
     return Target(spec, 'tpu', tuple(tpu_devices(rest)))
   if kind == 'gpu' and rest.count(':') == 1:
     return Target(spec, 'cuda', tuple(gpu_devices(*rest.split(':'))))
-  raise CompileError(f'--target={spec} is not a target; use tpu:<topology> '
-                     '(e.g. tpu:v5e:4x4) or gpu:h100:8 / gpu:h200:8.')
+  raise CompileError(
+    f'--target={spec} is not a target; use tpu:<topology> '
+    '(e.g. tpu:v5e:4x4) or gpu:h100:8 / gpu:h200:8.'
+  )
 
 
 def data_info(config) -> dataset_lib.DatasetInfo:
@@ -148,93 +162,130 @@ def data_info(config) -> dataset_lib.DatasetInfo:
   d = config.data
   c = int(d.num_classes)
   train, val, test = DATA_SIZES.get(
-      d.name, (max(100 * c, config.stage1.batch_size), 0, 30 * c))
+    d.name, (max(100 * c, config.stage1.batch_size), 0, 30 * c)
+  )
   counts = np.full(c, train // c, np.int64)
-  counts[:train % c] += 1
+  counts[: train % c] += 1
   sizes = {'train': train, 'test': test}
   if val:
     sizes['val'] = val
   return dataset_lib.DatasetInfo(
-      name=d.name, num_classes=c,
-      image_shape=(d.image_size, d.image_size, d.channels),
-      class_counts=counts, split_sizes=sizes)
+    name=d.name,
+    num_classes=c,
+    image_shape=(d.image_size, d.image_size, d.channels),
+    class_counts=counts,
+    split_sizes=sizes,
+  )
 
 
 def with_sharding(tree, shardings):
   """Shapes of `tree` carrying `shardings`: what a placed array would be."""
   return jax.tree.map(
-      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-      tree, shardings)
+    lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+    tree,
+    shardings,
+  )
 
 
 def batch_spec(mesh, size: int, image_shape, mask: bool = False) -> dict:
   """The input pipeline's global batch: float32 images (augmented on the
   host or by `data.device_augment` before the step), int32 labels."""
   sharding = parallel.batch_sharding(mesh)
-  spec = {'image': jax.ShapeDtypeStruct((size, *image_shape), jnp.float32,
-                                        sharding=sharding),
-          'label': jax.ShapeDtypeStruct((size,), jnp.int32,
-                                        sharding=sharding)}
+  spec = {
+    'image': jax.ShapeDtypeStruct(
+      (size, *image_shape), jnp.float32, sharding=sharding
+    ),
+    'label': jax.ShapeDtypeStruct((size,), jnp.int32, sharding=sharding),
+  }
   if mask:
-    spec['mask'] = jax.ShapeDtypeStruct((size,), jnp.float32,
-                                        sharding=sharding)
+    spec['mask'] = jax.ShapeDtypeStruct((size,), jnp.float32, sharding=sharding)
   return spec
 
 
 @dataclasses.dataclass
 class Program:
   name: str
-  fn: object             # a jax.jit-wrapped function
-  args: tuple            # its abstract arguments
-  images: int            # examples per call, over all devices
-  devices: int           # devices the examples are split over
+  fn: object  # a jax.jit-wrapped function
+  args: tuple  # its abstract arguments
+  images: int  # examples per call, over all devices
+  devices: int  # devices the examples are split over
 
 
 def stage1_state(config, info):
   from lcreg_jax.stages import stage1  # pylint: disable=g-import-not-at-top
+
   model = network.make_model(config.model, info.num_classes)
   tx = stage1.optimizer(config, info)
-  return jax.eval_shape(lambda: train_state.create_train_state(
-      model, jax.random.key(config.seed), info.image_shape, tx,
-      config.model))
+  return jax.eval_shape(
+    lambda: train_state.create_train_state(
+      model, jax.random.key(config.seed), info.image_shape, tx, config.model
+    )
+  )
 
 
 def stage1_program(config, info, mesh, state) -> Program:
   from lcreg_jax.stages import stage1  # pylint: disable=g-import-not-at-top
+
   shardings = parallel.state_sharding(state, mesh, config.shard_covariance)
   b = config.stage1.batch_size
-  return Program('stage1', stage1.make_step(config, info, mesh, state),
-                 (with_sharding(state, shardings),
-                  batch_spec(mesh, b, info.image_shape)), b, mesh.size)
+  return Program(
+    'stage1',
+    stage1.make_step(config, info, mesh, state),
+    (with_sharding(state, shardings), batch_spec(mesh, b, info.image_shape)),
+    b,
+    mesh.size,
+  )
 
 
 def stage2_program(config, info, mesh) -> Program:
   from lcreg_jax.stages import stage2  # pylint: disable=g-import-not-at-top
-  model = network.make_model(config.model, info.num_classes,
-                             lws=config.stage2.method != 'crt')
+
+  model = network.make_model(
+    config.model, info.num_classes, lws=config.stage2.method != 'crt'
+  )
   # Stage 2 starts from stage 1's values in the fresh model's shapes.
-  variables = jax.eval_shape(lambda: train_state.init_variables(
-      model, jax.random.key(0), info.image_shape))
+  variables = jax.eval_shape(
+    lambda: train_state.init_variables(
+      model, jax.random.key(0), info.image_shape
+    )
+  )
   state = jax.eval_shape(
-      lambda v: stage2.make_state(config, info, model, v['params'],
-                                  v['batch_stats']), variables)
+    lambda v: stage2.make_state(
+      config, info, model, v['params'], v['batch_stats']
+    ),
+    variables,
+  )
   b = config.stage2.batch_size
-  return Program('stage2', stage2.make_step(config, info, mesh, state),
-                 (with_sharding(state, parallel.state_sharding(state, mesh)),
-                  batch_spec(mesh, b, info.image_shape)), b, mesh.size)
+  return Program(
+    'stage2',
+    stage2.make_step(config, info, mesh, state),
+    (
+      with_sharding(state, parallel.state_sharding(state, mesh)),
+      batch_spec(mesh, b, info.image_shape),
+    ),
+    b,
+    mesh.size,
+  )
 
 
 def eval_program(config, info, mesh, state) -> Program:
   from lcreg_jax.evaluate import predict  # pylint: disable=g-import-not-at-top
+
   rep = parallel.replicated(mesh)
   b = config.eval.batch_size
-  return Program('eval', predict.eval_step(state.apply_fn, mesh),
-                 (with_sharding(state.params, jax.tree.map(
-                     lambda _: rep, state.params)),
-                  with_sharding(state.batch_stats, jax.tree.map(
-                      lambda _: rep, state.batch_stats)),
-                  batch_spec(mesh, b, info.image_shape, mask=True)),
-                 b, mesh.size)
+  return Program(
+    'eval',
+    predict.eval_step(state.apply_fn, mesh),
+    (
+      with_sharding(state.params, jax.tree.map(lambda _: rep, state.params)),
+      with_sharding(
+        state.batch_stats, jax.tree.map(lambda _: rep, state.batch_stats)
+      ),
+      batch_spec(mesh, b, info.image_shape, mask=True),
+    ),
+    b,
+    mesh.size,
+  )
 
 
 def dlsa_sizes(config, info) -> tuple[int, int]:
@@ -242,6 +293,7 @@ def dlsa_sizes(config, info) -> tuple[int, int]:
   the training split, less the validation rows carved from it without a
   validation split (`stages.dlsa`)."""
   from lcreg_jax.models import resnet  # pylint: disable=g-import-not-at-top
+
   rows = info.split_sizes['train']
   if not info.has_split('val'):
     rows -= config.dlsa.val_per_class * info.num_classes
@@ -253,47 +305,87 @@ def dlsa_programs(config, info, device) -> list[Program]:
   unsharded, on the first device, as `dlsa.run_dlsa` runs them."""
   from lcreg_jax.dlsa import classifiers  # pylint: disable=g-import-not-at-top
   from lcreg_jax.dlsa import flow_training  # pylint: disable=g-import-not-at-top
+
   cfg, c = config.dlsa, info.num_classes
   rows, dim = dlsa_sizes(config, info)
   k = int(cfg.num_clusters)
   one = SingleDeviceSharding(device)
   spec = lambda shape, dtype=jnp.float32: jax.ShapeDtypeStruct(
-      shape, dtype, sharding=one)
+    shape, dtype, sharding=one
+  )
   key = jax.eval_shape(lambda: jax.random.PRNGKey(0))
   key = spec(key.shape, key.dtype)
   n = spec((), jnp.int32)
   flow = flow_training.make_flow(cfg, dim)
   hp = flow_training.FlowHParams.from_config(cfg, dim)
   tx, step = flow_training.flow_train_fns(flow, hp)
-  variables = jax.eval_shape(functools.partial(flow.init, train=True),
-                             jax.random.PRNGKey(0), spec((2, dim)))
-  train = dict(params=variables['params'],
-               batch_stats=variables['batch_stats'],
-               opt_state=jax.eval_shape(tx.init, variables['params']),
-               ema=spec((k,)), t=spec(()), centers=spec((k, dim)))
+  variables = jax.eval_shape(
+    functools.partial(flow.init, train=True),
+    jax.random.PRNGKey(0),
+    spec((2, dim)),
+  )
+  train = dict(
+    params=variables['params'],
+    batch_stats=variables['batch_stats'],
+    opt_state=jax.eval_shape(tx.init, variables['params']),
+    ema=spec((k,)),
+    t=spec(()),
+    centers=spec((k, dim)),
+  )
   train = with_sharding(train, jax.tree.map(lambda _: one, train))
-  progs = [Program('dlsa_flow', step, (
-      train, key, spec((rows, dim)), spec((rows,), jnp.int32), n,
-      spec((rows,)), spec((c,), jnp.int32), spec((c,), jnp.int32),
-      spec((c,), jnp.int32), n), hp.batch, 1)]
+  progs = [
+    Program(
+      'dlsa_flow',
+      step,
+      (
+        train,
+        key,
+        spec((rows, dim)),
+        spec((rows,), jnp.int32),
+        n,
+        spec((rows,)),
+        spec((c,), jnp.int32),
+        spec((c,), jnp.int32),
+        spec((c,), jnp.int32),
+        n,
+      ),
+      hp.batch,
+      1,
+    )
+  ]
   chp = classifiers.ClassifierHparams.from_config(cfg)
   # The authors' epochs feed row indices and the real batch size; the
   # former schedule a PRNG key.
-  batch = ((spec((chp.batch,), jnp.int32), n) if chp.by_epochs else key)
+  batch = (spec((chp.batch,), jnp.int32), n) if chp.by_epochs else key
   for name, model, inputs in (
-      ('dlsa_classifier',
-       classifiers.ClusterAidedClassifier(c, cfg.classifier_init),
-       (spec((rows, dim)), spec((rows, dim + k)))),
-      ('dlsa_classifier_final', classifiers.final_model(cfg, c),
-       (spec((rows, dim)),))):
+    (
+      'dlsa_classifier',
+      classifiers.ClusterAidedClassifier(c, cfg.classifier_init),
+      (spec((rows, dim)), spec((rows, dim + k))),
+    ),
+    (
+      'dlsa_classifier_final',
+      classifiers.final_model(cfg, c),
+      (spec((rows, dim)),),
+    ),
+  ):
     tx, step, _ = classifiers.classifier_fns(model, chp)
-    params = jax.eval_shape(model.init, jax.random.PRNGKey(0),
-                            *(spec((1,) + x.shape[1:]) for x in inputs))
+    params = jax.eval_shape(
+      model.init,
+      jax.random.PRNGKey(0),
+      *(spec((1,) + x.shape[1:]) for x in inputs),
+    )
     train = (params, jax.eval_shape(tx.init, params))
     train = with_sharding(train, jax.tree.map(lambda _: one, train))
-    progs.append(Program(name, step, (
-        train, batch, inputs, spec((rows,), jnp.int32), n, spec((c,))),
-        chp.batch, 1))
+    progs.append(
+      Program(
+        name,
+        step,
+        (train, batch, inputs, spec((rows,), jnp.int32), n, spec((c,))),
+        chp.batch,
+        1,
+      )
+    )
   return progs
 
 
@@ -302,8 +394,10 @@ def enabled_programs(config) -> tuple[str, ...]:
   names = []
   if config.stage1.enabled:
     names += ['stage1', 'eval']
-  if (config.stage2.enabled
-      and config.stage2.method not in validate.POSTHOC_METHODS):
+  if (
+    config.stage2.enabled
+    and config.stage2.method not in validate.POSTHOC_METHODS
+  ):
     names.append('stage2')
   if config.dlsa.enabled:
     names.append('dlsa')
@@ -331,12 +425,16 @@ def hlo_cost(lowered) -> dict:
   the CPU client: where the target's compiler gives none (GPU)."""
   from jax._src import xla_bridge  # pylint: disable=g-import-not-at-top
   from jax._src.lib import _jax  # pylint: disable=g-import-not-at-top
+
   module = lowered.compiler_ir('hlo').get_hlo_module()
   return _jax.hlo_module_cost_analysis(xla_bridge.get_backend('cpu'), module)
 
 
-_SHAPE = re.compile(r'^\s*(?:ROOT )?%?([\w.\-]+) = (\w+)\[([\d,]*)\]'
-                    r'(?:\{[^}]*\})? ([\w\-]+)\(([^\n]*)$', re.M)
+_SHAPE = re.compile(
+  r'^\s*(?:ROOT )?%?([\w.\-]+) = (\w+)\[([\d,]*)\]'
+  r'(?:\{[^}]*\})? ([\w\-]+)\(([^\n]*)$',
+  re.M,
+)
 _OP_NAME = re.compile(r'op_name="([^"]*)"')
 
 
@@ -348,7 +446,8 @@ def hlo_buffers(text: str) -> list[tuple[int, str]]:
     if opcode == 'parameter':
       continue
     size = np.dtype(_NP_DTYPES.get(dtype, 'float32')).itemsize * int(
-        np.prod([int(d) for d in dims.split(',') if d] or [1]))
+      np.prod([int(d) for d in dims.split(',') if d] or [1])
+    )
     op = _OP_NAME.search(rest)
     label = f'{dtype}[{dims}]'
     if size > found.get(label, (0, ''))[0]:
@@ -363,8 +462,7 @@ def argument_buffers(args) -> list[tuple[int, str]]:
     shape = x.sharding.shard_shape(x.shape) if x.sharding else x.shape
     size = int(np.prod(shape)) * np.dtype(x.dtype).itemsize
     name = jax.tree_util.keystr(path, simple=True, separator='.')
-    out.append((size, f'argument {name} {np.dtype(x.dtype).name}'
-                      f'{list(shape)}'))
+    out.append((size, f'argument {name} {np.dtype(x.dtype).name}{list(shape)}'))
   return out
 
 
@@ -374,9 +472,18 @@ def largest_buffers(buffers, top: int = 3) -> list[str]:
   return [f'{label}: {gib(size):.2f} GiB' for size, label in biggest]
 
 
-_NP_DTYPES = {'f32': 'float32', 'bf16': 'float16', 'f16': 'float16',
-              's32': 'int32', 'u32': 'uint32', 's8': 'int8', 'u8': 'uint8',
-              'pred': 'bool', 'f64': 'float64', 's64': 'int64'}
+_NP_DTYPES = {
+  'f32': 'float32',
+  'bf16': 'float16',
+  'f16': 'float16',
+  's32': 'int32',
+  'u32': 'uint32',
+  's8': 'int8',
+  'u8': 'uint8',
+  'pred': 'bool',
+  'f64': 'float64',
+  's64': 'int64',
+}
 
 
 def gib(n: float) -> float:
@@ -391,15 +498,25 @@ def batch_bytes_per_device(compiled) -> int:
   leaves = jax.tree.leaves(compiled.args_info[0][-1])
   shardings = jax.tree.leaves(args[-1], is_leaf=is_leaf)
   # An input the program does not read has no sharding and is not sent.
-  return int(sum(
+  return int(
+    sum(
       np.prod(s.shard_shape(a.shape)) * np.dtype(a.dtype).itemsize
-      for a, s in zip(leaves, shardings, strict=True) if s is not None))
+      for a, s in zip(leaves, shardings, strict=True)
+      if s is not None
+    )
+  )
 
 
-_OOM = (re.compile(r'Ran out of memory on HBM[^\n]*?\(([\d.]+)([KMGT]?)\)'
-                   r'[^\n]*?\(([\d.]+)([KMGT]?)\)'),
-        re.compile(r'memory space hbm\. Used ([\d.]+)([KMGT]?) of '
-                   r'([\d.]+)([KMGT]?) hbm'))
+_OOM = (
+  re.compile(
+    r'Ran out of memory on HBM[^\n]*?\(([\d.]+)([KMGT]?)\)'
+    r'[^\n]*?\(([\d.]+)([KMGT]?)\)'
+  ),
+  re.compile(
+    r'memory space hbm\. Used ([\d.]+)([KMGT]?) of '
+    r'([\d.]+)([KMGT]?) hbm'
+  ),
+)
 _UNITS = {'': 1, 'K': 1024, 'M': 1024**2, 'G': 1024**3, 'T': 1024**4}
 
 
@@ -409,20 +526,29 @@ def oom_bytes(message: str) -> tuple[float, float] | None:
   m = _OOM[0].search(message) or _OOM[1].search(message)
   if not m:
     return None
-  return (float(m.group(1)) * _UNITS[m.group(2)],
-          float(m.group(3)) * _UNITS[m.group(4)])
+  return (
+    float(m.group(1)) * _UNITS[m.group(2)],
+    float(m.group(3)) * _UNITS[m.group(4)],
+  )
 
 
 def memory_row(mem) -> dict:
   """Per-device bytes of a compiled program (`memory_analysis()`)."""
-  needed = (mem.argument_size_in_bytes + mem.output_size_in_bytes +
-            mem.temp_size_in_bytes - mem.alias_size_in_bytes +
-            mem.generated_code_size_in_bytes)
-  return dict(argument_bytes=mem.argument_size_in_bytes,
-              output_bytes=mem.output_size_in_bytes,
-              temp_bytes=mem.temp_size_in_bytes,
-              alias_bytes=mem.alias_size_in_bytes,
-              code_bytes=mem.generated_code_size_in_bytes, hbm_bytes=needed)
+  needed = (
+    mem.argument_size_in_bytes
+    + mem.output_size_in_bytes
+    + mem.temp_size_in_bytes
+    - mem.alias_size_in_bytes
+    + mem.generated_code_size_in_bytes
+  )
+  return dict(
+    argument_bytes=mem.argument_size_in_bytes,
+    output_bytes=mem.output_size_in_bytes,
+    temp_bytes=mem.temp_size_in_bytes,
+    alias_bytes=mem.alias_size_in_bytes,
+    code_bytes=mem.generated_code_size_in_bytes,
+    hbm_bytes=needed,
+  )
 
 
 def split_arguments(compiled) -> list[str]:
@@ -453,8 +579,11 @@ def try_compile(lowered):
     oom = oom_bytes(str(e))
     if oom is None:
       raise
-    return None, dict(temp_bytes=int(oom[0]), hbm_bytes=int(oom[0]),
-                      compiler_error=str(e).splitlines()[0][:300])
+    return None, dict(
+      temp_bytes=int(oom[0]),
+      hbm_bytes=int(oom[0]),
+      compiler_error=str(e).splitlines()[0][:300],
+    )
 
 
 def cost_per_image(compiled, lowered, program: Program) -> dict:
@@ -466,9 +595,11 @@ def cost_per_image(compiled, lowered, program: Program) -> dict:
     source, scale = 'compiled', program.images / program.devices
   else:
     cost, source, scale = hlo_cost(lowered), 'hlo_cpu', program.images
-  return dict(flops_per_image=cost['flops'] / scale,
-              bytes_per_image=cost.get('bytes accessed', 0.0) / scale,
-              cost_source=source)
+  return dict(
+    flops_per_image=cost['flops'] / scale,
+    bytes_per_image=cost.get('bytes accessed', 0.0) / scale,
+    cost_source=source,
+  )
 
 
 def dump(compiled, name: str, dump_dir: str) -> None:
@@ -478,49 +609,71 @@ def dump(compiled, name: str, dump_dir: str) -> None:
     f.write(compiled.as_text())
 
 
-def compile_program(program: Program, target: Target,
-                    dump_dir: str | None = None) -> dict:
+def compile_program(
+  program: Program, target: Target, dump_dir: str | None = None
+) -> dict:
   """Compiles one program for `target`; its figures as a dict (one row)."""
   t0 = time.time()
   lowered = program.fn.trace(*program.args).lower(
-      lowering_platforms=(target.platform,))
+    lowering_platforms=(target.platform,)
+  )
   compiled, row = try_compile(lowered)
-  row = dict(program=program.name, target=target.spec,
-             device_kind=target.devices[0].device_kind,
-             devices=len(target.devices), hosts=target.hosts,
-             program_devices=program.devices,
-             images_per_device=program.images / program.devices,
-             compile_s=round(time.time() - t0, 1), **(row or {}))
+  row = dict(
+    program=program.name,
+    target=target.spec,
+    device_kind=target.devices[0].device_kind,
+    devices=len(target.devices),
+    hosts=target.hosts,
+    program_devices=program.devices,
+    images_per_device=program.images / program.devices,
+    compile_s=round(time.time() - t0, 1),
+    **(row or {}),
+  )
   row.update(cost_per_image(compiled, lowered, program))
   if compiled is not None:
     if dump_dir:
       dump(compiled, program.name, dump_dir)
-    row.update(memory_row(compiled.memory_analysis()),
-               batch_bytes_per_device=batch_bytes_per_device(compiled),
-               split_arguments=split_arguments(compiled))
+    row.update(
+      memory_row(compiled.memory_analysis()),
+      batch_bytes_per_device=batch_bytes_per_device(compiled),
+      split_arguments=split_arguments(compiled),
+    )
   capacity = device_capacity(target)
-  row.update(capacity_bytes=capacity,
-             headroom_bytes=capacity - row['hbm_bytes'],
-             fits=row['hbm_bytes'] <= capacity and compiled is not None)
+  row.update(
+    capacity_bytes=capacity,
+    headroom_bytes=capacity - row['hbm_bytes'],
+    fits=row['hbm_bytes'] <= capacity and compiled is not None,
+  )
   if not row['fits']:
     # Per-device values where compiled; else those of the global program.
-    values = (hlo_buffers(compiled.as_text()) if compiled is not None else
-              [(n, f'{label}, global') for n, label in hlo_buffers(
-                  lowered.compiler_ir('hlo').as_hlo_text())])
+    values = (
+      hlo_buffers(compiled.as_text())
+      if compiled is not None
+      else [
+        (n, f'{label}, global')
+        for n, label in hlo_buffers(lowered.compiler_ir('hlo').as_hlo_text())
+      ]
+    )
     row['largest_buffers'] = largest_buffers(
-        values + argument_buffers(program.args))
+      values + argument_buffers(program.args)
+    )
   return row
 
 
 def roofline(row: dict, chip: chips.Chip, dtype: str) -> dict:
   """Images/s per chip: the slower of compute and HBM traffic at peak."""
   compute = chip.peak_flops[dtype] / max(row['flops_per_image'], 1.0)
-  memory = (chip.hbm_bytes_per_s / row['bytes_per_image']
-            if row['bytes_per_image'] else float('inf'))
-  return dict(images_per_s_per_chip=min(compute, memory),
-              bound='compute' if compute <= memory else 'memory',
-              peak_flops=chip.peak_flops[dtype],
-              hbm_bytes_per_s=chip.hbm_bytes_per_s)
+  memory = (
+    chip.hbm_bytes_per_s / row['bytes_per_image']
+    if row['bytes_per_image']
+    else float('inf')
+  )
+  return dict(
+    images_per_s_per_chip=min(compute, memory),
+    bound='compute' if compute <= memory else 'memory',
+    peak_flops=chip.peak_flops[dtype],
+    hbm_bytes_per_s=chip.hbm_bytes_per_s,
+  )
 
 
 def advice(config, row: dict, devices: int) -> list[str]:
@@ -528,29 +681,34 @@ def advice(config, row: dict, devices: int) -> list[str]:
   tips = []
   latent = config.model.latent
   stage1 = row['program'] == 'stage1'
-  if config.model.dtype == 'float32' and not row['program'].startswith(
-      'dlsa'):
-    tips.append('--config.model.dtype=bfloat16 (activations in half the '
-                'bytes)')
+  if config.model.dtype == 'float32' and not row['program'].startswith('dlsa'):
+    tips.append('--config.model.dtype=bfloat16 (activations in half the bytes)')
   if stage1 and latent.enabled and latent.covariance == 'full':
-    tips.append('--config.model.latent.covariance=diagonal (M x D instead '
-                'of M x D x D moments)')
+    tips.append(
+      '--config.model.latent.covariance=diagonal (M x D instead '
+      'of M x D x D moments)'
+    )
     if not config.shard_covariance:
       m = latent.num_latents
       if m % devices:
         tips.append(nearest_m_text(m, devices))
       else:
-        tips.append(f'--config.shard_covariance=True (each device keeps '
-                    f'{m // devices} of the {m} covariances)')
+        tips.append(
+          f'--config.shard_covariance=True (each device keeps '
+          f'{m // devices} of the {m} covariances)'
+        )
   per = row['images_per_device']
   if row['program_devices'] > 1 and per > 1:
     key = {'stage1': 'stage1', 'stage2': 'stage2', 'eval': 'eval'}.get(
-        row['program'])
+      row['program']
+    )
     if key:
       smaller = max(devices, int(per // 2) * devices)
-      tips.append(f'a smaller batch per chip: --config.{key}.batch_size='
-                  f'{smaller} ({smaller // devices} per device instead of '
-                  f'{per:g}), or more chips')
+      tips.append(
+        f'a smaller batch per chip: --config.{key}.batch_size='
+        f'{smaller} ({smaller // devices} per device instead of '
+        f'{per:g}), or more chips'
+      )
   return tips
 
 
@@ -560,11 +718,16 @@ def nearest_m_text(m: int, devices: int) -> str:
   low, high = m // devices * devices, -(-m // devices) * devices
   near = [v for v in (low, high) if v > 0]
   best = min(near, key=lambda v: (abs(v - m), v))
-  which = (f'the nearer of {low} or {high}' if len(near) > 1 else
-           f'the smallest multiple of {devices}')
-  return (f'M = {m} latents do not split evenly over {devices} devices '
-          f'(JAX shards evenly only): --config.model.latent.num_latents='
-          f'{best} ({which}) with --config.shard_covariance=True')
+  which = (
+    f'the nearer of {low} or {high}'
+    if len(near) > 1
+    else f'the smallest multiple of {devices}'
+  )
+  return (
+    f'M = {m} latents do not split evenly over {devices} devices '
+    f'(JAX shards evenly only): --config.model.latent.num_latents='
+    f'{best} ({which}) with --config.shard_covariance=True'
+  )
 
 
 def layout_notes(config, devices: int) -> list[str]:
@@ -574,17 +737,22 @@ def layout_notes(config, devices: int) -> list[str]:
     return []
   m = latent.num_latents
   if config.shard_covariance:
-    return [f'latent moments split along M: {m // devices} of {m} per '
-            'device']
+    return [f'latent moments split along M: {m // devices} of {m} per device']
   if latent.covariance == 'full' and devices > 1:
-    return ['full latent covariance replicated on every device' +
-            (f'; {nearest_m_text(m, devices)}' if m % devices else
-             '; --config.shard_covariance=True would split it')]
+    return [
+      'full latent covariance replicated on every device'
+      + (
+        f'; {nearest_m_text(m, devices)}'
+        if m % devices
+        else '; --config.shard_covariance=True would split it'
+      )
+    ]
   return []
 
 
-def run(config, target: Target, names, dump_dir: str | None = None
-        ) -> list[dict]:
+def run(
+  config, target: Target, names, dump_dir: str | None = None
+) -> list[dict]:
   """Compiles `names` for `target`; one row per program, in order.
   `dump_dir`: where to write each compiled program's HLO text."""
   mesh = parallel.make_mesh(config.num_devices, target.devices)
@@ -593,8 +761,9 @@ def run(config, target: Target, names, dump_dir: str | None = None
   for program in build_programs(config, info, mesh, names):
     row = compile_program(program, target, dump_dir)
     row.update(roofline(row, target.chip, config.model.dtype))
-    row['notes'] = layout_notes(config, mesh.size) if (
-        program.name == 'stage1') else []
+    row['notes'] = (
+      layout_notes(config, mesh.size) if (program.name == 'stage1') else []
+    )
     if not row['fits']:
       row['advice'] = advice(config, row, mesh.size)
     rows.append(row)
@@ -603,12 +772,14 @@ def run(config, target: Target, names, dump_dir: str | None = None
 
 def format_row(row: dict) -> str:
   fit = 'fits' if row['fits'] else 'DOES NOT FIT'
-  return (f'{row["program"]:<22} {fit:<12} HBM/device '
-          f'{gib(row["hbm_bytes"]):.3g} of {gib(row["capacity_bytes"]):.3g}'
-          f' GiB (headroom {gib(row["headroom_bytes"]):.3g})  '
-          f'{row["flops_per_image"] / 1e9:.3g} GFLOP/image  '
-          f'~{row["images_per_s_per_chip"]:.3g} images/s/chip '
-          f'({row["bound"]}-bound)  compiled in {row["compile_s"]:.0f} s')
+  return (
+    f'{row["program"]:<22} {fit:<12} HBM/device '
+    f'{gib(row["hbm_bytes"]):.3g} of {gib(row["capacity_bytes"]):.3g}'
+    f' GiB (headroom {gib(row["headroom_bytes"]):.3g})  '
+    f'{row["flops_per_image"] / 1e9:.3g} GFLOP/image  '
+    f'~{row["images_per_s_per_chip"]:.3g} images/s/chip '
+    f'({row["bound"]}-bound)  compiled in {row["compile_s"]:.0f} s'
+  )
 
 
 def not_fitting_message(rows: list[dict]) -> str:
@@ -618,24 +789,37 @@ def not_fitting_message(rows: list[dict]) -> str:
       continue
     least = 'at least ' if 'compiler_error' in r else ''
     parts.append(
-        f'{r["program"]} needs {least}{gib(r["hbm_bytes"]):.2f} GiB per '
-        f'device on '
-        f'{r["target"]} ({r["device_kind"]}, {gib(r["capacity_bytes"]):.2f} '
-        f'GiB per device) and does not fit; its largest buffers: '
-        f'{"; ".join(r["largest_buffers"]) or "n/a"}. What helps: '
-        f'{"; ".join(r.get("advice", [])) or "more memory per device"}')
-  return ('. '.join(parts) + '. Nothing was run; change the config and '
-          'compile again.')
+      f'{r["program"]} needs {least}{gib(r["hbm_bytes"]):.2f} GiB per '
+      f'device on '
+      f'{r["target"]} ({r["device_kind"]}, {gib(r["capacity_bytes"]):.2f} '
+      f'GiB per device) and does not fit; its largest buffers: '
+      f'{"; ".join(r["largest_buffers"]) or "n/a"}. What helps: '
+      f'{"; ".join(r.get("advice", [])) or "more memory per device"}'
+    )
+  return (
+    '. '.join(parts) + '. Nothing was run; change the config and compile again.'
+  )
 
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string('target', None, 'tpu:<topology> (e.g. tpu:v5e:4x4) or '
-                    'gpu:h100:<n> / gpu:h200:<n>.')
+flags.DEFINE_string(
+  'target',
+  None,
+  'tpu:<topology> (e.g. tpu:v5e:4x4) or gpu:h100:<n> / gpu:h200:<n>.',
+)
 flags.DEFINE_bool('json', False, 'One JSON object per program and line.')
-flags.DEFINE_string('dump_hlo', None, 'A directory to write each compiled '
-                    'program to, as optimised HLO text (<program>.hlo.txt).')
-flags.DEFINE_list('programs', None, 'Programs to compile (of '
-                  f'{",".join(PROGRAMS)}); default: those the config runs.')
+flags.DEFINE_string(
+  'dump_hlo',
+  None,
+  'A directory to write each compiled '
+  'program to, as optimised HLO text (<program>.hlo.txt).',
+)
+flags.DEFINE_list(
+  'programs',
+  None,
+  'Programs to compile (of '
+  f'{",".join(PROGRAMS)}); default: those the config runs.',
+)
 
 
 def main(argv):
@@ -646,13 +830,15 @@ def main(argv):
     names = tuple(FLAGS.programs or ())
     unknown = [n for n in names if n not in PROGRAMS]
     if unknown:
-      raise CompileError(f'unknown --programs {",".join(unknown)}; choose '
-                         f'from {",".join(PROGRAMS)}.')
+      raise CompileError(
+        f'unknown --programs {",".join(unknown)}; choose '
+        f'from {",".join(PROGRAMS)}.'
+      )
     target = get_target(FLAGS.target)
-    config = config_lib.resolve_and_validate(FLAGS.config,
-                                             len(target.devices))
-    rows = run(config, target, names or enabled_programs(config),
-               FLAGS.dump_hlo)
+    config = config_lib.resolve_and_validate(FLAGS.config, len(target.devices))
+    rows = run(
+      config, target, names or enabled_programs(config), FLAGS.dump_hlo
+    )
   except errors.UserError as e:
     main_lib.fail(str(e), code=1)
   for row in rows:
@@ -662,8 +848,9 @@ def main(argv):
 
 
 def cli():
-  cli_lib.run(main, flags_parser=functools.partial(main_lib.parse_flags,
-                                                   usage=USAGE))
+  cli_lib.run(
+    main, flags_parser=functools.partial(main_lib.parse_flags, usage=USAGE)
+  )
 
 
 if __name__ == '__main__':

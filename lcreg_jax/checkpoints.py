@@ -30,8 +30,9 @@ def _shapes(tree) -> list[tuple]:
   """The sorted (shape, dtype) of every array leaf: a structure signature
   that does not depend on how orbax names the tree's nodes."""
   leaves = jax.tree.leaves(tree)
-  return sorted((tuple(x.shape), str(x.dtype)) for x in leaves
-                if hasattr(x, 'shape'))
+  return sorted(
+    (tuple(x.shape), str(x.dtype)) for x in leaves if hasattr(x, 'shape')
+  )
 
 
 class _Manager(ocp.CheckpointManager):
@@ -73,8 +74,13 @@ def savable(tree):
   if jax.process_count() == 1:
     return tree
   return jax.tree.map(
-      lambda x: np.asarray(x) if (isinstance(x, jax.Array) and
-                                  x.is_fully_addressable) else x, tree)
+    lambda x: (
+      np.asarray(x)
+      if (isinstance(x, jax.Array) and x.is_fully_addressable)
+      else x
+    ),
+    tree,
+  )
 
 
 class StageCheckpoints:
@@ -90,8 +96,13 @@ class StageCheckpoints:
       created, nothing is moved, and a damaged newest step stops the run.
   """
 
-  def __init__(self, directory, fingerprint: dict, max_to_keep: int = 2,
-               read_only: bool = False):
+  def __init__(
+    self,
+    directory,
+    fingerprint: dict,
+    max_to_keep: int = 2,
+    read_only: bool = False,
+  ):
     self.directory = files.as_path(directory)
     self.fingerprint = json.loads(json.dumps(fingerprint, sort_keys=True))
     self.read_only = read_only
@@ -101,13 +112,17 @@ class StageCheckpoints:
 
   def _open(self):
     self.manager = _Manager(
-        self.directory,
-        item_handlers=ocp.StandardCheckpointHandler(),
-        options=ocp.CheckpointManagerOptions(
-            max_to_keep=self._max_to_keep, create=not self.read_only,
-            read_only=self.read_only,
-            multiprocessing_options=ocp.options.MultiprocessingOptions(
-                barrier_sync_key_prefix=barrier_prefix(self.directory))))
+      self.directory,
+      item_handlers=ocp.StandardCheckpointHandler(),
+      options=ocp.CheckpointManagerOptions(
+        max_to_keep=self._max_to_keep,
+        create=not self.read_only,
+        read_only=self.read_only,
+        multiprocessing_options=ocp.options.MultiprocessingOptions(
+          barrier_sync_key_prefix=barrier_prefix(self.directory)
+        ),
+      ),
+    )
 
   @property
   def _fingerprint_path(self):
@@ -120,20 +135,25 @@ class StageCheckpoints:
       stored = files.read_json(self._fingerprint_path)
     except (OSError, ValueError) as e:
       raise errors.CheckpointError(
-          f'{self._fingerprint_path} cannot be read ({type(e).__name__}: '
-          f'{e}), so it is unknown which model the checkpoints next to it '
-          'belong to. They were left untouched. Restore the file from a '
-          'backup, or use a new --workdir.') from e
+        f'{self._fingerprint_path} cannot be read ({type(e).__name__}: '
+        f'{e}), so it is unknown which model the checkpoints next to it '
+        'belong to. They were left untouched. Restore the file from a '
+        'backup, or use a new --workdir.'
+      ) from e
     if stored != self.fingerprint:
-      diff = sorted(k for k in set(stored) | set(self.fingerprint)
-                    if stored.get(k) != self.fingerprint.get(k))
+      diff = sorted(
+        k
+        for k in set(stored) | set(self.fingerprint)
+        if stored.get(k) != self.fingerprint.get(k)
+      )
       raise errors.CheckpointError(
-          f'The checkpoints in {self.directory} were written for a different '
-          f'model or data set (differing entries: {", ".join(diff)}; stored '
-          f'{ {k: stored.get(k) for k in diff} }, this run '
-          f'{ {k: self.fingerprint.get(k) for k in diff} }). They were left '
-          'untouched. Use a new --workdir for this configuration, or rerun '
-          'with the configuration that wrote them.')
+        f'The checkpoints in {self.directory} were written for a different '
+        f'model or data set (differing entries: {", ".join(diff)}; stored '
+        f'{ {k: stored.get(k) for k in diff} }, this run '
+        f'{ {k: self.fingerprint.get(k) for k in diff} }). They were left '
+        'untouched. Use a new --workdir for this configuration, or rerun '
+        'with the configuration that wrote them.'
+      )
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
@@ -151,8 +171,10 @@ class StageCheckpoints:
     wanted = _shapes(target)
     for a, b in itertools.zip_longest(stored, wanted):
       if a != b:
-        return (f'{len(stored)} arrays stored, {len(wanted)} expected; e.g. '
-                f'stored {a}, expected {b}')
+        return (
+          f'{len(stored)} arrays stored, {len(wanted)} expected; e.g. '
+          f'stored {a}, expected {b}'
+        )
     return None
 
   def restore_latest(self, target) -> tuple[int, object]:
@@ -171,9 +193,10 @@ class StageCheckpoints:
         self._damaged(step, e)
         continue
       raise errors.CheckpointError(
-          f'Could not restore step {step} from {self.directory}: its arrays '
-          f'do not match this model ({reason}). The checkpoint was left '
-          'untouched; use a new --workdir or the configuration that wrote it.')
+        f'Could not restore step {step} from {self.directory}: its arrays '
+        f'do not match this model ({reason}). The checkpoint was left '
+        'untouched; use a new --workdir or the configuration that wrote it.'
+      )
     return 0, target
 
   def _damaged(self, step: int, error: Exception):
@@ -181,14 +204,23 @@ class StageCheckpoints:
     what = f'{type(error).__name__}: {str(error).splitlines()[0][:200]}'
     if self.read_only:
       raise errors.CheckpointError(
-          f'The newest checkpoint {where} is damaged ({what}). It was left '
-          'untouched. Rerun the stage that wrote it (it resumes from its '
-          'previous good step and rewrites this one), or point the run at '
-          'another checkpoint directory.') from error
-    aside = (self.directory.parent / f'{self.directory.name}.corrupt' /
-             f'{step}-{time.strftime("%Y%m%d-%H%M%S")}')
-    logging.warning('Checkpoint %s is damaged (%s); moved it to %s and '
-                    'trying the previous step.', where, what, aside)
+        f'The newest checkpoint {where} is damaged ({what}). It was left '
+        'untouched. Rerun the stage that wrote it (it resumes from its '
+        'previous good step and rewrites this one), or point the run at '
+        'another checkpoint directory.'
+      ) from error
+    aside = (
+      self.directory.parent
+      / f'{self.directory.name}.corrupt'
+      / f'{step}-{time.strftime("%Y%m%d-%H%M%S")}'
+    )
+    logging.warning(
+      'Checkpoint %s is damaged (%s); moved it to %s and '
+      'trying the previous step.',
+      where,
+      what,
+      aside,
+    )
     self.manager.close()
     if jax.process_index() == 0:
       aside.parent.mkdir(parents=True, exist_ok=True)
@@ -197,10 +229,12 @@ class StageCheckpoints:
 
   def save(self, step: int, state, force: bool = False):
     if jax.process_index() == 0 and not self._fingerprint_path.exists():
-      files.write_json(self._fingerprint_path, self.fingerprint, indent=2,
-                       sort_keys=True)
-    self.manager.save(step, args=ocp.args.StandardSave(savable(state)),
-                      force=force)
+      files.write_json(
+        self._fingerprint_path, self.fingerprint, indent=2, sort_keys=True
+      )
+    self.manager.save(
+      step, args=ocp.args.StandardSave(savable(state)), force=force
+    )
 
   def close(self):
     """Waits for the last save to be on disk; a second call does nothing."""
@@ -210,8 +244,9 @@ class StageCheckpoints:
       self.manager = None
 
 
-def read_variables(directory, target: dict, step: int | None = None
-                   ) -> tuple[int, dict]:
+def read_variables(
+  directory, target: dict, step: int | None = None
+) -> tuple[int, dict]:
   """(step, variables) of a finished run's checkpoint, for inference.
 
   Reads only the entries of `target` (e.g. {'params', 'batch_stats'}, as
@@ -220,36 +255,47 @@ def read_variables(directory, target: dict, step: int | None = None
   """
   directory = files.as_path(directory)
   manager = ocp.CheckpointManager(
-      directory, item_handlers=ocp.PyTreeCheckpointHandler(),
-      # What read_only implies, spelled out so orbax does not warn about it.
-      options=ocp.CheckpointManagerOptions(read_only=True, create=False,
-                                           save_interval_steps=0))
+    directory,
+    item_handlers=ocp.PyTreeCheckpointHandler(),
+    # What read_only implies, spelled out so orbax does not warn about it.
+    options=ocp.CheckpointManagerOptions(
+      read_only=True, create=False, save_interval_steps=0
+    ),
+  )
   try:
     step = manager.latest_step() if step is None else step
     if step is None:
       raise errors.CheckpointError(
-          f'{directory} holds no checkpoint step. Train the stage first, or '
-          'point at the workdir of a finished run.')
+        f'{directory} holds no checkpoint step. Train the stage first, or '
+        'point at the workdir of a finished run.'
+      )
     stored = manager.item_metadata(step).tree
     missing = sorted(set(target) - set(stored))
     reason = None if not missing else f'it lacks {", ".join(missing)}'
     for key in target:
       if reason is None:
-        for a, b in itertools.zip_longest(_shapes(stored[key]),
-                                          _shapes(target[key])):
+        for a, b in itertools.zip_longest(
+          _shapes(stored[key]), _shapes(target[key])
+        ):
           if a != b:
             reason = f'{key}: stored {a}, this model {b}'
             break
     if reason is not None:
       raise errors.CheckpointError(
-          f'Step {step} in {directory} does not fit the model its config '
-          f'describes ({reason}). Was the workdir written by another '
-          'version or configuration? Pass the matching workdir and stage.')
+        f'Step {step} in {directory} does not fit the model its config '
+        f'describes ({reason}). Was the workdir written by another '
+        'version or configuration? Pass the matching workdir and stage.'
+      )
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
     restore_args = jax.tree.map(
-        lambda _: ocp.RestoreArgs(restore_type=np.ndarray), abstract)
-    variables = manager.restore(step, args=ocp.args.PyTreeRestore(
-        item=abstract, restore_args=restore_args, partial_restore=True))
+      lambda _: ocp.RestoreArgs(restore_type=np.ndarray), abstract
+    )
+    variables = manager.restore(
+      step,
+      args=ocp.args.PyTreeRestore(
+        item=abstract, restore_args=restore_args, partial_restore=True
+      ),
+    )
   finally:
     manager.close()
   return step, variables

@@ -28,32 +28,40 @@ GIB = 1024**3
 @dataclasses.dataclass(frozen=True)
 class Chip:
   name: str
-  hbm_bytes: int            # per chip
-  hbm_bytes_per_s: float    # per chip
-  peak_flops: dict          # dtype name -> dense FLOP/s per chip
+  hbm_bytes: int  # per chip
+  hbm_bytes_per_s: float  # per chip
+  peak_flops: dict  # dtype name -> dense FLOP/s per chip
 
 
 CHIPS = {
-    'TPU v4': Chip('TPU v4', 32 * GIB, 1.2e12,
-                   {'bfloat16': 275e12, 'float32': 275e12}),
-    'TPU v5 lite': Chip('TPU v5e', 16 * GIB, 8.19e11,
-                        {'bfloat16': 197e12, 'float32': 197e12}),
-    'TPU v5': Chip('TPU v5p', 95 * GIB, 2.765e12,
-                   {'bfloat16': 459e12, 'float32': 459e12}),
-    'TPU v6 lite': Chip('TPU v6e', 32 * GIB, 1.64e12,
-                        {'bfloat16': 918e12, 'float32': 918e12}),
-    'NVIDIA H100 80GB HBM3': Chip('H100 SXM', 85_045_477_376, 3.35e12,
-                                  {'bfloat16': 989e12, 'float32': 495e12}),
-    'NVIDIA H200': Chip('H200 SXM', 150_754_820_096, 4.8e12,
-                        {'bfloat16': 989e12, 'float32': 495e12}),
+  'TPU v4': Chip(
+    'TPU v4', 32 * GIB, 1.2e12, {'bfloat16': 275e12, 'float32': 275e12}
+  ),
+  'TPU v5 lite': Chip(
+    'TPU v5e', 16 * GIB, 8.19e11, {'bfloat16': 197e12, 'float32': 197e12}
+  ),
+  'TPU v5': Chip(
+    'TPU v5p', 95 * GIB, 2.765e12, {'bfloat16': 459e12, 'float32': 459e12}
+  ),
+  'TPU v6 lite': Chip(
+    'TPU v6e', 32 * GIB, 1.64e12, {'bfloat16': 918e12, 'float32': 918e12}
+  ),
+  'NVIDIA H100 80GB HBM3': Chip(
+    'H100 SXM', 85_045_477_376, 3.35e12, {'bfloat16': 989e12, 'float32': 495e12}
+  ),
+  'NVIDIA H200': Chip(
+    'H200 SXM', 150_754_820_096, 4.8e12, {'bfloat16': 989e12, 'float32': 495e12}
+  ),
 }
 
 
 def chip(device_kind: str) -> Chip:
   """The figures of a device kind as JAX names it (`device.device_kind`)."""
   if device_kind not in CHIPS:
-    raise KeyError(f'no published figures for {device_kind!r} in '
-                   f'lcreg_jax/chips.py (known: {", ".join(CHIPS)})')
+    raise KeyError(
+      f'no published figures for {device_kind!r} in '
+      f'lcreg_jax/chips.py (known: {", ".join(CHIPS)})'
+    )
   return CHIPS[device_kind]
 
 
@@ -93,9 +101,12 @@ device_description_str: "{name}"
 """
 
 GPU_TARGETS = {
-    'h100': _HOPPER.format(bandwidth=3_350_000_000_000,
-                           memory=85_045_477_376,
-                           name='NVIDIA H100 80GB HBM3'),
-    'h200': _HOPPER.format(bandwidth=4_800_000_000_000,
-                           memory=150_754_820_096, name='NVIDIA H200'),
+  'h100': _HOPPER.format(
+    bandwidth=3_350_000_000_000,
+    memory=85_045_477_376,
+    name='NVIDIA H100 80GB HBM3',
+  ),
+  'h200': _HOPPER.format(
+    bandwidth=4_800_000_000_000, memory=150_754_820_096, name='NVIDIA H200'
+  ),
 }

@@ -15,22 +15,28 @@ from jax.sharding import Mesh, PartitionSpec as P
 
 
 class CovarianceState(NamedTuple):
-  mean: jax.Array   # (C, D)
-  cov: jax.Array    # (C, D, D), or (C, D) when diagonal
+  mean: jax.Array  # (C, D)
+  cov: jax.Array  # (C, D, D), or (C, D) when diagonal
   count: jax.Array  # (C,) float32: float so that huge streams do not overflow
 
 
-def init_covariance(num_classes: int, dim: int,
-                    diagonal: bool = False) -> CovarianceState:
+def init_covariance(
+  num_classes: int, dim: int, diagonal: bool = False
+) -> CovarianceState:
   cov_shape = (num_classes, dim) if diagonal else (num_classes, dim, dim)
   return CovarianceState(
-      mean=jnp.zeros((num_classes, dim), jnp.float32),
-      cov=jnp.zeros(cov_shape, jnp.float32),
-      count=jnp.zeros((num_classes,), jnp.float32))
+    mean=jnp.zeros((num_classes, dim), jnp.float32),
+    cov=jnp.zeros(cov_shape, jnp.float32),
+    count=jnp.zeros((num_classes,), jnp.float32),
+  )
 
 
-def batch_moments(features: jax.Array, labels: jax.Array, num_classes: int,
-                  diagonal: bool = False):
+def batch_moments(
+  features: jax.Array,
+  labels: jax.Array,
+  num_classes: int,
+  diagonal: bool = False,
+):
   """Per-class count, mean and biased covariance of one batch.
 
   Computed with one-hot sums rather than a gather per class so that the work
@@ -38,11 +44,11 @@ def batch_moments(features: jax.Array, labels: jax.Array, num_classes: int,
   batch axis are global (XLA inserts the all-reduce).
   """
   features = features.astype(jnp.float32)
-  onehot = jax.nn.one_hot(labels, num_classes, dtype=jnp.float32)   # (N, C)
-  count = onehot.sum(0)                                             # (C,)
+  onehot = jax.nn.one_hot(labels, num_classes, dtype=jnp.float32)  # (N, C)
+  count = onehot.sum(0)  # (C,)
   safe = jnp.maximum(count, 1.0)[:, None]
-  mean = onehot.T @ features / safe                                 # (C, D)
-  centred = features[:, None, :] - mean[None]                       # (N, C, D)
+  mean = onehot.T @ features / safe  # (C, D)
+  centred = features[:, None, :] - mean[None]  # (N, C, D)
   centred = centred * onehot[:, :, None]
   if diagonal:
     cov = jnp.einsum('ncd,ncd->cd', centred, centred) / safe
@@ -65,13 +71,15 @@ def _merge_one(mean, cov, count, b_mean, b_cov, b_count):
 
 
 def _merge(state: CovarianceState, b_count, b_mean, b_cov) -> CovarianceState:
-  mean, cov, count = jax.vmap(_merge_one)(state.mean, state.cov, state.count,
-                                          b_mean, b_cov, b_count)
+  mean, cov, count = jax.vmap(_merge_one)(
+    state.mean, state.cov, state.count, b_mean, b_cov, b_count
+  )
   return CovarianceState(mean=mean, cov=cov, count=count)
 
 
-def update_covariance(state: CovarianceState, features: jax.Array,
-                      labels: jax.Array) -> CovarianceState:
+def update_covariance(
+  state: CovarianceState, features: jax.Array, labels: jax.Array
+) -> CovarianceState:
   """Merges a batch of (features (N, D), labels (N,)) into the moments.
 
   Gradients are stopped: the estimator is a statistic of the features, not a
@@ -83,8 +91,9 @@ def update_covariance(state: CovarianceState, features: jax.Array,
   return _merge(state, *batch_moments(features, labels, num_classes, diagonal))
 
 
-def _grouped_update(state: CovarianceState,
-                    features: jax.Array) -> CovarianceState:
+def _grouped_update(
+  state: CovarianceState, features: jax.Array
+) -> CovarianceState:
   n = features.shape[0]
   b_mean = features.mean(0)
   centred = features - b_mean[None]
@@ -96,8 +105,9 @@ def _grouped_update(state: CovarianceState,
   return _merge(state, b_count, b_mean, b_cov)
 
 
-def update_covariance_grouped(state: CovarianceState, features: jax.Array,
-                              mesh: Mesh | None = None) -> CovarianceState:
+def update_covariance_grouped(
+  state: CovarianceState, features: jax.Array, mesh: Mesh | None = None
+) -> CovarianceState:
   """Same update for a class-balanced batch laid out as (B, C, D).
 
   LCReg's latent samples come exactly B per latent category; using that
@@ -112,6 +122,9 @@ def update_covariance_grouped(state: CovarianceState, features: jax.Array,
   features = jax.lax.stop_gradient(features).astype(jnp.float32)
   if mesh is None:
     return _grouped_update(state, features)
-  return jax.shard_map(_grouped_update, mesh=mesh,
-                       in_specs=(P('data'), P(None, 'data')),
-                       out_specs=P('data'))(state, features)
+  return jax.shard_map(
+    _grouped_update,
+    mesh=mesh,
+    in_specs=(P('data'), P(None, 'data')),
+    out_specs=P('data'),
+  )(state, features)

@@ -44,16 +44,22 @@ class Selection:
   from process 0 (a jax.Array on one local device could not be saved by
   several processes).
   """
+
   train: Any
   best: Any
-  best_score: np.ndarray   # float32 0-d; -inf until a scored candidate
-  best_step: np.ndarray    # int32 0-d
+  best_score: np.ndarray  # float32 0-d; -inf until a scored candidate
+  best_step: np.ndarray  # int32 0-d
 
   @classmethod
-  def start(cls, train, best, score: float = -np.inf,
-            step: int = 0) -> 'Selection':
-    return cls(train=train, best=best, best_score=np.asarray(score, np.float32),
-               best_step=np.asarray(step, np.int32))
+  def start(
+    cls, train, best, score: float = -np.inf, step: int = 0
+  ) -> 'Selection':
+    return cls(
+      train=train,
+      best=best,
+      best_score=np.asarray(score, np.float32),
+      best_step=np.asarray(step, np.int32),
+    )
 
   def offer(self, step: int, candidate, score: float) -> 'Selection':
     """Keeps `candidate` if it scores strictly better (the first best wins);
@@ -62,15 +68,20 @@ class Selection:
       return self.keep_last(step, candidate, score)
     return self
 
-  def keep_last(self, step: int, candidate,
-                score: float | None = None) -> 'Selection':
+  def keep_last(
+    self, step: int, candidate, score: float | None = None
+  ) -> 'Selection':
     """Keeps `candidate` whatever its score: without validation (score
     None, the kept score stays what it was) the last one wins, and a rule
     of the caller's may prefer the latest (DLSA's authors' flow metric)."""
-    best_score = (self.best_score if score is None
-                  else np.asarray(score, np.float32))
-    return self.replace(best=candidate, best_score=best_score,
-                        best_step=np.asarray(step, np.int32))
+    best_score = (
+      self.best_score if score is None else np.asarray(score, np.float32)
+    )
+    return self.replace(
+      best=candidate,
+      best_score=best_score,
+      best_step=np.asarray(step, np.int32),
+    )
 
   def advance(self, train_step: Callable, *args) -> tuple['Selection', dict]:
     """One step of the training state: `train_step(train, *args)`."""
@@ -92,27 +103,51 @@ def step_keys(seed: int) -> Callable[[int], Iterator[jax.Array]]:
   return batches
 
 
-def _check_finite(metrics: dict, step: int, name: str, directory: str,
-                  last_saved: int | None, advice: str):
-  bad = {k: float(v) for k, v in metrics.items()
-         if k != 'params_finite' and not np.isfinite(v)}
+def _check_finite(
+  metrics: dict,
+  step: int,
+  name: str,
+  directory: str,
+  last_saved: int | None,
+  advice: str,
+):
+  bad = {
+    k: float(v)
+    for k, v in metrics.items()
+    if k != 'params_finite' and not np.isfinite(v)
+  }
   if bad or not metrics.get('params_finite', True):
-    saved = (f'the last good checkpoint (step {last_saved}) in {directory} is '
-             'untouched' if last_saved else 'no checkpoint was written')
+    saved = (
+      f'the last good checkpoint (step {last_saved}) in {directory} is '
+      'untouched'
+      if last_saved
+      else 'no checkpoint was written'
+    )
     raise errors.NonFiniteLossError(
-        f'{name}: the loss or parameters became NaN/infinite at step {step} '
-        f'(non-finite: {bad or "parameters"}); training stopped and {saved}. '
-        f'{advice}')
+      f'{name}: the loss or parameters became NaN/infinite at step {step} '
+      f'(non-finite: {bad or "parameters"}); training stopped and {saved}. '
+      f'{advice}'
+    )
 
 
-def fit(state, *, name: str, step_fn: Callable,
-        batches: Callable[[int], Iterator],
-        total_steps: int, checkpoints: checkpoints_lib.StageCheckpoints,
-        workdir: str, log_every: int, checkpoint_every: int,
-        evaluate_every: int = 0, evaluate_fn: Callable | None = None,
-        advice: str = 'Lower the learning rate.',
-        hooks: Iterable[Hook] = (), batch_size: int | None = None,
-        unit: str = 'img'):
+def fit(
+  state,
+  *,
+  name: str,
+  step_fn: Callable,
+  batches: Callable[[int], Iterator],
+  total_steps: int,
+  checkpoints: checkpoints_lib.StageCheckpoints,
+  workdir: str,
+  log_every: int,
+  checkpoint_every: int,
+  evaluate_every: int = 0,
+  evaluate_fn: Callable | None = None,
+  advice: str = 'Lower the learning rate.',
+  hooks: Iterable[Hook] = (),
+  batch_size: int | None = None,
+  unit: str = 'img',
+):
   """Trains `state` to `total_steps`, resuming from the newest checkpoint.
 
   Args:
@@ -142,8 +177,9 @@ def fit(state, *, name: str, step_fn: Callable,
   start, state = _resume(state, name, total_steps, checkpoints)
   if start >= total_steps:
     return state
-  writer, progress, line = _reporters(name, workdir, total_steps, start,
-                                      batch_size, unit)
+  writer, progress, line = _reporters(
+    name, workdir, total_steps, start, batch_size, unit
+  )
   data = iter(batches(start))
   pending, last_saved = [], start or None
   try:
@@ -157,10 +193,12 @@ def fit(state, *, name: str, step_fn: Callable,
       stop = preemption.reached()
       save = step % checkpoint_every == 0 or last or stop
       evaluate = evaluate_fn is not None and (
-          step % evaluate_every == 0 or last)
+        step % evaluate_every == 0 or last
+      )
       if save or evaluate or step % log_every == 0:
-        _write_metrics(writer, step, pending, name, checkpoints, last_saved,
-                       advice)
+        _write_metrics(
+          writer, step, pending, name, checkpoints, last_saved, advice
+        )
         pending = []
       if evaluate:
         state, scores = evaluate_fn(step, state)
@@ -169,7 +207,7 @@ def fit(state, *, name: str, step_fn: Callable,
         checkpoints.save(step, state)
         last_saved = step
       if stop and not last:
-        checkpoints.close()   # waits until the checkpoint is on disk
+        checkpoints.close()  # waits until the checkpoint is on disk
         raise _preempted(name, step, checkpoints)
       for hook in hooks:
         hook(name, step, state)
@@ -181,8 +219,9 @@ def fit(state, *, name: str, step_fn: Callable,
 
 
 def _preempted(name: str, step: int, checkpoints) -> preemption.Preempted:
-  return preemption.Preempted(preemption.stopped_message(
-      name, step, checkpoints.directory))
+  return preemption.Preempted(
+    preemption.stopped_message(name, step, checkpoints.directory)
+  )
 
 
 def _resume(state, name: str, total_steps: int, checkpoints):
@@ -191,8 +230,13 @@ def _resume(state, name: str, total_steps: int, checkpoints):
   the first step when a signal came before this loop."""
   start, state = checkpoints.restore_latest(state)
   if start:
-    logging.info('%s: resumed from step %d of %d (%s).', name, start,
-                 total_steps, checkpoints.directory)
+    logging.info(
+      '%s: resumed from step %d of %d (%s).',
+      name,
+      start,
+      total_steps,
+      checkpoints.directory,
+    )
   if start >= total_steps:
     checkpoints.close()
   elif preemption.reached():
@@ -204,22 +248,37 @@ def _resume(state, name: str, total_steps: int, checkpoints):
 def _reporters(name, workdir, total_steps, start, batch_size, unit):
   """The TensorBoard writer, clu's progress report and the progress line."""
   writer = metric_writers.create_default_writer(
-      os.fspath(workdir), just_logging=jax.process_index() > 0)
-  progress = periodic_actions.ReportProgress(num_train_steps=total_steps,
-                                             writer=writer)
-  line = progress_lib.ProgressLine(name, total_steps, start,
-                                  batch_size=batch_size, unit=unit)
+    os.fspath(workdir), just_logging=jax.process_index() > 0
+  )
+  progress = periodic_actions.ReportProgress(
+    num_train_steps=total_steps, writer=writer
+  )
+  line = progress_lib.ProgressLine(
+    name, total_steps, start, batch_size=batch_size, unit=unit
+  )
   return writer, progress, line
 
 
-def _write_metrics(writer, step, pending, name, checkpoints, last_saved,
-                   advice):
+def _write_metrics(
+  writer, step, pending, name, checkpoints, last_saved, advice
+):
   """Checks the metrics of the steps up to `step` (one transfer for them
   all) and writes their mean."""
   host = jax.device_get(pending)
   for i, m in enumerate(host):
-    _check_finite(m, step - len(host) + 1 + i, name, checkpoints.directory,
-                  last_saved, advice)
-  writer.write_scalars(step, {
-      k: float(np.mean([m[k] for m in host])) for k in host[0]
-      if k != 'params_finite'})
+    _check_finite(
+      m,
+      step - len(host) + 1 + i,
+      name,
+      checkpoints.directory,
+      last_saved,
+      advice,
+    )
+  writer.write_scalars(
+    step,
+    {
+      k: float(np.mean([m[k] for m in host]))
+      for k in host[0]
+      if k != 'params_finite'
+    },
+  )

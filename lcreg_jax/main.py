@@ -28,16 +28,26 @@ from lcreg_jax import errors
 from lcreg_jax import files
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file('config', None, 'Config file (configs/*.py).',
-                                lock_config=True)
-flags.DEFINE_string('workdir', None, 'Directory for checkpoints, logs, '
-                    'TensorBoard events and reports (default: '
-                    'workdirs/<config file name>).')
-flags.DEFINE_bool('distributed', False, 'Call jax.distributed.initialize() '
-                  '(multi-host TPU pods / multi-node GPU).')
+config_flags.DEFINE_config_file(
+  'config', None, 'Config file (configs/*.py).', lock_config=True
+)
+flags.DEFINE_string(
+  'workdir',
+  None,
+  'Directory for checkpoints, logs, '
+  'TensorBoard events and reports (default: '
+  'workdirs/<config file name>).',
+)
+flags.DEFINE_bool(
+  'distributed',
+  False,
+  'Call jax.distributed.initialize() (multi-host TPU pods / multi-node GPU).',
+)
 
-USAGE = ('python -m lcreg_jax.main --config=configs/default.py '
-         '[--workdir=DIR] [--config.KEY=VALUE ...]')
+USAGE = (
+  'python -m lcreg_jax.main --config=configs/default.py '
+  '[--workdir=DIR] [--config.KEY=VALUE ...]'
+)
 
 
 def fail(message: str, code: int = 2):
@@ -61,7 +71,7 @@ def _unknown_overrides(argv) -> list[str]:
   unknown = []
   for arg in argv:
     if arg.startswith('--config.'):
-      key = arg[len('--config.'):].split('=', 1)[0]
+      key = arg[len('--config.') :].split('=', 1)[0]
       if key not in known:
         close = difflib.get_close_matches(key, known, n=1)
         unknown.append(key + (f' (did you mean {close[0]}?)' if close else ''))
@@ -73,24 +83,34 @@ def _explain(error: BaseException, argv, usage: str = USAGE) -> str:
   if path is None:
     return f'no config file given. Usage: {usage}'
   if isinstance(error, SyntaxError):
-    return (f'the config file {path} does not parse: {error.msg} at line '
-            f'{error.lineno}. Fix the file (it must define get_config()).')
+    return (
+      f'the config file {path} does not parse: {error.msg} at line '
+      f'{error.lineno}. Fix the file (it must define get_config()).'
+    )
   if not os.path.isfile(path):
-    return (f'the config file {path} does not exist (looked relative to '
-            f'{os.getcwd()}). Pass one of configs/*.py, e.g. '
-            '--config=configs/default.py.')
+    return (
+      f'the config file {path} does not exist (looked relative to '
+      f'{os.getcwd()}). Pass one of configs/*.py, e.g. '
+      '--config=configs/default.py.'
+    )
   unknown = _unknown_overrides(argv)
   if unknown:
-    return (f'unknown config key{"s" if len(unknown) > 1 else ""}: '
-            f'{", ".join(unknown)}. Every key is listed, with its default, in '
-            'lcreg_jax/config/base.py.')
+    return (
+      f'unknown config key{"s" if len(unknown) > 1 else ""}: '
+      f'{", ".join(unknown)}. Every key is listed, with its default, in '
+      'lcreg_jax/config/base.py.'
+    )
   if isinstance(error, flags.Error):
-    return (f'{error}. Give the value in the type of its default (see '
-            'lcreg_jax/config/base.py).')
+    return (
+      f'{error}. Give the value in the type of its default (see '
+      'lcreg_jax/config/base.py).'
+    )
   if "has no attribute 'get_config'" in str(error):
     return f'the config file {path} has no get_config() function.'
-  return (f'loading the config file {path} failed: {type(error).__name__}: '
-          f'{error}. Fix get_config() in that file.')
+  return (
+    f'loading the config file {path} failed: {type(error).__name__}: '
+    f'{error}. Fix get_config() in that file.'
+  )
 
 
 def parse_flags(argv, usage: str = USAGE):
@@ -111,8 +131,9 @@ def parse_flags(argv, usage: str = USAGE):
 
 
 def default_workdir() -> str:
-  name = os.path.splitext(os.path.basename(
-      config_flags.get_config_filename(FLAGS['config'])))[0]
+  name = os.path.splitext(
+    os.path.basename(config_flags.get_config_filename(FLAGS['config']))
+  )[0]
   return os.path.join('workdirs', name)
 
 
@@ -120,15 +141,22 @@ def main(argv):
   del argv  # checked by parse_flags
   # Orbax logs every checkpoint step at INFO; keep the log about training.
   logging.get_absl_handler().addFilter(
-      lambda record: '/orbax/' not in record.pathname)
+    lambda record: '/orbax/' not in record.pathname
+  )
   try:
     if FLAGS.distributed:
       from lcreg_jax import distributed  # pylint: disable=g-import-not-at-top
+
       distributed.initialize()
   except errors.UserError as e:
     fail(str(e))
-  logging.info('JAX %s, process %d/%d, devices: %s', jax.__version__,
-               jax.process_index(), jax.process_count(), jax.devices())
+  logging.info(
+    'JAX %s, process %d/%d, devices: %s',
+    jax.__version__,
+    jax.process_index(),
+    jax.process_count(),
+    jax.devices(),
+  )
   workdir = FLAGS.workdir or default_workdir()
   logging.info('workdir: %s', files.as_path(workdir))
   try:
@@ -137,6 +165,7 @@ def main(argv):
     # is reported in a second, without first loading TensorFlow and orbax.
     from lcreg_jax import preemption  # pylint: disable=g-import-not-at-top
     from lcreg_jax import stages  # pylint: disable=g-import-not-at-top
+
     preemption.install()
     stages.train_and_evaluate(config, workdir)
   except errors.UserError as e:

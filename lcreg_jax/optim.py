@@ -9,8 +9,10 @@ from lcreg_jax.models import resnet
 
 def sgd(schedule, momentum: float, weight_decay: float):
   """torch-style SGD: decay added to the gradient before momentum."""
-  return optax.chain(optax.add_decayed_weights(weight_decay),
-                     optax.sgd(schedule, momentum=momentum))
+  return optax.chain(
+    optax.add_decayed_weights(weight_decay),
+    optax.sgd(schedule, momentum=momentum),
+  )
 
 
 def stage1_schedule(cfg, steps_per_epoch: int, total_steps: int):
@@ -26,9 +28,13 @@ def stage1_schedule(cfg, steps_per_epoch: int, total_steps: int):
   warmup = int(cfg.warmup_epochs * steps_per_epoch)
   if cfg.schedule == 'step':
     main = optax.piecewise_constant_schedule(
-        cfg.lr, {int(e * steps_per_epoch) - warmup: cfg.decay_factor
-                 for e in cfg.decay_epochs})
-  elif cfg.cosine_update == 'per_epoch':   # schedule 'cosine' from here on
+      cfg.lr,
+      {
+        int(e * steps_per_epoch) - warmup: cfg.decay_factor
+        for e in cfg.decay_epochs
+      },
+    )
+  elif cfg.cosine_update == 'per_epoch':  # schedule 'cosine' from here on
     # E counts the epochs after the warm-up; `stage1.steps` may make it a
     # fraction.
     epochs = max(total_steps - warmup, 1) / steps_per_epoch
@@ -54,26 +60,33 @@ def stage1_optimizer(config, schedule):
   tx = sgd(schedule, s1.momentum, s1.weight_decay)
   k = config.model.trainable_blocks
   blocks = resnet.block_names(config.model.backbone)
-  if k is None or k >= len(blocks):   # nothing is frozen (see resnet.ResNet)
+  if k is None or k >= len(blocks):  # nothing is frozen (see resnet.ResNet)
     return tx
   trainable = set(blocks[-k:])
 
   def labels(params):
     flat = flax.traverse_util.flatten_dict(params)
-    return flax.traverse_util.unflatten_dict({
+    return flax.traverse_util.unflatten_dict(
+      {
         p: 'frozen' if p[0] == 'backbone' and p[1] not in trainable else 'train'
-        for p in flat})
-  return optax.multi_transform({'train': tx, 'frozen': optax.set_to_zero()},
-                               labels)
+        for p in flat
+      }
+    )
+
+  return optax.multi_transform(
+    {'train': tx, 'frozen': optax.set_to_zero()}, labels
+  )
 
 
 def per_epoch_cosine(base_lr: float, steps_per_epoch: int, epochs: float):
   """MiSLAS's cosine (stage 2, and stage 1's `cosine_update='per_epoch'`):
   lr(e) = lr/2 (1 + cos(π e / E)) in epoch e = 0, 1, ..., constant within
   it. (MiSLAS writes π as 3.1415926535, equal in float32.)"""
+
   def schedule(step):
     e = jnp.floor(step / steps_per_epoch)
     return 0.5 * base_lr * (1 + jnp.cos(jnp.pi * e / epochs))
+
   return schedule
 
 
@@ -99,12 +112,23 @@ def stage2_optimizer(cfg, steps_per_epoch: int, epochs: int):
   MiSLAS's damping of a fine-tuned one); lws keeps the classifier exactly
   as stage 1 left it (zero updates, no decay) and learns the scale only.
   """
+
   def opt(factor):
-    return sgd(per_epoch_cosine(cfg.lr * factor, steps_per_epoch, epochs),
-               cfg.momentum, cfg.weight_decay)
+    return sgd(
+      per_epoch_cosine(cfg.lr * factor, steps_per_epoch, epochs),
+      cfg.momentum,
+      cfg.weight_decay,
+    )
+
   method = cfg.get('method', 'mislas')
   classifier = {'crt': lambda: opt(1.0), 'lws': optax.set_to_zero}.get(
-      method, lambda: opt(cfg.lr_factor))()
+    method, lambda: opt(cfg.lr_factor)
+  )()
   return optax.multi_transform(
-      {'classifier': classifier, 'scale': opt(1.0),
-       'frozen': optax.set_to_zero()}, head_param_labels)
+    {
+      'classifier': classifier,
+      'scale': opt(1.0),
+      'frozen': optax.set_to_zero(),
+    },
+    head_param_labels,
+  )

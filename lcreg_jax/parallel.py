@@ -26,7 +26,7 @@ def make_mesh(num_devices: int | None = None, devices=None) -> Mesh:
   against them by `config.resolve_and_validate`.
   """
   devices = list(devices or jax.devices())
-  return Mesh(np.asarray(devices[:num_devices or len(devices)]), ('data',))
+  return Mesh(np.asarray(devices[: num_devices or len(devices)]), ('data',))
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
@@ -69,11 +69,13 @@ def state_sharding(state, mesh: Mesh, shard_covariance: bool = False):
   m = jax.tree.leaves(cov)[0].shape[0]
   if m % n:
     raise ValueError(
-        f'The latent moments have M = {m} rows, which do not split evenly '
-        f'over {n} devices; use a multiple of {n} latents or replicate them '
-        '(shard_covariance=False).')
+      f'The latent moments have M = {m} rows, which do not split evenly '
+      f'over {n} devices; use a multiple of {n} latents or replicate them '
+      '(shard_covariance=False).'
+    )
   return shardings.replace(
-      cov=jax.tree.map(lambda _: covariance_sharding(mesh), cov))
+    cov=jax.tree.map(lambda _: covariance_sharding(mesh), cov)
+  )
 
 
 def place(state, mesh: Mesh, shard_covariance: bool = False):
@@ -86,10 +88,12 @@ def jit_step(step_fn, mesh: Mesh, state, shard_covariance: bool = False):
   `state_sharding` (in and out) and donated, the batch sharded, the metrics
   replicated."""
   shardings = state_sharding(state, mesh, shard_covariance)
-  return jax.jit(step_fn,
-                 in_shardings=(shardings, batch_sharding(mesh)),
-                 out_shardings=(shardings, replicated(mesh)),
-                 donate_argnums=(0,))
+  return jax.jit(
+    step_fn,
+    in_shardings=(shardings, batch_sharding(mesh)),
+    out_shardings=(shardings, replicated(mesh)),
+    donate_argnums=(0,),
+  )
 
 
 def to_host(tree):

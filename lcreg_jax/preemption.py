@@ -48,8 +48,10 @@ def _on_sigterm(signum, frame):
 def install() -> None:
   """Turns SIGTERM into a request to save and stop (single-process runs; with
   several processes JAX's preemption service handles the signal)."""
-  if (jax.process_count() == 1 and
-      threading.current_thread() is threading.main_thread()):
+  if (
+    jax.process_count() == 1
+    and threading.current_thread() is threading.main_thread()
+  ):
     signal.signal(signal.SIGTERM, _on_sigterm)
 
 
@@ -73,9 +75,13 @@ def stop_between(next_part: str, workdir) -> None:
 
 def stopped_message(name: str, step: int, directory) -> str:
   if not step:
-    return (f'stopped by SIGTERM (preemption) before {name} trained a step; '
-            f'the parts before it are saved in {directory}. Run the same '
-            'command again to go on from there.')
-  return (f'stopped by SIGTERM (preemption) at step {step} of {name}: a '
-          f'checkpoint of that step is in {directory}. Run the same command '
-          'again to resume from it exactly.')
+    return (
+      f'stopped by SIGTERM (preemption) before {name} trained a step; '
+      f'the parts before it are saved in {directory}. Run the same '
+      'command again to go on from there.'
+    )
+  return (
+    f'stopped by SIGTERM (preemption) at step {step} of {name}: a '
+    f'checkpoint of that step is in {directory}. Run the same command '
+    'again to resume from it exactly.'
+  )

@@ -41,29 +41,38 @@ class ProgressLine:
   ETA. Redraws at most every `min_interval` seconds, and at the last step.
   """
 
-  def __init__(self, name: str, total_steps: int, start_step: int = 0, *,
-               batch_size: int | None = None, unit: str = 'img',
-               stream: TextIO | None = None,
-               enabled: bool | None = None,
-               clock: Callable[[], float] = time.monotonic,
-               min_interval: float = 0.5):
+  def __init__(
+    self,
+    name: str,
+    total_steps: int,
+    start_step: int = 0,
+    *,
+    batch_size: int | None = None,
+    unit: str = 'img',
+    stream: TextIO | None = None,
+    enabled: bool | None = None,
+    clock: Callable[[], float] = time.monotonic,
+    min_interval: float = 0.5,
+  ):
     self.name, self.total = name, total_steps
     self.batch_size, self.unit = batch_size, unit
     self.stream = stream if stream is not None else sys.stdout
     self.enabled = wanted(self.stream) if enabled is None else enabled
     self._clock, self._min_interval = clock, min_interval
-    self._first = None            # (step, time) of the first step seen
+    self._first = None  # (step, time) of the first step seen
     self._last_draw = -float('inf')
     self._width = 0
     self._drawn = False
 
   def text(self, step: int, now: float) -> str:
     """The line for `step` done at time `now`."""
-    parts = [f'{self.name}: step {step}/{self.total} '
-             f'({100 * step / max(self.total, 1):.0f}%)']
+    parts = [
+      f'{self.name}: step {step}/{self.total} '
+      f'({100 * step / max(self.total, 1):.0f}%)'
+    ]
     first_step, first_time = self._first
     if step > first_step and now > first_time:
-      rate = (step - first_step) / (now - first_time)   # steps per second
+      rate = (step - first_step) / (now - first_time)  # steps per second
       if self.batch_size:
         parts.append(f'{rate * self.batch_size:,.0f} {self.unit}/s')
       else:

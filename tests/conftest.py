@@ -13,12 +13,16 @@ import pytest
 
 # Tests run tiny programs, so XLA's slow backend optimisations cost more
 # (compile time) than they save (run time).
-os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=4 '
-                      '--xla_backend_optimization_level=0')
+os.environ.setdefault(
+  'XLA_FLAGS',
+  '--xla_force_host_platform_device_count=4 --xla_backend_optimization_level=0',
+)
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
-os.environ.setdefault('JAX_COMPILATION_CACHE_DIR',
-                      tempfile.mkdtemp(prefix='lcreg_jax_test_xla_cache_'))
+os.environ.setdefault(
+  'JAX_COMPILATION_CACHE_DIR',
+  tempfile.mkdtemp(prefix='lcreg_jax_test_xla_cache_'),
+)
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '-1')
 
@@ -28,6 +32,7 @@ def finished_run(tmp_path_factory):
   """tests/tiny.py run to the end through the real command: (workdir,
   stdout). Tests that change anything work on a copy."""
   from tests import cli  # pylint: disable=g-import-not-at-top
+
   workdir = tmp_path_factory.mktemp('finished_run')
   res = cli.run_cli('--config=tests/tiny.py', f'--workdir={workdir}')
   assert res.returncode == 0, res.stderr[-3000:]

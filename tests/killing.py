@@ -16,8 +16,10 @@ def kill_at(name, step):
   ('stage1', 'stage2', 'flow_0', ...); name=None matches any loop. With
   step=None it never fires, so `hooks=[kill_at(*where)]` can be passed
   unconditionally."""
+
   def hook(loop_name, loop_step, state):
     del state
     if step is not None and loop_step == step and name in (None, loop_name):
       raise Kill()
+
   return hook

@@ -46,8 +46,9 @@ def v5e_2x2():
 @pytest.fixture(scope='module')
 def tiny_rows(v5e_2x2):
   config = resolved(v5e_2x2, dlsa=dict(flow_steps=2, classifier_steps=2))
-  return {r['program']: r for r in aot.run(config, v5e_2x2, aot.PROGRAMS)}, \
-      config
+  return {
+    r['program']: r for r in aot.run(config, v5e_2x2, aot.PROGRAMS)
+  }, config
 
 
 def batch_bytes(config, stage):
@@ -60,8 +61,14 @@ def batch_bytes(config, stage):
 @pytest.mark.slow
 def test_tiny_config_compiles_every_program_for_v5e_2x2(tiny_rows):
   rows, _ = tiny_rows
-  assert list(rows) == ['stage1', 'stage2', 'eval', 'dlsa_flow',
-                        'dlsa_classifier', 'dlsa_classifier_final']
+  assert list(rows) == [
+    'stage1',
+    'stage2',
+    'eval',
+    'dlsa_flow',
+    'dlsa_classifier',
+    'dlsa_classifier_final',
+  ]
   for row in rows.values():
     assert row['device_kind'] == 'TPU v5 lite' and row['devices'] == 4
     assert row['argument_bytes'] > 0 and row['output_bytes'] > 0
@@ -100,8 +107,8 @@ def test_multi_host_slice_splits_the_batch_and_explains_m(tiny_rows):
   target = aot.get_target('tpu:v5e:4x4')
   assert len(target.devices) == 16 and target.hosts == 4
   config = resolved(target)
-  assert not config.shard_covariance   # M = 4 does not split over 16
-  row, = aot.run(config, target, ('stage1',))
+  assert not config.shard_covariance  # M = 4 does not split over 16
+  (row,) = aot.run(config, target, ('stage1',))
   assert row['hosts'] == 4 and row['images_per_device'] == 1
   assert row['batch_bytes_per_device'] * 16 == batch_bytes(config, 'stage1')
   assert row['hbm_bytes'] > 0 and row['temp_bytes'] > 0
@@ -121,8 +128,7 @@ def test_flops_of_a_dense_model_are_the_hand_count(v5e_2x2):
   b, d_in = 256, 128
   model = Dense3()
   mesh = parallel.make_mesh(None, v5e_2x2.devices)
-  params = jax.eval_shape(model.init, jax.random.key(0),
-                          jnp.zeros((1, d_in)))
+  params = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, d_in)))
 
   def grads(params, batch):
     # Gradients for the weights and the inputs: every matmul has its
@@ -132,10 +138,14 @@ def test_flops_of_a_dense_model_are_the_hand_count(v5e_2x2):
 
   rep = parallel.replicated(mesh)
   fn = jax.jit(grads, in_shardings=(rep, parallel.batch_sharding(mesh)))
-  args = (aot.with_sharding(params, jax.tree.map(lambda _: rep, params)),
-          {'image': jax.ShapeDtypeStruct(
-              (b, d_in), jnp.float32,
-              sharding=parallel.batch_sharding(mesh))})
+  args = (
+    aot.with_sharding(params, jax.tree.map(lambda _: rep, params)),
+    {
+      'image': jax.ShapeDtypeStruct(
+        (b, d_in), jnp.float32, sharding=parallel.batch_sharding(mesh)
+      )
+    },
+  )
   row = aot.compile_program(aot.Program('dense', fn, args, b, 4), v5e_2x2)
   widths = (d_in, 512, 384, 256)
   # Per device (b / 4 rows): forward 2·rows·in·out per matmul, backward
@@ -145,27 +155,41 @@ def test_flops_of_a_dense_model_are_the_hand_count(v5e_2x2):
   all_reduce = sum(i * o for i, o in zip(widths, widths[1:]))
   assert row['cost_source'] == 'compiled'
   assert row['flops_per_image'] == pytest.approx(
-      (matmuls + all_reduce) / rows, rel=1e-6)
+    (matmuls + all_reduce) / rows, rel=1e-6
+  )
 
 
 @pytest.mark.slow
 def test_config_that_does_not_fit_exits_with_advice():
   res = subprocess.run(
-      [sys.executable, '-m', 'lcreg_jax.aot', '--config=tests/tiny.py',
-       '--target=tpu:v5e:2x2', '--programs=stage1',
-       '--config.data.image_size=224', '--config.data.channels=3',
-       '--config.stage1.batch_size=16384'],
-      cwd=cli.ROOT, env=os.environ, capture_output=True, text=True,
-      timeout=600)
+    [
+      sys.executable,
+      '-m',
+      'lcreg_jax.aot',
+      '--config=tests/tiny.py',
+      '--target=tpu:v5e:2x2',
+      '--programs=stage1',
+      '--config.data.image_size=224',
+      '--config.data.channels=3',
+      '--config.stage1.batch_size=16384',
+    ],
+    cwd=cli.ROOT,
+    env=os.environ,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
   assert res.returncode == 1, res.stderr[-2000:]
   assert 'DOES NOT FIT' in res.stdout
   err = res.stderr
   assert 'error: stage1 needs' in err and 'does not fit' in err
   assert 'Traceback' not in err
   assert 'largest buffers: f32[' in err
-  for tip in ('--config.model.dtype=bfloat16',
-              '--config.model.latent.covariance=diagonal',
-              '--config.stage1.batch_size=8192'):
+  for tip in (
+    '--config.model.dtype=bfloat16',
+    '--config.model.latent.covariance=diagonal',
+    '--config.stage1.batch_size=8192',
+  ):
     assert tip in err
 
 

@@ -13,13 +13,23 @@ pytestmark = pytest.mark.slow
 
 
 def _run(*args):
-  return subprocess.run([sys.executable, *args], cwd=cli.ROOT,
-                        capture_output=True, text=True, timeout=600)
+  return subprocess.run(
+    [sys.executable, *args],
+    cwd=cli.ROOT,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
 
 
 def test_step_time_prints_both_models_and_their_ratio():
-  res = _run('benchmarks/step_time.py', '--config=tests/tiny.py',
-             '--steps=1', '--rounds=1', '--warmup=1')
+  res = _run(
+    'benchmarks/step_time.py',
+    '--config=tests/tiny.py',
+    '--steps=1',
+    '--rounds=1',
+    '--warmup=1',
+  )
   assert res.returncode == 0, res.stderr[-2000:]
   lines = res.stdout.splitlines()
   assert any(l.startswith('plain ') and 'ms/step' in l for l in lines)
@@ -29,9 +39,15 @@ def test_step_time_prints_both_models_and_their_ratio():
 
 
 def test_step_time_times_plain_full_and_diagonal_in_one_run():
-  res = _run('benchmarks/step_time.py', '--config=tests/tiny.py',
-             '--variants=plain,full,diagonal', '--batch=4',
-             '--steps=1', '--rounds=1', '--warmup=0')
+  res = _run(
+    'benchmarks/step_time.py',
+    '--config=tests/tiny.py',
+    '--variants=plain,full,diagonal',
+    '--batch=4',
+    '--steps=1',
+    '--rounds=1',
+    '--warmup=0',
+  )
   assert res.returncode == 0, res.stderr[-2000:]
   lines = res.stdout.splitlines()
   assert 'batch 4,' in lines[0]
@@ -50,15 +66,23 @@ def test_step_time_times_plain_full_and_diagonal_in_one_run():
   assert state['plain'] < state['diagonal']
   table = [l for l in lines if l.startswith('| ')]
   assert [r.split(' | ')[0] for r in table[1:]] == [
-      '| plain', '| full', '| diagonal']
+    '| plain',
+    '| full',
+    '| diagonal',
+  ]
   assert lines[-2].startswith('ratio full/plain step time: ')
   assert lines[-1].startswith('ratio diagonal/plain step time: ')
   assert all(0 < float(l.split(':')[-1]) < 100 for l in lines[-2:])
 
 
 def test_step_time_rejects_an_unknown_variant():
-  res = _run('benchmarks/step_time.py', '--config=tests/tiny.py',
-             '--variants=plain,diag', '--steps=1', '--rounds=1')
+  res = _run(
+    'benchmarks/step_time.py',
+    '--config=tests/tiny.py',
+    '--variants=plain,diag',
+    '--steps=1',
+    '--rounds=1',
+  )
   assert res.returncode != 0
   assert 'diag' in res.stderr and 'diagonal' in res.stderr
 
@@ -75,17 +99,30 @@ def test_collect_results_reads_the_reports(finished_run):
 
 
 def test_record_run_writes_a_record_that_collect_results_renders(
-    finished_run, tmp_path):
+  finished_run, tmp_path
+):
   workdir = str(finished_run[0])
-  res = _run('benchmarks/record_run.py', '--name=tiny', '--table=tiny_t',
-             '--label=Tiny', f'--workdir={workdir}',
-             '--command=python -m lcreg_jax.main --config=tests/tiny.py',
-             f'--results_dir={tmp_path}')
+  res = _run(
+    'benchmarks/record_run.py',
+    '--name=tiny',
+    '--table=tiny_t',
+    '--label=Tiny',
+    f'--workdir={workdir}',
+    '--command=python -m lcreg_jax.main --config=tests/tiny.py',
+    f'--results_dir={tmp_path}',
+  )
   assert res.returncode == 0, res.stderr[-2000:]
   with open(tmp_path / 'tiny.json') as f:
     record = json.load(f)
-  for field in ('command', 'config_hash', 'git_commit', 'date', 'machine',
-                'wall_s', 'metrics'):
+  for field in (
+    'command',
+    'config_hash',
+    'git_commit',
+    'date',
+    'machine',
+    'wall_s',
+    'metrics',
+  ):
     assert record[field] not in (None, ''), field
   with open(os.path.join(workdir, 'stage2', 'report.json')) as f:
     top1 = json.load(f)['top1']
@@ -97,7 +134,8 @@ def test_record_run_writes_a_record_that_collect_results_renders(
   finally:
     sys.path.pop(0)
   page = collect_results.results_page(
-      collect_results.load_records(str(tmp_path)))
+    collect_results.load_records(str(tmp_path))
+  )
   assert '## tiny_t' in page and '`results/tiny.json`' in page
   assert f'| Tiny | stage2 | 1 | {100 * top1:.2f} |' in page
 
@@ -107,7 +145,9 @@ def test_state_size_counts_the_covariance():
   assert res.returncode == 0, res.stderr[-2000:]
   # tests/tiny.py: M = 4 latents on ResNet-8 (D = 64): a full covariance is
   # 4 × 64 × 64 float32 = 64 KiB, plus mean and count.
-  full = next(l for l in res.stdout.splitlines() if l.startswith('covariance=full'))
+  full = next(
+    l for l in res.stdout.splitlines() if l.startswith('covariance=full')
+  )
   moments = float(full.split('latent_moments ')[1].split(' MiB')[0])
   assert moments == round((4 * 64 * 64 + 4 * 64 + 4) * 4 / 2**20, 3)
 
@@ -124,4 +164,4 @@ def test_recon_loss_study_reads_the_logged_reconstruction_loss(finished_run):
   assert sorted(curve) == [1, 2, 3, 4, 5, 6]
   assert all(0 < v < 10 for v in curve.values())
   assert recon_loss_study._at(curve, 4) == curve[4]
-  assert recon_loss_study._at(curve, 99) == curve[6]    # past the end: the last
+  assert recon_loss_study._at(curve, 99) == curve[6]  # past the end: the last

@@ -65,7 +65,7 @@ def test_unreadable_fingerprint_is_named(tmp_path):
 @pytest.mark.parametrize('damage', ['metadata', 'all_steps'])
 def test_damaged_steps(tmp_path, damage):
   _write(tmp_path / 'c')
-  for step in ((2,) if damage == 'metadata' else (1, 2)):
+  for step in (2,) if damage == 'metadata' else (1, 2):
     (tmp_path / 'c' / str(step) / 'default' / '_METADATA').write_text('{x')
   before = _digest(tmp_path / 'c')
   # Reading another stage's checkpoints: stop, name the step, touch nothing.
@@ -80,15 +80,20 @@ def test_damaged_steps(tmp_path, damage):
   ckpt.close()
   assert step == (1 if damage == 'metadata' else 0)
   assert len(os.listdir(f'{tmp_path}/c.corrupt')) == (
-      1 if damage == 'metadata' else 2)
+    1 if damage == 'metadata' else 2
+  )
 
 
-def test_checkpoint_saves_leave_the_preemption_count_alone(tmp_path, monkeypatch):
+def test_checkpoint_saves_leave_the_preemption_count_alone(
+  tmp_path, monkeypatch
+):
   """Orbax's manager would report the loop's step to JAX's preemption
   service at each save, overwriting the run-wide count."""
   calls = []
-  monkeypatch.setattr('jax.experimental.multihost_utils.reached_preemption_sync_point',
-                      lambda n: calls.append(n) or False)
+  monkeypatch.setattr(
+    'jax.experimental.multihost_utils.reached_preemption_sync_point',
+    lambda n: calls.append(n) or False,
+  )
   ckpt = checkpoints.StageCheckpoints(tmp_path / 'c', {'a': 1})
   ckpt.save(3, {'x': np.zeros(2, np.float32)})
   ckpt.close()
@@ -97,7 +102,7 @@ def test_checkpoint_saves_leave_the_preemption_count_alone(tmp_path, monkeypatch
 
 def test_arrays_of_one_process_are_saved_as_host_copies(monkeypatch):
   tree = {'local': jax.numpy.arange(3.0), 'host': np.ones(2), 'n': 4}
-  assert checkpoints.savable(tree) is tree                # one process: as is
+  assert checkpoints.savable(tree) is tree  # one process: as is
   monkeypatch.setattr(jax, 'process_count', lambda: 2)
   out = checkpoints.savable(tree)
   assert type(out['local']) is np.ndarray and out['host'] is tree['host']
@@ -107,7 +112,10 @@ def test_arrays_of_one_process_are_saved_as_host_copies(monkeypatch):
 def test_each_checkpoint_directory_has_its_own_barriers(tmp_path):
   """A stage's checkpoints and its best-on-validation copy save the same
   step at once; with one barrier name for both, 2 processes abort."""
-  a, b = tmp_path / 'stage1' / 'checkpoints', tmp_path / 'stage1' / 'best_on_val'
+  a, b = (
+    tmp_path / 'stage1' / 'checkpoints',
+    tmp_path / 'stage1' / 'best_on_val',
+  )
   assert checkpoints.barrier_prefix(a) != checkpoints.barrier_prefix(b)
   assert checkpoints.barrier_prefix(a) == checkpoints.barrier_prefix(str(a))
   ckpt = checkpoints.StageCheckpoints(a, {'a': 1})

@@ -27,10 +27,10 @@ def test_stream_matches_np_cov_of_concatenation(diagonal):
     sel = xs[ys == k]
     ref = np.cov(sel, rowvar=False, bias=True)
     got = np.asarray(state.cov[k])
-    np.testing.assert_allclose(got, np.diag(ref) if diagonal else ref,
-                               rtol=1e-4, atol=1e-5)
-    np.testing.assert_allclose(state.mean[k], sel.mean(0), rtol=1e-5,
-                               atol=1e-5)
+    np.testing.assert_allclose(
+      got, np.diag(ref) if diagonal else ref, rtol=1e-4, atol=1e-5
+    )
+    np.testing.assert_allclose(state.mean[k], sel.mean(0), rtol=1e-5, atol=1e-5)
     assert state.count[k] == len(sel)
 
 
@@ -43,7 +43,8 @@ def test_grouped_update_equals_general_update():
     x = rng.normal(size=(b, c, d)).astype(np.float32)
     s1 = covariance.update_covariance_grouped(s1, jnp.asarray(x))
     s2 = covariance.update_covariance(
-        s2, jnp.asarray(x.reshape(b * c, d)), jnp.tile(jnp.arange(c), b))
+      s2, jnp.asarray(x.reshape(b * c, d)), jnp.tile(jnp.arange(c), b)
+    )
   for a, e in zip(s1, s2):
     np.testing.assert_allclose(a, e, rtol=1e-5, atol=1e-6)
 

@@ -36,17 +36,38 @@ def start(workdir, *args, processes=2, devices_each=2):
   """`python -m lcreg_jax.main --distributed` as `processes` processes:
   [(Popen, stdout file, stderr file)]. Output goes to files: a process
   blocked on a full pipe would stall the collectives of the others."""
-  env = dict(os.environ, JAX_COORDINATOR_ADDRESS=f'localhost:{_free_port()}',
-             JAX_NUM_PROCESSES=str(processes), XLA_FLAGS=(
-                 f'--xla_force_host_platform_device_count={devices_each} '
-                 '--xla_backend_optimization_level=0'))
+  env = dict(
+    os.environ,
+    JAX_COORDINATOR_ADDRESS=f'localhost:{_free_port()}',
+    JAX_NUM_PROCESSES=str(processes),
+    XLA_FLAGS=(
+      f'--xla_force_host_platform_device_count={devices_each} '
+      '--xla_backend_optimization_level=0'
+    ),
+  )
   running = []
   for i in range(processes):
     out, err = (open(f'{workdir}.p{i}.{s}', 'w+') for s in ('out', 'err'))
-    running.append((subprocess.Popen(
-        [sys.executable, '-m', 'lcreg_jax.main', '--distributed', f'--workdir={workdir}',
-         *args], cwd=ROOT, env=dict(env, JAX_PROCESS_ID=str(i)), stdout=out, stderr=err),
-                    out, err))
+    running.append(
+      (
+        subprocess.Popen(
+          [
+            sys.executable,
+            '-m',
+            'lcreg_jax.main',
+            '--distributed',
+            f'--workdir={workdir}',
+            *args,
+          ],
+          cwd=ROOT,
+          env=dict(env, JAX_PROCESS_ID=str(i)),
+          stdout=out,
+          stderr=err,
+        ),
+        out,
+        err,
+      )
+    )
   return running
 
 
@@ -73,29 +94,45 @@ def launch(workdir, *args, **kw):
 
 # Short DLSA: a flow and a classifier per stage, the final classifier and
 # the depth-0 control, each checked on validation every 10 steps.
-DLSA = ('--config.dlsa.enabled=True', '--config.dlsa.flow_steps=20',
-        '--config.dlsa.classifier_steps=20', '--config.dlsa.eval_every=10')
+DLSA = (
+  '--config.dlsa.enabled=True',
+  '--config.dlsa.flow_steps=20',
+  '--config.dlsa.classifier_steps=20',
+  '--config.dlsa.eval_every=10',
+)
 # tests/tiny.py with a validation split, best-on-validation checked every 2
 # of stage 1's 6 steps.
-WITH_VAL = ('--config=tests/tiny.py', '--config.data.val_per_class=5',
-            '--config.eval.val_every=2')
+WITH_VAL = (
+  '--config=tests/tiny.py',
+  '--config.data.val_per_class=5',
+  '--config.eval.val_every=2',
+)
 RUNS = {
-    # class-wise ISDA (plain CE, no latents, no mixup), τ-normalisation.
-    'isda_tau_norm': (*WITH_VAL, '--config.model.latent.enabled=False',
-                      '--config.stage1.mixup_alpha=0.0',
-                      '--config.model.class_isda=full',
-                      '--config.stage2.method=tau_norm'),
-    # LCReg with LDAM-DRW on the cosine head, MiSLAS's stage 2, then DLSA.
-    'ldam_drw_mislas': (*WITH_VAL, *DLSA, '--config.stage1.loss=ldam',
-                        '--config.stage1.reweight=drw',
-                        '--config.stage1.drw_epoch=0.1',
-                        '--config.model.head=normed'),
+  # class-wise ISDA (plain CE, no latents, no mixup), τ-normalisation.
+  'isda_tau_norm': (
+    *WITH_VAL,
+    '--config.model.latent.enabled=False',
+    '--config.stage1.mixup_alpha=0.0',
+    '--config.model.class_isda=full',
+    '--config.stage2.method=tau_norm',
+  ),
+  # LCReg with LDAM-DRW on the cosine head, MiSLAS's stage 2, then DLSA.
+  'ldam_drw_mislas': (
+    *WITH_VAL,
+    *DLSA,
+    '--config.stage1.loss=ldam',
+    '--config.stage1.reweight=drw',
+    '--config.stage1.drw_epoch=0.1',
+    '--config.model.head=normed',
+  ),
 }
 
 
 def reports(workdir) -> dict:
-  return {os.path.basename(os.path.dirname(p)): json.load(open(p))
-          for p in glob.glob(f'{workdir}/*/report.json')}
+  return {
+    os.path.basename(os.path.dirname(p)): json.load(open(p))
+    for p in glob.glob(f'{workdir}/*/report.json')
+  }
 
 
 def written(workdir) -> list[str]:
@@ -116,18 +153,33 @@ def assert_same_reports(one, two):
   assert a.keys() == b.keys()
   for stage in a:
     assert a[stage]['num_examples'] == b[stage]['num_examples'] == 300, stage
-    for key in ('top1', 'top1_best_val', 'many', 'medium', 'few', 'tau',
-                'method', 'select_metric', 'val_top1', 'val_class_mean_top1',
-                'val_accuracy'):
+    for key in (
+      'top1',
+      'top1_best_val',
+      'many',
+      'medium',
+      'few',
+      'tau',
+      'method',
+      'select_metric',
+      'val_top1',
+      'val_class_mean_top1',
+      'val_accuracy',
+    ):
       assert a[stage].get(key) == b[stage].get(key), (stage, key)
     np.testing.assert_allclose(b[stage]['nll'], a[stage]['nll'], rtol=1e-4)
     if 'best_on_val' in a[stage]:
       for key in ('step', 'select_metric', 'val_class_mean_top1'):
-        assert (a[stage]['best_on_val'][key] ==
-                b[stage]['best_on_val'][key]), (stage, key)
+        assert a[stage]['best_on_val'][key] == b[stage]['best_on_val'][key], (
+          stage,
+          key,
+        )
   for key in ('share', 'accuracy', 'train_routed', 'flow_step'):
-    assert ([r.get(key) for r in a.get('dlsa', {}).get('routing', {}).values()] ==
-            [r.get(key) for r in b.get('dlsa', {}).get('routing', {}).values()]), key
+    assert [
+      r.get(key) for r in a.get('dlsa', {}).get('routing', {}).values()
+    ] == [r.get(key) for r in b.get('dlsa', {}).get('routing', {}).values()], (
+      key
+    )
 
 
 @pytest.mark.slow
@@ -152,12 +204,14 @@ def test_two_processes_run_every_stage_like_one(name, tmp_path):
     assert reports(two)['dlsa']['routing'] and 'dlsa_depth0' in reports(two)
     # Same global batches, same updates: the stage-2 parameters agree to
     # float32 round-off.
-    (step_a, pa), (step_b, pb) = (cli.final_params(d / 'stage2')
-                                  for d in (one, two))
+    (step_a, pa), (step_b, pb) = (
+      cli.final_params(d / 'stage2') for d in (one, two)
+    )
     assert step_a == step_b == 4
     for x, y in zip(jax.tree.leaves(pa), jax.tree.leaves(pb), strict=True):
-      np.testing.assert_allclose(np.asarray(y), np.asarray(x), rtol=2e-4,
-                                 atol=2e-5)
+      np.testing.assert_allclose(
+        np.asarray(y), np.asarray(x), rtol=2e-4, atol=2e-5
+      )
     # A workdir that several processes wrote loads and predicts as reported.
     model = inference.load_workdir(str(two), stage='stage2')
     images, labels = model.eval_split('test')
@@ -171,36 +225,67 @@ def _streamed_inputs(root) -> dict:
   configs/imagenet_lt.py at tiny sizes (ResNet-8, 32-pixel crops)."""
   counts = [16, 8, 4, 4]
   labels = np.repeat(np.arange(4), counts)
-  splits = {'train': labels, 'val': np.repeat(np.arange(4), 2),
-            'test': np.repeat(np.arange(4), 3)}
-  photos = {s: image_tree.random_photos(len(y), seed=i, sizes=((50, 40), (40, 60)))
-            for i, (s, y) in enumerate(splits.items())}
-  lists = {s: image_tree.write_tree(root / 'tree', photos[s], y, f'{s}.txt', fmt='png',
-                                    subdir=s) for s, y in splits.items()}
-  tfds_build.write_build(root / 'tfds', 'lcreg_pods_tiny', {
+  splits = {
+    'train': labels,
+    'val': np.repeat(np.arange(4), 2),
+    'test': np.repeat(np.arange(4), 3),
+  }
+  photos = {
+    s: image_tree.random_photos(len(y), seed=i, sizes=((50, 40), (40, 60)))
+    for i, (s, y) in enumerate(splits.items())
+  }
+  lists = {
+    s: image_tree.write_tree(
+      root / 'tree', photos[s], y, f'{s}.txt', fmt='png', subdir=s
+    )
+    for s, y in splits.items()
+  }
+  tfds_build.write_build(
+    root / 'tfds',
+    'lcreg_pods_tiny',
+    {
       s: (photos[s], y, [f'{s}/{i}.png' for i in range(len(y))])
-      for s, y in splits.items()}, num_classes=4)
-  tiny = ('--config=configs/imagenet_lt.py', '--config.data.num_classes=4',
-          '--config.data.image_size=32', '--config.data.eval_resize=36',
-          '--config.model.backbone=resnet8', '--config.model.latent.num_latents=4',
-          # A small learning rate: on these few smooth images the update of
-          # the first BatchNorm magnifies float32 round-off, and with the
-          # default rate even 1 process × 2 devices and 1 × 4 differ in the
-          # third digit of the NLL.
-          '--config.stage1.steps=4', '--config.stage1.batch_size=8',
-          '--config.stage1.lr=0.005',
-          '--config.stage2.steps=2', '--config.stage2.batch_size=8',
-          '--config.eval.batch_size=8', '--config.eval.plots=False',
-          '--config.eval.val_every=2', '--config.log_every=1',
-          '--config.checkpoint_every=2')
+      for s, y in splits.items()
+    },
+    num_classes=4,
+  )
+  tiny = (
+    '--config=configs/imagenet_lt.py',
+    '--config.data.num_classes=4',
+    '--config.data.image_size=32',
+    '--config.data.eval_resize=36',
+    '--config.model.backbone=resnet8',
+    '--config.model.latent.num_latents=4',
+    # A small learning rate: on these few smooth images the update of
+    # the first BatchNorm magnifies float32 round-off, and with the
+    # default rate even 1 process × 2 devices and 1 × 4 differ in the
+    # third digit of the NLL.
+    '--config.stage1.steps=4',
+    '--config.stage1.batch_size=8',
+    '--config.stage1.lr=0.005',
+    '--config.stage2.steps=2',
+    '--config.stage2.batch_size=8',
+    '--config.eval.batch_size=8',
+    '--config.eval.plots=False',
+    '--config.eval.val_every=2',
+    '--config.log_every=1',
+    '--config.checkpoint_every=2',
+  )
   return {
-      'list': (*tiny, f'--config.data.image_root={root / "tree"}',
-               *(f'--config.data.{s}_list={lists[s]}' for s in splits)),
-      'tfds': (*tiny, '--config.data.source=tfds_stream',
-               '--config.data.tfds_name=lcreg_pods_tiny',
-               f'--config.data.tfds_data_dir={root / "tfds"}',
-               '--config.data.tfds_val_split=val', '--config.data.image_root=',
-               *(f'--config.data.{s}_list=' for s in splits)),
+    'list': (
+      *tiny,
+      f'--config.data.image_root={root / "tree"}',
+      *(f'--config.data.{s}_list={lists[s]}' for s in splits),
+    ),
+    'tfds': (
+      *tiny,
+      '--config.data.source=tfds_stream',
+      '--config.data.tfds_name=lcreg_pods_tiny',
+      f'--config.data.tfds_data_dir={root / "tfds"}',
+      '--config.data.tfds_val_split=val',
+      '--config.data.image_root=',
+      *(f'--config.data.{s}_list=' for s in splits),
+    ),
   }
 
 
@@ -225,8 +310,9 @@ def test_streamed_tfds_on_two_processes_like_list_files_on_one(tmp_path):
       for key in ('top1', 'top1_best_val', 'many', 'medium', 'few'):
         assert a[stage].get(key) == b[stage].get(key), (name, stage, key)
       np.testing.assert_allclose(b[stage]['nll'], a[stage]['nll'], rtol=1e-3)
-    assert (a['stage1']['best_on_val']['step'] ==
-            b['stage1']['best_on_val']['step'])
+    assert (
+      a['stage1']['best_on_val']['step'] == b['stage1']['best_on_val']['step']
+    )
 
 
 def _signal_when_logged(running, text, deadline_s=300):
@@ -234,13 +320,15 @@ def _signal_when_logged(running, text, deadline_s=300):
   scheduler sends it); each process's (returncode, stdout, stderr)."""
   deadline = time.time() + deadline_s
   while text not in open(running[0][2].name).read():
-    assert all(p.poll() is None for p, _, _ in running) and time.time() < deadline
+    assert (
+      all(p.poll() is None for p, _, _ in running) and time.time() < deadline
+    )
     time.sleep(0.05)
   for p, _, _ in running:
     p.send_signal(signal.SIGTERM)
   signalled = time.time()
   results = finish(running, timeout=120)
-  assert time.time() - signalled < 60           # stopped within seconds
+  assert time.time() - signalled < 60  # stopped within seconds
   return results
 
 
@@ -249,8 +337,11 @@ def _stop_message(results) -> str:
   where = set()
   for code, _, err in results:
     assert code == 143, err[-3000:]
-    found = re.search(r'stopped by SIGTERM \(preemption\) (before \w+ trained a step|'
-                      r'at step \d+ of \w+)', err)
+    found = re.search(
+      r'stopped by SIGTERM \(preemption\) (before \w+ trained a step|'
+      r'at step \d+ of \w+)',
+      err,
+    )
     assert found and 'Traceback' not in err, err[-3000:]
     where.add(found.group(1))
   assert len(where) == 1, where
@@ -267,21 +358,31 @@ def test_sigterm_stops_both_processes_at_one_point_and_they_resume(tmp_path):
   JAX's preemption service, the second signal was lost: its sync point lay
   beyond stage 2's last step, and the run went on to the end.)"""
   work = tmp_path / 'work'
-  args = ('--config=tests/tiny.py', '--config.stage1.steps=40',
-          '--config.stage2.steps=10', '--config.checkpoint_every=1000',
-          '--config.log_every=1')
+  args = (
+    '--config=tests/tiny.py',
+    '--config.stage1.steps=40',
+    '--config.stage2.steps=10',
+    '--config.checkpoint_every=1000',
+    '--config.log_every=1',
+  )
   where = _stop_message(_signal_when_logged(start(str(work), *args), '] [5] '))
   step = int(re.fullmatch(r'at step (\d+) of stage1', where).group(1))
-  assert 5 <= step < 40 and os.path.isdir(work / 'stage1' / 'checkpoints' / str(step))
+  assert 5 <= step < 40 and os.path.isdir(
+    work / 'stage1' / 'checkpoints' / str(step)
+  )
   running = start(str(work), *args)
   where = _stop_message(_signal_when_logged(running, '] [40] '))
-  assert where == 'before stage2 trained a step' or where.endswith(' of stage2'), where
-  assert f'stage1: resumed from step {step} of 40' in open(running[0][2].name).read()
+  assert where == 'before stage2 trained a step' or where.endswith(
+    ' of stage2'
+  ), where
+  assert (
+    f'stage1: resumed from step {step} of 40' in open(running[0][2].name).read()
+  )
   assert not os.path.exists(work / 'stage2' / 'report.json')
   resumed = launch(str(work), *args)
   for code, _, err in resumed:
     assert code == 0, err[-3000:]
-  assert 'stage1: resumed from step 40 of 40' in resumed[0][2]   # not retrained
+  assert 'stage1: resumed from step 40 of 40' in resumed[0][2]  # not retrained
   whole = cli.run_cli(*args, f'--workdir={tmp_path / "whole"}')
   assert whole.returncode == 0, whole.stderr[-3000:]
   a, b = reports(tmp_path / 'whole'), reports(work)
@@ -292,22 +393,43 @@ def test_sigterm_stops_both_processes_at_one_point_and_they_resume(tmp_path):
   assert cli.final_params(work / 'stage2')[0] == 10
 
 
-@pytest.mark.parametrize('env,message', [
-    (dict(JAX_NUM_PROCESSES='2'), 'JAX_NUM_PROCESSES set but not JAX_COORDINATOR_ADDRESS, '
-                                  'JAX_PROCESS_ID'),
-    (dict(JAX_COORDINATOR_ADDRESS='h:1', JAX_NUM_PROCESSES='two', JAX_PROCESS_ID='0'),
-     "JAX_NUM_PROCESSES='two' is not an integer"),
-    (dict(JAX_COORDINATOR_ADDRESS='h:1', JAX_NUM_PROCESSES='2', JAX_PROCESS_ID='2'),
-     'JAX_PROCESS_ID=2 with JAX_NUM_PROCESSES=2'),
-])
+@pytest.mark.parametrize(
+  'env,message',
+  [
+    (
+      dict(JAX_NUM_PROCESSES='2'),
+      'JAX_NUM_PROCESSES set but not JAX_COORDINATOR_ADDRESS, JAX_PROCESS_ID',
+    ),
+    (
+      dict(
+        JAX_COORDINATOR_ADDRESS='h:1',
+        JAX_NUM_PROCESSES='two',
+        JAX_PROCESS_ID='0',
+      ),
+      "JAX_NUM_PROCESSES='two' is not an integer",
+    ),
+    (
+      dict(
+        JAX_COORDINATOR_ADDRESS='h:1', JAX_NUM_PROCESSES='2', JAX_PROCESS_ID='2'
+      ),
+      'JAX_PROCESS_ID=2 with JAX_NUM_PROCESSES=2',
+    ),
+  ],
+)
 def test_launch_settings_are_checked(env, message):
   with pytest.raises(errors.ConfigError, match=message):
     distributed.initialize(env)
 
 
 def test_a_bad_launch_setting_is_a_clear_error_from_the_command(tmp_path):
-  res = run_cli('--distributed', '--config=tests/tiny.py', f'--workdir={tmp_path}',
-                JAX_NUM_PROCESSES='2', JAX_PROCESS_ID='', JAX_COORDINATOR_ADDRESS='')
+  res = run_cli(
+    '--distributed',
+    '--config=tests/tiny.py',
+    f'--workdir={tmp_path}',
+    JAX_NUM_PROCESSES='2',
+    JAX_PROCESS_ID='',
+    JAX_COORDINATOR_ADDRESS='',
+  )
   assert res.returncode == 2
   assert 'error: JAX_NUM_PROCESSES set but not' in res.stderr
   assert 'Traceback' not in res.stderr

@@ -18,12 +18,23 @@ from lcreg_jax.config import reference
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DOCS = os.path.join(ROOT, 'docs')
 # Top-level folders and files of the repository a page may name.
-_TOP = ('lcreg_jax', 'configs', 'benchmarks', 'tests', 'docs', 'launch',
-        'notebooks', 'results', '.ci')
+_TOP = (
+  'lcreg_jax',
+  'configs',
+  'benchmarks',
+  'tests',
+  'docs',
+  'launch',
+  'notebooks',
+  'results',
+  '.ci',
+)
 _PATH = re.compile(
-    r'(?<![\w/.~-])((?:' + '|'.join(re.escape(t) for t in _TOP)
-    + r')/[\w./-]*|README\.md|CHANGELOG\.md|pyproject\.toml'
-    r'|requirements\.txt)')
+  r'(?<![\w/.~-])((?:'
+  + '|'.join(re.escape(t) for t in _TOP)
+  + r')/[\w./-]*|README\.md|CHANGELOG\.md|pyproject\.toml'
+  r'|requirements\.txt)'
+)
 _LINK = re.compile(r'\]\(([^)\s]+)\)')
 _CMD = re.compile(r'python3? (-m lcreg_jax(?:\.\w+)+|benchmarks/[\w/]+\.py)')
 _KEY = re.compile(r'--config\.([\w.]+)')
@@ -33,7 +44,8 @@ _CONFIG = re.compile(r'--config=([\w./-]+\.py)(?::(\w+))?')
 def pages() -> list[str]:
   """README.md and every page in docs/, relative to the root."""
   return ['README.md'] + sorted(
-      os.path.join('docs', f) for f in os.listdir(DOCS) if f.endswith('.md'))
+    os.path.join('docs', f) for f in os.listdir(DOCS) if f.endswith('.md')
+  )
 
 
 def read(rel: str) -> str:
@@ -72,8 +84,9 @@ def mentioned_paths(rel: str) -> set[str]:
 def anchors(rel: str) -> set[str]:
   """GitHub's anchors of a page's headings."""
   out = set()
-  for heading in re.findall(r'^#+ (.+)$', re.sub(r'```.*?```', '', read(rel),
-                                                  flags=re.S), re.M):
+  for heading in re.findall(
+    r'^#+ (.+)$', re.sub(r'```.*?```', '', read(rel), flags=re.S), re.M
+  ):
     slug = re.sub(r'[^\w\- ]', '', heading.strip().lower()).replace(' ', '-')
     out.add(slug)
   return out
@@ -86,18 +99,27 @@ def test_every_link_anchor_exists(page):
     if '#' not in target or re.match(r'[a-z]+:', target):
       continue
     path, anchor = target.split('#', 1)
-    rel = (os.path.normpath(os.path.join(os.path.dirname(page), path))
-           if path else page)
-    if rel.endswith('.md') and os.path.exists(os.path.join(ROOT, rel)) and (
-        anchor not in anchors(rel)):
+    rel = (
+      os.path.normpath(os.path.join(os.path.dirname(page), path))
+      if path
+      else page
+    )
+    if (
+      rel.endswith('.md')
+      and os.path.exists(os.path.join(ROOT, rel))
+      and (anchor not in anchors(rel))
+    ):
       bad.append(target)
   assert not bad, f'{page} links to headings that do not exist: {bad}'
 
 
 @pytest.mark.parametrize('page', pages())
 def test_every_path_a_page_names_exists(page):
-  missing = sorted(p for p in mentioned_paths(page)
-                   if not os.path.exists(os.path.join(ROOT, p)))
+  missing = sorted(
+    p
+    for p in mentioned_paths(page)
+    if not os.path.exists(os.path.join(ROOT, p))
+  )
   assert not missing, f'{page} names paths that do not exist: {missing}'
 
 
@@ -115,16 +137,23 @@ def shown_commands() -> dict[str, list[str]]:
 def _help_runs():
   """Runs every shown command with --help, all at once (one subprocess per
   distinct module or script): {command: (exit code, output)}."""
-  env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep
-             + os.environ.get('PYTHONPATH', ''))
+  env = dict(
+    os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get('PYTHONPATH', '')
+  )
   procs = {}
   for cmd in shown_commands():
     args = cmd.split() if cmd.startswith('-m') else [cmd]
     procs[cmd] = subprocess.Popen(
-        [sys.executable, *args, '--help'], cwd=ROOT, env=env,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-  return {cmd: (p.wait(timeout=300), p.stdout.read())
-          for cmd, p in procs.items()}
+      [sys.executable, *args, '--help'],
+      cwd=ROOT,
+      env=env,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT,
+      text=True,
+    )
+  return {
+    cmd: (p.wait(timeout=300), p.stdout.read()) for cmd, p in procs.items()
+  }
 
 
 def test_the_pages_show_commands():
@@ -136,13 +165,16 @@ def test_the_pages_show_commands():
 @pytest.mark.parametrize('cmd', sorted(shown_commands()))
 def test_every_shown_command_runs_with_help(cmd):
   code, out = _help_runs()[cmd]
-  assert code == 0, (f'python {cmd} --help (shown in '
-                     f'{shown_commands()[cmd]}) exited {code}:\n{out[-2000:]}')
+  assert code == 0, (
+    f'python {cmd} --help (shown in '
+    f'{shown_commands()[cmd]}) exited {code}:\n{out[-2000:]}'
+  )
 
 
 def _load_config(path: str, arg: str | None):
-  spec = importlib.util.spec_from_file_location('_doc_config',
-                                                os.path.join(ROOT, path))
+  spec = importlib.util.spec_from_file_location(
+    '_doc_config', os.path.join(ROOT, path)
+  )
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module.get_config(arg) if arg else module.get_config()
@@ -192,21 +224,24 @@ def test_every_config_key_shown_is_a_key_of_its_config():
 
 def test_results_pages_equal_what_the_records_generate():
   spec = importlib.util.spec_from_file_location(
-      '_collect_results', os.path.join(ROOT, 'benchmarks',
-                                       'collect_results.py'))
+    '_collect_results', os.path.join(ROOT, 'benchmarks', 'collect_results.py')
+  )
   collect = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(collect)
   generated = collect.generated_pages(ROOT)
   assert 'docs/results.md' in generated and 'README.md' in generated
   stale = [rel for rel, text in generated.items() if read(rel) != text]
-  assert not stale, (f'{stale} differ from what results/ gives: run python '
-                     'benchmarks/collect_results.py --markdown')
+  assert not stale, (
+    f'{stale} differ from what results/ gives: run python '
+    'benchmarks/collect_results.py --markdown'
+  )
 
 
 def test_config_key_reference_is_up_to_date():
   text = read('docs/configs.md')
   assert reference.page_with_reference(text) == text, (
-      'docs/configs.md: run python -m lcreg_jax.config.reference --write')
+    'docs/configs.md: run python -m lcreg_jax.config.reference --write'
+  )
   for key in ('stage1.alpha', 'model.latent.num_latents', 'dlsa.flow_steps'):
     assert f'| `{key}` |' in text
 
@@ -222,8 +257,9 @@ def test_nothing_cites_a_file_outside_the_repository():
   # The method is specified in docs/method.md; the former design file lived
   # outside the repository, where users cannot read it.
   needle = 'DESI' + 'GN'
-  tracked = subprocess.run(['git', 'ls-files'], cwd=ROOT, capture_output=True,
-                           text=True).stdout.split()
+  tracked = subprocess.run(
+    ['git', 'ls-files'], cwd=ROOT, capture_output=True, text=True
+  ).stdout.split()
   if not tracked:
     pytest.skip('not a git checkout')
   citing = []
@@ -238,8 +274,10 @@ def test_nothing_cites_a_file_outside_the_repository():
 def test_config_docstrings_give_command_and_the_recorded_result():
   import ast  # pylint: disable=g-import-not-at-top
   import json  # pylint: disable=g-import-not-at-top
-  for rel in sorted(p for p in os.listdir(os.path.join(ROOT, 'configs'))
-                    if p.endswith('.py')):
+
+  for rel in sorted(
+    p for p in os.listdir(os.path.join(ROOT, 'configs')) if p.endswith('.py')
+  ):
     doc = ast.get_docstring(ast.parse(read(os.path.join('configs', rel))))
     assert 'Command:' in doc and 'Result to expect' in doc, rel
   with open(os.path.join(ROOT, 'results', 'default.json')) as f:
@@ -247,6 +285,7 @@ def test_config_docstrings_give_command_and_the_recorded_result():
   doc = ast.get_docstring(ast.parse(read('configs/default.py')))
   for stage in ('stage1', 'stage2'):
     m = record['metrics'][stage]
-    shown = ' / '.join(f'{100 * m[k]:.2f}'
-                       for k in ('top1', 'many', 'medium', 'few'))
+    shown = ' / '.join(
+      f'{100 * m[k]:.2f}' for k in ('top1', 'many', 'medium', 'few')
+    )
     assert shown in doc, f'configs/default.py: {stage} {shown} not in docstring'

@@ -41,7 +41,7 @@ def ram_tree(root: str) -> set[str]:
   out = set()
   for top, _, names in tf.io.gfile.walk(root):
     for name in names:
-      out.add(os.path.join(top, name)[len(root) + 1:])
+      out.add(os.path.join(top, name)[len(root) + 1 :])
   return out
 
 
@@ -54,15 +54,16 @@ def test_paths_and_atomic_json(tmp_path, monkeypatch):
     root = f'ram://files_{os.getpid()}/json'
     files.write_json(f'{root}/deep/r.json', {'a': [1, 2.5]})
     assert files.read_json(f'{root}/deep/r.json') == {'a': [1, 2.5]}
-    files.write_json(f'{root}/deep/r.json', {'a': 3})   # replaces
+    files.write_json(f'{root}/deep/r.json', {'a': 3})  # replaces
     assert files.read_json(f'{root}/deep/r.json') == {'a': 3}
-    assert ram_tree(root) == {'deep/r.json'}           # no .tmp left
-  assert not os.listdir(tmp_path)                      # nothing local
+    assert ram_tree(root) == {'deep/r.json'}  # no .tmp left
+  assert not os.listdir(tmp_path)  # nothing local
 
 
 @pytest.mark.slow
-def test_run_with_a_ram_workdir_equals_a_local_run(finished_run, tmp_path,
-                                                   monkeypatch):
+def test_run_with_a_ram_workdir_equals_a_local_run(
+  finished_run, tmp_path, monkeypatch
+):
   # TensorStore, orbax's array writer, has its own drivers (file, gcs, s3)
   # and no in-memory one that survives orbax's folder renames, so the
   # arrays go to a local mirror of the ram:// path; orbax's own metadata,
@@ -73,7 +74,8 @@ def test_run_with_a_ram_workdir_equals_a_local_run(finished_run, tmp_path,
     def manager(directory, *args, **kwargs):
       directory = os.fspath(directory)
       assert directory.startswith('ram://'), directory
-      return real_manager(mirror / directory[len('ram://'):], *args, **kwargs)
+      return real_manager(mirror / directory[len('ram://') :], *args, **kwargs)
+
     return manager
 
   # Inference reads through orbax's manager, training saves through ours.
@@ -86,19 +88,26 @@ def test_run_with_a_ram_workdir_equals_a_local_run(finished_run, tmp_path,
   with ram_scheme():
     stages.train_and_evaluate(config, root)
     written = ram_tree(root)
-    reports = {s: json.loads(tf.io.gfile.GFile(f'{root}/{s}/report.json').read())
-               for s in ('stage1', 'stage2')}
+    reports = {
+      s: json.loads(tf.io.gfile.GFile(f'{root}/{s}/report.json').read())
+      for s in ('stage1', 'stage2')
+    }
     # Run again: both stages find their final checkpoints and only evaluate.
     again = stages.train_and_evaluate(config, root)
-  for name in ('config.json', 'summary.json', 'stage1/report.json',
-               'stage2/report.json', 'stage1/plots/reliability.png',
-               'stage1/plots/latent_usage.png',
-               'stage1/checkpoints/fingerprint.json',
-               'stage2/checkpoints/fingerprint.json'):
+  for name in (
+    'config.json',
+    'summary.json',
+    'stage1/report.json',
+    'stage2/report.json',
+    'stage1/plots/reliability.png',
+    'stage1/plots/latent_usage.png',
+    'stage1/checkpoints/fingerprint.json',
+    'stage2/checkpoints/fingerprint.json',
+  ):
     assert name in written, sorted(written)
   assert any('tfevents' in n and n.startswith('stage1/') for n in written)
   assert not any(n.endswith('.tmp') for n in written)
-  assert sorted(os.listdir(tmp_path)) == ['orbax']     # no stray local files
+  assert sorted(os.listdir(tmp_path)) == ['orbax']  # no stray local files
   local = finished_run[0]
   for stage, rep in reports.items():
     with open(local / stage / 'report.json') as f:

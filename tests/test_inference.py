@@ -20,7 +20,13 @@ def loaded(finished_run):
     model = inference.load_workdir(workdir, stage)
     images, labels = model.eval_split('test')
     report = json.loads((workdir / stage / 'report.json').read_text())
-    out[stage] = model, images, labels, model.predict(images, batch_size=64), report
+    out[stage] = (
+      model,
+      images,
+      labels,
+      model.predict(images, batch_size=64),
+      report,
+    )
   return out
 
 
@@ -34,14 +40,17 @@ def test_predictions_are_those_the_run_reported(loaded, stage):
   correct = probs.argmax(1) == labels
   assert correct.mean() == pytest.approx(report['top1'], abs=1e-12)
   per_class = [correct[labels == c].mean() for c in range(10)]
-  np.testing.assert_allclose(per_class, report['per_class_accuracy'],
-                             atol=1e-12)
+  np.testing.assert_allclose(
+    per_class, report['per_class_accuracy'], atol=1e-12
+  )
   nll = -np.log(probs[np.arange(len(labels)), labels]).mean()
   assert nll == pytest.approx(report['nll'], rel=1e-5)
   # The features are what the head classifies: logits = (f W + b) · scale.
   head = model.variables['params']['head']
-  logits = (pred['features'].astype(np.float64) @ head['fc']['kernel']
-            + head['fc']['bias']) * head.get('scale', 1.0)
+  logits = (
+    pred['features'].astype(np.float64) @ head['fc']['kernel']
+    + head['fc']['bias']
+  ) * head.get('scale', 1.0)
   np.testing.assert_allclose(pred['logits'], logits, rtol=1e-4, atol=1e-4)
   assert model.step == {'stage1': 6, 'stage2': 4}[stage]
   # Batch size does not change the outputs (the last batch is padded).
@@ -55,7 +64,7 @@ def test_assignment_maps_sum_to_one_and_match_the_reported_usage(loaded):
   maps = pred['assignments']
   m = model.config.model.latent.num_latents
   assert maps.shape[0] == len(images) and maps.shape[-1] == m
-  assert maps.shape[1] * maps.shape[2] > 1          # a spatial map, H x W
+  assert maps.shape[1] * maps.shape[2] > 1  # a spatial map, H x W
   assert (maps >= 0).all()
   np.testing.assert_allclose(maps.sum(-1), 1.0, atol=1e-5)
   # The report counted, over all test positions, which latent wins each.

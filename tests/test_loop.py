@@ -36,12 +36,14 @@ def _initial():
 def _step(state, key):
   x = jax.random.normal(key, (8, 3))
   y = x @ W_TRUE
-  loss, grad = jax.value_and_grad(
-      lambda w: jnp.mean((x @ w - y) ** 2))(state.params)
+  loss, grad = jax.value_and_grad(lambda w: jnp.mean((x @ w - y) ** 2))(
+    state.params
+  )
   updates, opt_state = TX.update(grad, state.opt_state)
   params = optax.apply_updates(state.params, updates)
   return State(params, opt_state), dict(
-      loss=loss, params_finite=jnp.all(jnp.isfinite(params)))
+    loss=loss, params_finite=jnp.all(jnp.isfinite(params))
+  )
 
 
 def _fit(workdir, total=10, kill_at=None, step_fn=None, seed=0, **kw):
@@ -53,20 +55,29 @@ def _fit(workdir, total=10, kill_at=None, step_fn=None, seed=0, **kw):
       raise killing.Kill()
 
   state = loop.fit(
-      kw.pop('state', _initial()), name='toy',
-      step_fn=step_fn or (lambda s, key: _step(s, key)),
-      batches=loop.step_keys(seed), total_steps=total,
-      checkpoints=checkpoints.StageCheckpoints(
-          os.path.join(workdir, 'checkpoints'), {'model': 'toy'}),
-      workdir=str(workdir), log_every=2, checkpoint_every=3,
-      hooks=[hook], **kw)
+    kw.pop('state', _initial()),
+    name='toy',
+    step_fn=step_fn or (lambda s, key: _step(s, key)),
+    batches=loop.step_keys(seed),
+    total_steps=total,
+    checkpoints=checkpoints.StageCheckpoints(
+      os.path.join(workdir, 'checkpoints'), {'model': 'toy'}
+    ),
+    workdir=str(workdir),
+    log_every=2,
+    checkpoint_every=3,
+    hooks=[hook],
+    **kw,
+  )
   return jax.device_get(state), seen
 
 
 def _saved_steps(workdir):
-  return sorted(int(p) for p in os.listdir(os.path.join(workdir,
-                                                        'checkpoints'))
-                if p.isdigit())
+  return sorted(
+    int(p)
+    for p in os.listdir(os.path.join(workdir, 'checkpoints'))
+    if p.isdigit()
+  )
 
 
 def _digest(directory):
@@ -90,7 +101,7 @@ def test_cadence_and_exact_resume_after_a_kill(tmp_path):
     _fit(tmp_path / 'run', kill_at=8)
   assert _saved_steps(tmp_path / 'run') == [3, 6]
   got, seen = _fit(tmp_path / 'run')
-  assert seen == [7, 8, 9, 10]            # resumed after step 6
+  assert seen == [7, 8, 9, 10]  # resumed after step 6
   np.testing.assert_array_equal(got.params, ref.params)
   # A finished run is not trained again.
   again, seen = _fit(tmp_path / 'run')
@@ -131,10 +142,14 @@ def test_selection_keeps_the_best_and_resumes_with_it(tmp_path):
     return state.offer(step, state.train.params, scores[step]), {}
 
   def fit(workdir, kill_at=None):
-    return _fit(workdir, kill_at=kill_at,
-                state=loop.Selection.start(_initial(), jnp.zeros(3)),
-                step_fn=lambda s, key: s.advance(_step, key),
-                evaluate_every=2, evaluate_fn=evaluate)
+    return _fit(
+      workdir,
+      kill_at=kill_at,
+      state=loop.Selection.start(_initial(), jnp.zeros(3)),
+      step_fn=lambda s, key: s.advance(_step, key),
+      evaluate_every=2,
+      evaluate_fn=evaluate,
+    )
 
   ref, _ = fit(tmp_path / 'ref')
   assert calls == [2, 4, 6, 8, 10]
@@ -143,7 +158,7 @@ def test_selection_keeps_the_best_and_resumes_with_it(tmp_path):
   with pytest.raises(killing.Kill):
     fit(tmp_path / 'run', kill_at=7)
   got, _ = fit(tmp_path / 'run')
-  assert calls == [2, 4, 6, 8, 10]        # 2, 4, 6 before the kill
+  assert calls == [2, 4, 6, 8, 10]  # 2, 4, 6 before the kill
   assert int(got.best_step) == 4
   np.testing.assert_array_equal(got.best, ref.best)
 
@@ -161,7 +176,7 @@ def test_damaged_latest_checkpoint_falls_back_and_is_kept_aside(tmp_path):
   assert damaged
   aside_digest = _digest(ckpt / '10')
   got, seen = _fit(tmp_path)
-  assert seen == [10]                     # resumed from step 9
+  assert seen == [10]  # resumed from step 9
   np.testing.assert_array_equal(got.params, ref.params)
   assert _saved_steps(tmp_path) == [9, 10]
   (aside,) = os.listdir(f'{ckpt}.corrupt')
@@ -169,8 +184,9 @@ def test_damaged_latest_checkpoint_falls_back_and_is_kept_aside(tmp_path):
   assert _digest(f'{ckpt}.corrupt/{aside}') == aside_digest
 
 
-def test_progress_line_follows_the_run_and_its_resume(tmp_path, monkeypatch,
-                                                      capsys):
+def test_progress_line_follows_the_run_and_its_resume(
+  tmp_path, monkeypatch, capsys
+):
   monkeypatch.setenv('LCREG_PROGRESS', '1')
   with pytest.raises(killing.Kill):
     _fit(tmp_path, kill_at=4, batch_size=8)
@@ -187,10 +203,10 @@ def test_progress_line_follows_the_run_and_its_resume(tmp_path, monkeypatch,
 
 def test_one_selection_rule_strictly_better_in_float32():
   assert loop.is_better(0.5, 0.25)
-  assert not loop.is_better(0.5, 0.5)              # the first best wins
+  assert not loop.is_better(0.5, 0.5)  # the first best wins
   # Equal once stored as float32: not better after a resume.
   assert not loop.is_better(1 / 3, np.float32(1 / 3))
-  assert not loop.is_better(0.1, np.nan)           # no validation score
+  assert not loop.is_better(0.1, np.nan)  # no validation score
   kept = loop.Selection.start('train', 'first', 0.5).offer(3, 'second', 0.5)
   assert kept.best == 'first' and int(kept.best_step) == 0
 

@@ -25,7 +25,7 @@ def _main(capsys, *args):
   """main's flag parsing and run in this process: (exit code, stderr)."""
   main_lib.FLAGS.unparse_flags()
   for name in list(main_lib.FLAGS):
-    if name.startswith('config.'):   # overrides defined by an earlier parse
+    if name.startswith('config.'):  # overrides defined by an earlier parse
       delattr(main_lib.FLAGS, name)
   cwd, argv = os.getcwd(), sys.argv
   # config_flags defines the --config.* override flags from sys.argv.
@@ -62,55 +62,76 @@ def finished_fixture(finished_run):
 def test_cli_run_prints_the_table_and_records_the_config(finished):
   workdir, out = finished
   assert '| stage1 |' in out and '| stage2 |' in out
-  assert sorted(os.listdir(workdir)) == ['config.json', 'stage1', 'stage2',
-                                         'summary.json']
+  assert sorted(os.listdir(workdir)) == [
+    'config.json',
+    'stage1',
+    'stage2',
+    'summary.json',
+  ]
 
 
 BAD_INPUTS = {
-    'missing config file': (
-        ['--config=configs/nope.py'], 'configs/nope.py does not exist'),
-    'config file that does not parse': (
-        ['--config=BROKEN'], 'does not parse: '),
-    'unknown key': (
-        ['--config=tests/tiny.py', '--config.stage1.learning_rate=0.1'],
-        'unknown config key: stage1.learning_rate'),
-    'value of the wrong type': (
-        ['--config=tests/tiny.py', '--config.stage1.batch_size=many'],
-        '--config.stage1.batch_size=many'),
-    'zero batch size': (
-        ['--config=tests/tiny.py', '--config.stage1.batch_size=0'],
-        'stage1.batch_size=0 must be an integer >= 1'),
-    'negative epochs': (
-        ['--config=tests/tiny.py', '--config.stage2.epochs=-2'],
-        'stage2.epochs=-2.0 must be a number > 0'),
-    'zero steps': (
-        ['--config=tests/tiny.py', '--config.stage1.steps=0'],
-        'stage1.steps=0 must be an integer >= 1'),
-    'zero latent count': (
-        ['--config=tests/tiny.py', '--config.model.latent.num_latents=0'],
-        'model.latent.num_latents=0 must be an integer >= 1'),
-    'zero cluster count': (
-        ['--config=tests/tiny.py', '--config.dlsa.num_clusters=0'],
-        'dlsa.num_clusters=0 must be an integer >= 1'),
-    'unknown backbone': (
-        ['--config=tests/tiny.py', '--config.model.backbone=resnet9'],
-        "model.backbone='resnet9' is not one of"),
-    'unknown DLSA choice': (
-        ['--config=tests/tiny.py', '--config.dlsa.enabled=True',
-         '--config.dlsa.purity_type=hinge'], "dlsa.purity_type='hinge'"),
-    'unknown stage-2 preset': (
-        ['--config=tests/tiny.py', '--config.stage2.preset=cifar1000'],
-        "stage2.preset='cifar1000'"),
-    'batch larger than the data set': (
-        ['--config=tests/tiny.py', '--config.stage1.batch_size=4096'],
-        'stage1.batch_size=4096 is larger than the 585 training images'),
+  'missing config file': (
+    ['--config=configs/nope.py'],
+    'configs/nope.py does not exist',
+  ),
+  'config file that does not parse': (['--config=BROKEN'], 'does not parse: '),
+  'unknown key': (
+    ['--config=tests/tiny.py', '--config.stage1.learning_rate=0.1'],
+    'unknown config key: stage1.learning_rate',
+  ),
+  'value of the wrong type': (
+    ['--config=tests/tiny.py', '--config.stage1.batch_size=many'],
+    '--config.stage1.batch_size=many',
+  ),
+  'zero batch size': (
+    ['--config=tests/tiny.py', '--config.stage1.batch_size=0'],
+    'stage1.batch_size=0 must be an integer >= 1',
+  ),
+  'negative epochs': (
+    ['--config=tests/tiny.py', '--config.stage2.epochs=-2'],
+    'stage2.epochs=-2.0 must be a number > 0',
+  ),
+  'zero steps': (
+    ['--config=tests/tiny.py', '--config.stage1.steps=0'],
+    'stage1.steps=0 must be an integer >= 1',
+  ),
+  'zero latent count': (
+    ['--config=tests/tiny.py', '--config.model.latent.num_latents=0'],
+    'model.latent.num_latents=0 must be an integer >= 1',
+  ),
+  'zero cluster count': (
+    ['--config=tests/tiny.py', '--config.dlsa.num_clusters=0'],
+    'dlsa.num_clusters=0 must be an integer >= 1',
+  ),
+  'unknown backbone': (
+    ['--config=tests/tiny.py', '--config.model.backbone=resnet9'],
+    "model.backbone='resnet9' is not one of",
+  ),
+  'unknown DLSA choice': (
+    [
+      '--config=tests/tiny.py',
+      '--config.dlsa.enabled=True',
+      '--config.dlsa.purity_type=hinge',
+    ],
+    "dlsa.purity_type='hinge'",
+  ),
+  'unknown stage-2 preset': (
+    ['--config=tests/tiny.py', '--config.stage2.preset=cifar1000'],
+    "stage2.preset='cifar1000'",
+  ),
+  'batch larger than the data set': (
+    ['--config=tests/tiny.py', '--config.stage1.batch_size=4096'],
+    'stage1.batch_size=4096 is larger than the 585 training images',
+  ),
 }
 
 
 @pytest.mark.slow  # uses the finished run
 @pytest.mark.parametrize('case', sorted(BAD_INPUTS))
 def test_bad_input_stops_with_a_message_and_harms_nothing(
-    case, finished, tmp_path, capsys):
+  case, finished, tmp_path, capsys
+):
   workdir, _ = finished
   args, expected = BAD_INPUTS[case]
   broken = tmp_path / 'broken.py'
@@ -133,8 +154,11 @@ def test_workdir_that_is_a_file(tmp_path, capsys):
 
 
 def test_the_real_command_exits_non_zero_without_a_traceback(tmp_path):
-  res = cli.run_cli('--config=configs/default.py', f'--workdir={tmp_path}',
-             '--config.stage1.learning_rate=0.1')
+  res = cli.run_cli(
+    '--config=configs/default.py',
+    f'--workdir={tmp_path}',
+    '--config.stage1.learning_rate=0.1',
+  )
   assert res.returncode == 2
   assert 'error: unknown config key: stage1.learning_rate' in res.stderr
   assert 'Traceback' not in res.stderr
@@ -143,7 +167,8 @@ def test_the_real_command_exits_non_zero_without_a_traceback(tmp_path):
 
 @pytest.mark.slow
 def test_damaged_latest_checkpoint_resumes_from_the_previous_one(
-    finished, tmp_path, capsys):
+  finished, tmp_path, capsys
+):
   workdir = tmp_path / 'copy'
   shutil.copytree(finished[0], workdir)
   final = workdir / 'stage1' / 'checkpoints' / '6' / 'default' / '_METADATA'
@@ -163,9 +188,12 @@ def test_damaged_latest_checkpoint_resumes_from_the_previous_one(
 
 def test_missing_data_set_names_path_and_fix(tmp_path, capsys):
   missing = tmp_path / 'nowhere'
-  code, err = _main(capsys, '--config=configs/fashion_mnist_lt.py',
-                    f'--workdir={tmp_path}/w',
-                    f'--config.data.data_dir={missing}')
+  code, err = _main(
+    capsys,
+    '--config=configs/fashion_mnist_lt.py',
+    f'--workdir={tmp_path}/w',
+    f'--config.data.data_dir={missing}',
+  )
   assert code == 1
   assert str(missing) in err and 'error:' in err
 
@@ -173,11 +201,13 @@ def test_missing_data_set_names_path_and_fix(tmp_path, capsys):
 def _write_idx(directory, images, labels):
   os.makedirs(directory, exist_ok=True)
   for prefix in ('train', 't10k'):
-    with gzip.open(os.path.join(directory, f'{prefix}-images-idx3-ubyte.gz'),
-                   'wb') as f:
+    with gzip.open(
+      os.path.join(directory, f'{prefix}-images-idx3-ubyte.gz'), 'wb'
+    ) as f:
       f.write(struct.pack('>IIII', 0x803, *images.shape) + images.tobytes())
-    with gzip.open(os.path.join(directory, f'{prefix}-labels-idx1-ubyte.gz'),
-                   'wb') as f:
+    with gzip.open(
+      os.path.join(directory, f'{prefix}-labels-idx1-ubyte.gz'), 'wb'
+    ) as f:
       f.write(struct.pack('>II', 0x801, len(labels)) + labels.tobytes())
 
 
@@ -190,9 +220,12 @@ def test_bad_images_or_labels_stop_with_message(tmp_path, capsys, problem):
   if problem == 'label':
     labels[5] = 12
   _write_idx(tmp_path / 'idx', images, labels)
-  code, err = _main(capsys, '--config=configs/fashion_mnist_lt.py',
-                    f'--workdir={tmp_path}/w',
-                    f'--config.data.data_dir={tmp_path}/idx')
+  code, err = _main(
+    capsys,
+    '--config=configs/fashion_mnist_lt.py',
+    f'--workdir={tmp_path}/w',
+    f'--config.data.data_dir={tmp_path}/idx',
+  )
   assert code == 1
   assert ('shape' if problem == 'shape' else 'out of range') in err
   assert str(tmp_path / 'idx') in err
@@ -221,12 +254,12 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(finished, tmp_path):
 
 @pytest.mark.slow
 def test_checkpoint_of_another_model_is_refused_and_untouched(
-    finished, tmp_path):
+  finished, tmp_path
+):
   workdir, ckpt_dir, before = _copy_of_finished(finished, tmp_path)
   cfg = tiny.tiny_config()
   cfg.model.latent.num_latents = 6
-  with pytest.raises(errors.CheckpointError,
-                     match='num_latents|model') as e:
+  with pytest.raises(errors.CheckpointError, match='num_latents|model') as e:
     stages.train_and_evaluate(cfg, str(workdir))
   assert str(ckpt_dir) in str(e.value)
   assert _tree_digest(ckpt_dir) == before

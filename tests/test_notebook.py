@@ -11,8 +11,11 @@ import re
 import nbformat
 import pytest
 
-NOTEBOOK = pathlib.Path(__file__).resolve().parent.parent / 'notebooks' / (
-    'quickstart.ipynb')
+NOTEBOOK = (
+  pathlib.Path(__file__).resolve().parent.parent
+  / 'notebooks'
+  / ('quickstart.ipynb')
+)
 
 
 def _code_cells(nb):
@@ -29,20 +32,27 @@ def test_committed_notebook_has_no_stale_outputs():
 @pytest.mark.slow
 def test_notebook_runs_and_reports_above_chance(monkeypatch):
   from nbclient import NotebookClient  # pylint: disable=g-import-not-at-top
+
   monkeypatch.setenv('LCREG_NOTEBOOK_FAST', '1')
   # The kernel runs as a user's would: one CPU device and XLA's default
   # optimisation (the suite's settings suit tiny models, not ResNet-32).
   monkeypatch.delenv('XLA_FLAGS', raising=False)
   nb = nbformat.read(NOTEBOOK, as_version=4)
   # A failing cell raises CellExecutionError here, with its traceback.
-  NotebookClient(nb, timeout=300, kernel_name='python3',
-                 resources={'metadata': {'path': str(NOTEBOOK.parent)}}
-                 ).execute()
+  NotebookClient(
+    nb,
+    timeout=300,
+    kernel_name='python3',
+    resources={'metadata': {'path': str(NOTEBOOK.parent)}},
+  ).execute()
   cells = _code_cells(nb)
 
   def stdout(cell):
-    return ''.join(o.get('text', '') for o in cell.outputs
-                   if o.output_type == 'stream' and o.name == 'stdout')
+    return ''.join(
+      o.get('text', '')
+      for o in cell.outputs
+      if o.output_type == 'stream' and o.name == 'stdout'
+    )
 
   def images(cell):
     return sum('image/png' in o.get('data', {}) for o in cell.outputs)
@@ -55,16 +65,20 @@ def test_notebook_runs_and_reports_above_chance(monkeypatch):
   assert [images(c) for c in plotting] == [1] * 6
   # The progress line was shown while training.
   training = next(c for c in cells if 'train_and_evaluate' in c.source)
-  assert re.search(r'stage1: step 60/60 \(100%\) · [\d,]+ img/s',
-                   stdout(training))
+  assert re.search(
+    r'stage1: step 60/60 \(100%\) · [\d,]+ img/s', stdout(training)
+  )
   # Predictions of the models loaded from the workdir equal the report's.
-  loaded = re.findall(r'(stage\d): top-1 ([\d.]+)% from the loaded model, '
-                      r'([\d.]+)% in the report', ''.join(map(stdout, cells)))
+  loaded = re.findall(
+    r'(stage\d): top-1 ([\d.]+)% from the loaded model, '
+    r'([\d.]+)% in the report',
+    ''.join(map(stdout, cells)),
+  )
   assert [s for s, _, _ in loaded] == ['stage1', 'stage2']
   assert all(a == b for _, a, b in loaded)
   summary = json.loads(stdout(cells[-1]).strip().splitlines()[-1])
   assert set(summary) == {'stage1', 'stage2', 'dlsa'}
   for stage, row in summary.items():
     assert 0.0 <= row['top1'] <= 1.0 and row['nll'] > 0, (stage, row)
-  assert summary['stage2']['top1'] > 0.1 + 0.2   # chance is 1/10
+  assert summary['stage2']['top1'] > 0.1 + 0.2  # chance is 1/10
   assert os.environ['LCREG_NOTEBOOK_FAST'] == '1'

@@ -25,25 +25,31 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Exports.
 
 
-@pytest.mark.parametrize('augment,pad,flip', [('crop', 1, False),
-                                              ('crop_flip', 1, True),
-                                              ('flip', 0, True)])
+@pytest.mark.parametrize(
+  'augment,pad,flip',
+  [('crop', 1, False), ('crop_flip', 1, True), ('flip', 0, True)],
+)
 def test_exported_images_equal_the_data_api_and_carry_its_statistics(
-    tmp_path, augment, pad, flip):
+  tmp_path, augment, pad, flip
+):
   c = tiny.tiny_config()
   c.data.augment = augment
   c.data.val_per_class = 3
   data = export.load_arrays(c)
-  path = export.write_npz(str(tmp_path / 'data.npz'),
-                          export.image_arrays(data, c.data))
+  path = export.write_npz(
+    str(tmp_path / 'data.npz'), export.image_arrays(data, c.data)
+  )
   got = np.load(path)
-  want = sources.load_dataset(config_lib.resolve_and_validate(
-      c, num_visible_devices=1).data)
+  want = sources.load_dataset(
+    config_lib.resolve_and_validate(c, num_visible_devices=1).data
+  )
   for split in ('train', 'val', 'test'):
-    np.testing.assert_array_equal(got[f'{split}_images'],
-                                  getattr(want, split).images)
-    np.testing.assert_array_equal(got[f'{split}_labels'],
-                                  getattr(want, split).labels)
+    np.testing.assert_array_equal(
+      got[f'{split}_images'], getattr(want, split).images
+    )
+    np.testing.assert_array_equal(
+      got[f'{split}_labels'], getattr(want, split).labels
+    )
   pixels = want.train.images.astype(np.float64).reshape(-1, 1) / 255
   np.testing.assert_allclose(got['mean'], pixels.mean(0), rtol=1e-6)
   np.testing.assert_allclose(got['std'], pixels.std(0), rtol=1e-5)
@@ -56,12 +62,16 @@ def test_dlsa_features_are_carved_and_standardised_as_our_stage(tmp_path):
   labels = np.repeat(np.arange(3), counts)
   rng.shuffle(labels)
   x = rng.normal(2.0, 3.0, (labels.size, 4)).astype(np.float32)
-  x[:, 3] = 5.0   # a dead feature stays 0
+  x[:, 3] = 5.0  # a dead feature stays 0
   test = (rng.normal(size=(7, 4)).astype(np.float32), np.arange(7) % 3)
   splits = export.dlsa_splits({'train': (x, labels), 'test': test}, 3, 4)
   # By hand: the first min(4, n_c // 5) of each class, in order, go to val.
-  val_rows = np.concatenate([np.flatnonzero(labels == c)[:min(4, n // 5)]
-                             for c, n in enumerate(counts)])
+  val_rows = np.concatenate(
+    [
+      np.flatnonzero(labels == c)[: min(4, n // 5)]
+      for c, n in enumerate(counts)
+    ]
+  )
   val_mask = np.zeros(labels.size, bool)
   val_mask[val_rows] = True
   mu = x[~val_mask].astype(np.float64).mean(0)
@@ -69,17 +79,19 @@ def test_dlsa_features_are_carved_and_standardised_as_our_stage(tmp_path):
   sd[3] = 1.0
   np.testing.assert_array_equal(splits['train'][1], labels[~val_mask])
   np.testing.assert_array_equal(splits['val'][1], labels[val_mask])
-  np.testing.assert_allclose(splits['train'][0], (x[~val_mask] - mu) / sd,
-                             atol=1e-5)
-  np.testing.assert_allclose(splits['val'][0], (x[val_mask] - mu) / sd,
-                             atol=1e-5)
-  np.testing.assert_allclose(splits['test'][0], (test[0] - mu) / sd,
-                             atol=1e-5)
+  np.testing.assert_allclose(
+    splits['train'][0], (x[~val_mask] - mu) / sd, atol=1e-5
+  )
+  np.testing.assert_allclose(
+    splits['val'][0], (x[val_mask] - mu) / sd, atol=1e-5
+  )
+  np.testing.assert_allclose(splits['test'][0], (test[0] - mu) / sd, atol=1e-5)
   n_val = export.write_dlsa_h5(str(tmp_path), splits)
   assert n_val == val_mask.sum()
   with h5py.File(tmp_path / 'feature_test.h5') as f:
-    np.testing.assert_array_equal(f['labels'][...], np.concatenate(
-        [labels[val_mask], test[1]]))
+    np.testing.assert_array_equal(
+      f['labels'][...], np.concatenate([labels[val_mask], test[1]])
+    )
     np.testing.assert_allclose(f['features'][n_val:], splits['test'][0])
   with h5py.File(tmp_path / 'feature_train.h5') as f:
     np.testing.assert_array_equal(f['labels'][...], labels[~val_mask])
@@ -109,13 +121,14 @@ def test_mislas_parser_reads_the_last_and_best_epoch():
 
 
 def test_dlsa_parsers():
-  text = ('[cacls] Best epoch: 45, Test [45] 71.230 / 1, 2, 3\n'
-          '[2026-12-05 00:50:00] [cacls] Best epoch: 45, Test [45] 71.230 / '
-          '1, 2, 3\n[regcls] Best epoch: 150, Test [150] 70.000 / 1, 2, 3\n'
-          '[2026-12-05 00:51:00] [regcls] Best epoch: 150, Test '
-          '[150] 70.000 / 1, 2, 3\n')
-  assert results.dlsa_chosen_epochs(text) == {'cacls': [45],
-                                              'regcls': [150]}
+  text = (
+    '[cacls] Best epoch: 45, Test [45] 71.230 / 1, 2, 3\n'
+    '[2026-12-05 00:50:00] [cacls] Best epoch: 45, Test [45] 71.230 / '
+    '1, 2, 3\n[regcls] Best epoch: 150, Test [150] 70.000 / 1, 2, 3\n'
+    '[2026-12-05 00:51:00] [regcls] Best epoch: 150, Test '
+    '[150] 70.000 / 1, 2, 3\n'
+  )
+  assert results.dlsa_chosen_epochs(text) == {'cacls': [45], 'regcls': [150]}
   # Rows: 2 validation, then 3 test.
   r = results.dlsa_result([1, 0, 2, 2, 0], [1, 1], [2, 0, 0])
   assert r == {'top1': pytest.approx(2 / 3), 'val_top1': 0.5}
@@ -126,11 +139,15 @@ def test_dlsa_parsers():
 def test_ours_result_reads_summary_and_control(tmp_path):
   (tmp_path / 'dlsa_depth0').mkdir()
   (tmp_path / 'summary.json').write_text(
-      '{"stage1": {"top1": 0.6}, "stage2": {"top1": 0.7}, '
-      '"dlsa": {"top1": 0.65}}')
+    '{"stage1": {"top1": 0.6}, "stage2": {"top1": 0.7}, "dlsa": {"top1": 0.65}}'
+  )
   (tmp_path / 'dlsa_depth0' / 'report.json').write_text('{"top1": 0.69}')
   assert results.ours_result(str(tmp_path)) == {
-      'stage1': 0.6, 'stage2': 0.7, 'dlsa': 0.65, 'dlsa_depth0': 0.69}
+    'stage1': 0.6,
+    'stage2': 0.7,
+    'dlsa': 0.65,
+    'dlsa_depth0': 0.69,
+  }
 
 
 # The table.
@@ -147,10 +164,11 @@ def test_compare_against_numpy():
   assert c['se'] == pytest.approx(se)
   assert c['z'] == pytest.approx((ours.mean() - theirs.mean()) / se)
   # Missing seeds (None) are left out; one value has no spread.
-  assert results.mean_std([0.5, None])[1:] == (pytest.approx(math.nan,
-                                                             nan_ok=True), 1)
-  assert results.deltas([0.7, None], [0.6, 0.5]) == [pytest.approx(0.1),
-                                                     None]
+  assert results.mean_std([0.5, None])[1:] == (
+    pytest.approx(math.nan, nan_ok=True),
+    1,
+  )
+  assert results.deltas([0.7, None], [0.6, 0.5]) == [pytest.approx(0.1), None]
 
 
 def test_markdown_table_says_whether_within_two_standard_errors():
@@ -163,18 +181,27 @@ def test_markdown_table_says_whether_within_two_standard_errors():
 
 def test_summarize_pairs_dlsa_with_its_control_per_seed():
   per_seed = {
-      s: {'ours': {'top1_dlsa': d, 'top1_dlsa_depth0': c},
-          'dlsa_val_dlsa': {'top1': td}, 'dlsa_val_control': {'top1': tc}}
-      for s, (d, c, td, tc) in enumerate([(0.60, 0.64, 0.61, 0.63),
-                                          (0.62, 0.65, 0.60, 0.64),
-                                          (0.59, 0.64, 0.62, 0.65)])}
+    s: {
+      'ours': {'top1_dlsa': d, 'top1_dlsa_depth0': c},
+      'dlsa_val_dlsa': {'top1': td},
+      'dlsa_val_control': {'top1': tc},
+    }
+    for s, (d, c, td, tc) in enumerate(
+      [
+        (0.60, 0.64, 0.61, 0.63),
+        (0.62, 0.65, 0.60, 0.64),
+        (0.59, 0.64, 0.62, 0.65),
+      ]
+    )
+  }
   _, summary = run.summarize(per_seed, ['val'])
   row = summary['rows']['DLSA − control (theirs: on val)']
   ours = np.array([-0.04, -0.03, -0.05])
   theirs = np.array([-0.02, -0.04, -0.03])
   assert row['diff'] == pytest.approx(ours.mean() - theirs.mean())
-  assert row['se'] == pytest.approx(np.sqrt(
-      ours.var(ddof=1) / 3 + theirs.var(ddof=1) / 3))
+  assert row['se'] == pytest.approx(
+    np.sqrt(ours.var(ddof=1) / 3 + theirs.var(ddof=1) / 3)
+  )
 
 
 # The authors' settings from ours.
@@ -193,14 +220,34 @@ def test_mislas_yaml_takes_our_schedule():
   config = _resolved(**{'stage1.epochs': 5.0, 'stage2.epochs': 2.0})
   s1 = run.mislas_yaml(config, 'stage1', 3, '/d.npz', 0)
   s2 = run.mislas_yaml(config, 'stage2', 3, '/d.npz', 0, resume='/c')
-  assert (s1['lr'], s1['batch_size'], s1['weight_decay'], s1['num_epochs'],
-          s1['momentum'], s1['mixup'], s1['alpha'], s1['seed']) == (
-              0.1, 128, 2e-4, 5, 0.9, True, 1.0, 3)
+  assert (
+    s1['lr'],
+    s1['batch_size'],
+    s1['weight_decay'],
+    s1['num_epochs'],
+    s1['momentum'],
+    s1['mixup'],
+    s1['alpha'],
+    s1['seed'],
+  ) == (0.1, 128, 2e-4, 5, 0.9, True, 1.0, 3)
   st2 = config['stage2']
-  assert (s2['smooth_head'], s2['smooth_tail'], s2['lr_factor'],
-          s2['num_epochs'], s2['resume'], s2['mixup'], s2['shift_bn']) == (
-              st2['las_head'], st2['las_tail'], st2['lr_factor'], 2, '/c',
-              False, st2['shift_bn'])
+  assert (
+    s2['smooth_head'],
+    s2['smooth_tail'],
+    s2['lr_factor'],
+    s2['num_epochs'],
+    s2['resume'],
+    s2['mixup'],
+    s2['shift_bn'],
+  ) == (
+    st2['las_head'],
+    st2['las_tail'],
+    st2['lr_factor'],
+    2,
+    '/c',
+    False,
+    st2['shift_bn'],
+  )
   assert s2['weight_decay'] == st2['weight_decay'] is not None
   assert run.schedule_problems(config) == []
   assert run.schedule_problems(_resolved(**{'stage1.decay_epochs': (3.0,)}))
@@ -213,7 +260,8 @@ def test_dlsa_yaml_flow_epochs_match_our_flow_steps():
   args = run.parse_args([])
   cfg = run.dlsa_yaml(config, args, '/f', '/r', n_train=14694)
   assert cfg['gmflow']['optim']['epoch'] == round(
-      d['flow_steps'] * d['flow_batch_size'] / 14694)
+    d['flow_steps'] * d['flow_batch_size'] / 14694
+  )
   assert cfg['filter']['llh_proportion'] == d['top_fraction']
   assert cfg['max_depth'] == d['depth']
   assert cfg['gmflow']['loss']['lambda_purity'] == d['purity_weight']
@@ -233,17 +281,22 @@ def test_edits_apply_to_a_copy_and_stop_on_a_missing_anchor(tmp_path):
   src = tmp_path / 'src'
   src.mkdir()
   files = _fake_checkout(src)
-  good = [edits.Edit('a.py', 'w', 'seed = 0\n', 'seed = s\n'),
-          edits.Edit('b.py', 'w', new='z = 3\n', kind='append'),
-          edits.Edit('c/new.py', 'w', new='new\n', kind='create')]
+  good = [
+    edits.Edit('a.py', 'w', 'seed = 0\n', 'seed = s\n'),
+    edits.Edit('b.py', 'w', new='z = 3\n', kind='append'),
+    edits.Edit('c/new.py', 'w', new='new\n', kind='create'),
+  ]
   dst = edits.prepare(str(src), str(tmp_path / 'dst'), good, ('a.py',))
   assert (tmp_path / 'dst' / 'a.py').read_text() == 'x = 1\nseed = s\n'
   assert (tmp_path / 'dst' / 'b.py').read_text() == 'y = 2\nz = 3\n'
   assert (tmp_path / 'dst' / 'c' / 'new.py').read_text() == 'new\n'
-  for name, text in files.items():   # the user's checkout is untouched
+  for name, text in files.items():  # the user's checkout is untouched
     assert (src / name).read_text() == text
-  with pytest.raises(edits.EditError, match=r"a.py: the anchor 'seed = 1\\n'"
-                                            ' occurs 0 times'):
+  with pytest.raises(
+    edits.EditError,
+    match=r"a.py: the anchor 'seed = 1\\n'"
+    ' occurs 0 times',
+  ):
     edits.apply_edits(dst, [edits.Edit('a.py', 'w', 'seed = 1\n', 'q\n')])
   with pytest.raises(edits.EditError, match='occurs 2 times'):
     edits.apply_edits(dst, [edits.Edit('a.py', 'w', 's', 'q')])
@@ -261,12 +314,17 @@ def test_every_edit_has_a_reason_and_edits_md_is_generated():
 
 
 def test_collect_reads_every_finished_part_of_every_seed(tmp_path):
-  for seed, name, top1 in ((0, 'ours', 0.6), (0, 'mislas_stage1', 0.5),
-                           (3, 'dlsa_val_dlsa', 0.7)):
+  for seed, name, top1 in (
+    (0, 'ours', 0.6),
+    (0, 'mislas_stage1', 0.5),
+    (3, 'dlsa_val_dlsa', 0.7),
+  ):
     (tmp_path / f'seed_{seed}' / name).mkdir(parents=True)
     (tmp_path / f'seed_{seed}' / name / 'result.json').write_text(
-        f'{{"top1": {top1}}}')
-  (tmp_path / 'seed_3' / 'mislas_stage2').mkdir()   # unfinished: no result
+      f'{{"top1": {top1}}}'
+    )
+  (tmp_path / 'seed_3' / 'mislas_stage2').mkdir()  # unfinished: no result
   assert run.collect(str(tmp_path)) == {
-      0: {'ours': {'top1': 0.6}, 'mislas_stage1': {'top1': 0.5}},
-      3: {'dlsa_val_dlsa': {'top1': 0.7}}}
+    0: {'ours': {'top1': 0.6}, 'mislas_stage1': {'top1': 0.5}},
+    3: {'dlsa_val_dlsa': {'top1': 0.7}},
+  }

@@ -16,19 +16,28 @@ class Clock:
     return self.t
 
 
-@pytest.mark.parametrize('seconds,text', [
-    (0, '0:00'), (7.4, '0:07'), (65, '1:05'), (3723, '1:02:03')])
+@pytest.mark.parametrize(
+  'seconds,text', [(0, '0:00'), (7.4, '0:07'), (65, '1:05'), (3723, '1:02:03')]
+)
 def test_format_duration(seconds, text):
   assert progress.format_duration(seconds) == text
 
 
 def test_speed_and_eta_from_the_first_step_on():
   clock, out = Clock(), io.StringIO()
-  line = progress.ProgressLine('stage1', 100, 0, batch_size=64, stream=out,
-                               enabled=True, clock=clock, min_interval=0.0)
-  line.update(1)                 # after compilation: the reference point
+  line = progress.ProgressLine(
+    'stage1',
+    100,
+    0,
+    batch_size=64,
+    stream=out,
+    enabled=True,
+    clock=clock,
+    min_interval=0.0,
+  )
+  line.update(1)  # after compilation: the reference point
   assert out.getvalue() == '\rstage1: step 1/100 (1%)'
-  clock.t += 10.0                # 20 steps in 10 s: 2 steps/s, 128 img/s
+  clock.t += 10.0  # 20 steps in 10 s: 2 steps/s, 128 img/s
   line.update(21)
   last = out.getvalue().split('\r')[-1]
   # 79 steps left at 2 steps/s: 39.5 s, shown rounded.
@@ -43,9 +52,10 @@ def test_speed_and_eta_from_the_first_step_on():
 
 def test_redraws_are_throttled_but_the_last_step_is_always_drawn():
   clock, out = Clock(), io.StringIO()
-  line = progress.ProgressLine('flow', 10, 4, stream=out, enabled=True,
-                               clock=clock, min_interval=1.0)
-  for step in range(5, 11):     # a resumed run: steps 5..10, 0.1 s apart
+  line = progress.ProgressLine(
+    'flow', 10, 4, stream=out, enabled=True, clock=clock, min_interval=1.0
+  )
+  for step in range(5, 11):  # a resumed run: steps 5..10, 0.1 s apart
     line.update(step)
     clock.t += 0.1
   draws = out.getvalue().split('\r')[1:]
@@ -57,7 +67,7 @@ def test_redraws_are_throttled_but_the_last_step_is_always_drawn():
 
 
 def test_disabled_writes_nothing(monkeypatch):
-  out = io.StringIO()   # not a terminal, and no kernel in this process
+  out = io.StringIO()  # not a terminal, and no kernel in this process
   monkeypatch.delenv('LCREG_PROGRESS', raising=False)
   monkeypatch.delitem(__import__('sys').modules, 'ipykernel', raising=False)
   line = progress.ProgressLine('stage1', 5, stream=out)

@@ -11,8 +11,14 @@ def tiny_config():
   c.data.augment = 'crop'
   c.model.backbone = 'resnet8'
   c.model.latent.num_latents = 4
-  c.stage1.update(steps=6, batch_size=16, warmup_epochs=0.1, warmup='per_iteration',
-                  decay_epochs=(0.5,), lr=0.05)
+  c.stage1.update(
+    steps=6,
+    batch_size=16,
+    warmup_epochs=0.1,
+    warmup='per_iteration',
+    decay_epochs=(0.5,),
+    lr=0.05,
+  )
   # shift_bn: the BatchNorm statistics change in stage 2 too, so resume
   # must restore them.
   c.stage2.update(steps=4, batch_size=16, shift_bn=True)

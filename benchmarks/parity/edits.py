@@ -22,11 +22,11 @@ class EditError(RuntimeError):
 
 @dataclasses.dataclass(frozen=True)
 class Edit:
-  path: str     # relative to the checkout
+  path: str  # relative to the checkout
   why: str
-  anchor: str = ''   # kind 'replace': text found exactly once, replaced
-  new: str = ''      # the replacement, the new file, or the appended text
-  kind: str = 'replace'   # 'replace', 'create' (a new file) or 'append'
+  anchor: str = ''  # kind 'replace': text found exactly once, replaced
+  new: str = ''  # the replacement, the new file, or the appended text
+  kind: str = 'replace'  # 'replace', 'create' (a new file) or 'append'
 
 
 def apply_edits(root: str, edits) -> None:
@@ -37,15 +37,19 @@ def apply_edits(root: str, edits) -> None:
     path = os.path.join(root, e.path)
     if e.kind == 'create':
       if os.path.exists(path):
-        raise EditError(f'{e.path} exists already in {root}; the harness '
-                        'adds it and will not overwrite it.')
+        raise EditError(
+          f'{e.path} exists already in {root}; the harness '
+          'adds it and will not overwrite it.'
+        )
       os.makedirs(os.path.dirname(path), exist_ok=True)
       with open(path, 'w', encoding='utf-8') as f:
         f.write(e.new)
       continue
     if not os.path.isfile(path):
-      raise EditError(f'{e.path} is missing from {root}: is it a checkout of '
-                      'the authors\' repository?')
+      raise EditError(
+        f'{e.path} is missing from {root}: is it a checkout of '
+        'the authors\' repository?'
+      )
     with open(path, encoding='utf-8') as f:
       text = f.read()
     if e.kind == 'append':
@@ -54,9 +58,10 @@ def apply_edits(root: str, edits) -> None:
       found = text.count(e.anchor)
       if found != 1:
         raise EditError(
-            f'{e.path}: the anchor {e.anchor!r} occurs {found} times (needs '
-            'exactly 1); this checkout differs from the code the harness was '
-            'written for (benchmarks/parity/EDITS.md).')
+          f'{e.path}: the anchor {e.anchor!r} occurs {found} times (needs '
+          'exactly 1); this checkout differs from the code the harness was '
+          'written for (benchmarks/parity/EDITS.md).'
+        )
       text = text.replace(e.anchor, e.new)
     else:
       raise ValueError(f'unknown edit kind {e.kind!r}')
@@ -66,11 +71,14 @@ def apply_edits(root: str, edits) -> None:
 
 def prepare(checkout: str, scratch: str, edits, must_have=()) -> str:
   """A fresh edited copy of `checkout` (without .git) at `scratch`."""
-  missing = [p for p in must_have
-             if not os.path.isfile(os.path.join(checkout, p))]
+  missing = [
+    p for p in must_have if not os.path.isfile(os.path.join(checkout, p))
+  ]
   if missing:
-    raise EditError(f'{checkout} lacks {", ".join(missing)}: point the flag '
-                    "at a plain checkout of the authors' repository.")
+    raise EditError(
+      f'{checkout} lacks {", ".join(missing)}: point the flag '
+      "at a plain checkout of the authors' repository."
+    )
   if os.path.exists(scratch):
     shutil.rmtree(scratch)
   shutil.copytree(checkout, scratch, ignore=shutil.ignore_patterns('.git'))
@@ -80,9 +88,15 @@ def prepare(checkout: str, scratch: str, edits, must_have=()) -> str:
 
 # MiSLAS (dvlab-research/MiSLAS).
 
-MISLAS_FILES = ('train_stage1.py', 'train_stage2.py', 'methods.py',
-                'models/resnet_cifar.py', 'datasets/sampler.py',
-                'utils/logger.py', 'utils/metric.py')
+MISLAS_FILES = (
+  'train_stage1.py',
+  'train_stage2.py',
+  'methods.py',
+  'models/resnet_cifar.py',
+  'datasets/sampler.py',
+  'utils/logger.py',
+  'utils/metric.py',
+)
 
 # The data set class the edited scripts read (new file, our code).
 _MISLAS_DATASET = '''\
@@ -158,107 +172,162 @@ def parity_resnet_fe():
   return net
 '''
 
-_ZEROS = '    class_num = torch.zeros(config.num_classes).cuda()\n' \
-         '    correct = torch.zeros(config.num_classes).cuda()\n'
-_ZEROS_CPU = '    class_num = torch.zeros(config.num_classes)\n' \
-             '    correct = torch.zeros(config.num_classes)\n'
-_DATA_BRANCH = ("    if config.dataset == 'cifar10':\n"
-                '        dataset = CIFAR10_LT(')
-_DATA_BRANCH_NEW = ("    if config.dataset == 'parity_npz':\n"
-                    '        dataset = ParityNPZ(config.data_path, '
-                    'batch_size=config.batch_size, '
-                    'num_works=config.workers)\n'
-                    "    elif config.dataset == 'cifar10':\n"
-                    '        dataset = CIFAR10_LT(')
+_ZEROS = (
+  '    class_num = torch.zeros(config.num_classes).cuda()\n'
+  '    correct = torch.zeros(config.num_classes).cuda()\n'
+)
+_ZEROS_CPU = (
+  '    class_num = torch.zeros(config.num_classes)\n'
+  '    correct = torch.zeros(config.num_classes)\n'
+)
+_DATA_BRANCH = (
+  "    if config.dataset == 'cifar10':\n        dataset = CIFAR10_LT("
+)
+_DATA_BRANCH_NEW = (
+  "    if config.dataset == 'parity_npz':\n"
+  '        dataset = ParityNPZ(config.data_path, '
+  'batch_size=config.batch_size, '
+  'num_works=config.workers)\n'
+  "    elif config.dataset == 'cifar10':\n"
+  '        dataset = CIFAR10_LT('
+)
 
 
 def mislas_edits(channels: int, blocks: int) -> list[Edit]:
   """The edits for images of `channels` channels and a ResNet_fe with
   `blocks` basic blocks per stage (1: ResNet-8, 5: ResNet-32)."""
   edits = [
-      Edit('datasets/parity_npz.py', kind='create', new=_MISLAS_DATASET,
-           why='Reads the long-tailed splits exported from lcreg_jax\'s data '
-               'API, so both sides train and test on the same images; the '
-               'transforms are CIFAR10_LT\'s (random crop after zero '
-               'padding, horizontal flip, ToTensor, Normalize) with our '
-               'image size, padding, flip setting and training-set mean/std '
-               'instead of the CIFAR-10 constants; eval is the test split '
-               'and train_balance uses MiSLAS\'s own ClassAwareSampler.'),
-      Edit('models/resnet_cifar.py', kind='append',
-           new=_MISLAS_BACKBONE.format(blocks=blocks, channels=channels,
-                                       depth=6 * blocks + 2),
-           why='A ResNet_fe of the depth lcreg_jax trains (model.backbone) on '
-               'the data\'s channel count: MiSLAS has only resnet32_fe, with '
-               'a 3-channel first convolution. Same blocks, shortcut A and '
-               'Kaiming-normal initialisation as ResNet_fe.'),
+    Edit(
+      'datasets/parity_npz.py',
+      kind='create',
+      new=_MISLAS_DATASET,
+      why='Reads the long-tailed splits exported from lcreg_jax\'s data '
+      'API, so both sides train and test on the same images; the '
+      'transforms are CIFAR10_LT\'s (random crop after zero '
+      'padding, horizontal flip, ToTensor, Normalize) with our '
+      'image size, padding, flip setting and training-set mean/std '
+      'instead of the CIFAR-10 constants; eval is the test split '
+      'and train_balance uses MiSLAS\'s own ClassAwareSampler.',
+    ),
+    Edit(
+      'models/resnet_cifar.py',
+      kind='append',
+      new=_MISLAS_BACKBONE.format(
+        blocks=blocks, channels=channels, depth=6 * blocks + 2
+      ),
+      why='A ResNet_fe of the depth lcreg_jax trains (model.backbone) on '
+      'the data\'s channel count: MiSLAS has only resnet32_fe, with '
+      'a 3-channel first convolution. Same blocks, shortcut A and '
+      'Kaiming-normal initialisation as ResNet_fe.',
+    ),
   ]
   for script in ('train_stage1.py', 'train_stage2.py'):
     edits += [
-        Edit(script, 'import the added data set class',
-             'from datasets.cifar10 import CIFAR10_LT\n',
-             'from datasets.cifar10 import CIFAR10_LT\n'
-             'from datasets.parity_npz import ParityNPZ\n'),
-        Edit(script, "Builds the CIFAR model and 64-wide Classifier for the "
-             "added data set name 'parity_npz' too.",
-             "    if config.dataset == 'cifar10' or config.dataset == "
-             "'cifar100':\n",
-             "    if config.dataset in ('cifar10', 'cifar100', "
-             "'parity_npz'):\n"),
-        Edit(script, "Loads the exported arrays when dataset is "
-             "'parity_npz' (config data_path is the .npz).",
-             _DATA_BRANCH, _DATA_BRANCH_NEW),
-        Edit(script, 'The seed comes from the config (key seed, added to '
-             'utils/logger.py): the authors fix it to 0 whenever '
-             'deterministic is set, so seeds could not differ.',
-             '        seed = 0\n', '        seed = config.seed\n'),
-        Edit(script, 'CPU: the per-class counters of validate() are moved '
-             'to CUDA unconditionally, which fails without a GPU.',
-             _ZEROS, _ZEROS_CPU),
+      Edit(
+        script,
+        'import the added data set class',
+        'from datasets.cifar10 import CIFAR10_LT\n',
+        'from datasets.cifar10 import CIFAR10_LT\n'
+        'from datasets.parity_npz import ParityNPZ\n',
+      ),
+      Edit(
+        script,
+        "Builds the CIFAR model and 64-wide Classifier for the "
+        "added data set name 'parity_npz' too.",
+        "    if config.dataset == 'cifar10' or config.dataset == 'cifar100':\n",
+        "    if config.dataset in ('cifar10', 'cifar100', 'parity_npz'):\n",
+      ),
+      Edit(
+        script,
+        "Loads the exported arrays when dataset is "
+        "'parity_npz' (config data_path is the .npz).",
+        _DATA_BRANCH,
+        _DATA_BRANCH_NEW,
+      ),
+      Edit(
+        script,
+        'The seed comes from the config (key seed, added to '
+        'utils/logger.py): the authors fix it to 0 whenever '
+        'deterministic is set, so seeds could not differ.',
+        '        seed = 0\n',
+        '        seed = config.seed\n',
+      ),
+      Edit(
+        script,
+        'CPU: the per-class counters of validate() are moved '
+        'to CUDA unconditionally, which fails without a GPU.',
+        _ZEROS,
+        _ZEROS_CPU,
+      ),
     ]
   edits += [
-      Edit('train_stage2.py', 'torch >= 2.6 loads checkpoints with '
-           'weights_only=True, which rejects the NumPy float (its_ece) '
-           'MiSLAS saves in them; the file is the harness\'s own stage-1 '
-           'checkpoint.',
-           '                checkpoint = torch.load(config.resume)\n',
-           '                checkpoint = torch.load(config.resume, '
-           'weights_only=False)\n'),
-      Edit('methods.py', 'CPU: mixup moves its permutation to CUDA by '
-           'default; it now goes to the images\' device (the same draw).',
-           '        index = torch.randperm(batch_size).cuda()\n',
-           '        index = torch.randperm(batch_size).to(x.device)\n'),
-      Edit('utils/logger.py', 'The config key seed (default 0, the '
-           'authors\' value) read by the seed edit above.',
-           '_C.deterministic = True\n',
-           '_C.deterministic = True\n_C.seed = 0\n'),
+    Edit(
+      'train_stage2.py',
+      'torch >= 2.6 loads checkpoints with '
+      'weights_only=True, which rejects the NumPy float (its_ece) '
+      'MiSLAS saves in them; the file is the harness\'s own stage-1 '
+      'checkpoint.',
+      '                checkpoint = torch.load(config.resume)\n',
+      '                checkpoint = torch.load(config.resume, '
+      'weights_only=False)\n',
+    ),
+    Edit(
+      'methods.py',
+      'CPU: mixup moves its permutation to CUDA by '
+      'default; it now goes to the images\' device (the same draw).',
+      '        index = torch.randperm(batch_size).cuda()\n',
+      '        index = torch.randperm(batch_size).to(x.device)\n',
+    ),
+    Edit(
+      'utils/logger.py',
+      'The config key seed (default 0, the '
+      'authors\' value) read by the seed edit above.',
+      '_C.deterministic = True\n',
+      '_C.deterministic = True\n_C.seed = 0\n',
+    ),
   ]
   for name in ('bin_accuracies', 'bin_confidences'):
-    edits.append(Edit(
-        'utils/metric.py', 'NumPy >= 1.24 removed the alias np.float '
+    edits.append(
+      Edit(
+        'utils/metric.py',
+        'NumPy >= 1.24 removed the alias np.float '
         '(calibration() fails at the first evaluation); float is what it '
         'meant.',
         f'    {name} = np.zeros(num_bins, dtype=np.float)\n',
-        f'    {name} = np.zeros(num_bins, dtype=float)\n'))
-  edits.append(Edit(
-      'utils/metric.py', 'NumPy >= 1.24 removed the alias np.int; int is '
-      'what it meant.',
+        f'    {name} = np.zeros(num_bins, dtype=float)\n',
+      )
+    )
+  edits.append(
+    Edit(
+      'utils/metric.py',
+      'NumPy >= 1.24 removed the alias np.int; int is what it meant.',
       '    bin_counts = np.zeros(num_bins, dtype=np.int)\n',
-      '    bin_counts = np.zeros(num_bins, dtype=int)\n'))
-  edits.append(Edit(
-      'utils/metric.py', 'accuracy() views a transposed (non-contiguous) '
+      '    bin_counts = np.zeros(num_bins, dtype=int)\n',
+    )
+  )
+  edits.append(
+    Edit(
+      'utils/metric.py',
+      'accuracy() views a transposed (non-contiguous) '
       'tensor, which torch >= 1.5 refuses; reshape gives the same values.',
       '            correct_k = correct[:k].view(-1).float().sum(0, '
       'keepdim=True)\n',
       '            correct_k = correct[:k].reshape(-1).float().sum(0, '
-      'keepdim=True)\n'))
+      'keepdim=True)\n',
+    )
+  )
   return edits
 
 
 # DLSA (silicx/DLSA).
 
-DLSA_FILES = ('train_dlsa.py', 'utils/io.py', 'utils/datasets.py',
-              'solvers/regular_classifier.py',
-              'solvers/cluster_aided_classifier.py')
+DLSA_FILES = (
+  'train_dlsa.py',
+  'utils/io.py',
+  'utils/datasets.py',
+  'solvers/regular_classifier.py',
+  'solvers/cluster_aided_classifier.py',
+)
 
 _DLSA_ROWS = '''
 
@@ -346,73 +415,107 @@ _SELECT_ROWS = '''\
 
 def dlsa_edits() -> list[Edit]:
   edits = [
-      Edit('utils/io.py', 'parse_args reads config/cls/BaseConfig.yaml, a '
-           'path not in the repository; the file is config/BaseConfig.yaml.',
-           'ConfigManager.init_with_yaml("config/cls/BaseConfig.yaml")',
-           'ConfigManager.init_with_yaml("config/BaseConfig.yaml")'),
-      Edit('utils/io.py', "The class count of the added dataset name "
-           "'Parity' (the authors' table lists only ImageNet-LT, Places-LT "
-           "and iNaturalist); the harness sets PARITY_NUM_CLASS.",
-           '        "iNaturalist":  8142,\n',
-           '        "iNaturalist":  8142,\n'
-           '        "Parity": int(os.environ.get("PARITY_NUM_CLASS", "0")),'
-           '\n'),
-      Edit('train_dlsa.py', "Seeds Python's, NumPy's and torch's generators "
-           'from PARITY_SEED: the authors seed nothing, so runs could not be '
-           'repeated or paired with ours.',
-           '    cfg = parse_args()\n',
-           '    cfg = parse_args()\n'
-           '    _parity_seed = int(os.environ.get("PARITY_SEED", "0"))\n'
-           '    import random\n'
-           '    random.seed(_parity_seed)\n'
-           '    np.random.seed(_parity_seed)\n'
-           '    torch.manual_seed(_parity_seed)\n'),
-      Edit('train_dlsa.py', 'Saves the final test predictions '
-           '(divide_and_conquer returns them; the authors only log their '
-           'accuracy over the whole "test" split, which here holds the '
-           'validation rows too).',
-           '    divide_and_conquer(features, features, labels, cfg, save_dir, '
-           'writer, max_depth=cfg.max_depth)\n',
-           '    np.save(osp.join(save_dir, "parity_test_pred.npy"), '
-           'divide_and_conquer(features, features, labels, cfg, save_dir, '
-           'writer, max_depth=cfg.max_depth))\n'),
-      Edit('train_dlsa.py', 'The row selector used by the selection edits '
-           'below.',
-           'from solvers.cluster_aided_classifier import '
-           'train_cluster_aided_classifier, eval_cluster_aided_classifier\n',
-           'from solvers.cluster_aided_classifier import '
-           'train_cluster_aided_classifier, eval_cluster_aided_classifier\n'
-           + _DLSA_ROWS),
-      Edit('train_dlsa.py', 'Tells the cluster-aided classifier which rows '
-           'of its evaluation loader choose its epoch.',
-           '    cls_model_1 = train_cluster_aided_classifier(\n',
-           '    args.update("parity_rows", _parity_rows(labelmap_index.test))'
-           '\n    cls_model_1 = train_cluster_aided_classifier(\n'),
-      Edit('train_dlsa.py', 'The same for the regular classifier.',
-           '        cls_model_2 = train_regular_classifier(\n',
-           '        args.update("parity_rows", _parity_rows(mask["test"]))\n'
-           '        cls_model_2 = train_regular_classifier(\n'),
+    Edit(
+      'utils/io.py',
+      'parse_args reads config/cls/BaseConfig.yaml, a '
+      'path not in the repository; the file is config/BaseConfig.yaml.',
+      'ConfigManager.init_with_yaml("config/cls/BaseConfig.yaml")',
+      'ConfigManager.init_with_yaml("config/BaseConfig.yaml")',
+    ),
+    Edit(
+      'utils/io.py',
+      "The class count of the added dataset name "
+      "'Parity' (the authors' table lists only ImageNet-LT, Places-LT "
+      "and iNaturalist); the harness sets PARITY_NUM_CLASS.",
+      '        "iNaturalist":  8142,\n',
+      '        "iNaturalist":  8142,\n'
+      '        "Parity": int(os.environ.get("PARITY_NUM_CLASS", "0")),'
+      '\n',
+    ),
+    Edit(
+      'train_dlsa.py',
+      "Seeds Python's, NumPy's and torch's generators "
+      'from PARITY_SEED: the authors seed nothing, so runs could not be '
+      'repeated or paired with ours.',
+      '    cfg = parse_args()\n',
+      '    cfg = parse_args()\n'
+      '    _parity_seed = int(os.environ.get("PARITY_SEED", "0"))\n'
+      '    import random\n'
+      '    random.seed(_parity_seed)\n'
+      '    np.random.seed(_parity_seed)\n'
+      '    torch.manual_seed(_parity_seed)\n',
+    ),
+    Edit(
+      'train_dlsa.py',
+      'Saves the final test predictions '
+      '(divide_and_conquer returns them; the authors only log their '
+      'accuracy over the whole "test" split, which here holds the '
+      'validation rows too).',
+      '    divide_and_conquer(features, features, labels, cfg, save_dir, '
+      'writer, max_depth=cfg.max_depth)\n',
+      '    np.save(osp.join(save_dir, "parity_test_pred.npy"), '
+      'divide_and_conquer(features, features, labels, cfg, save_dir, '
+      'writer, max_depth=cfg.max_depth))\n',
+    ),
+    Edit(
+      'train_dlsa.py',
+      'The row selector used by the selection edits below.',
+      'from solvers.cluster_aided_classifier import '
+      'train_cluster_aided_classifier, eval_cluster_aided_classifier\n',
+      'from solvers.cluster_aided_classifier import '
+      'train_cluster_aided_classifier, eval_cluster_aided_classifier\n'
+      + _DLSA_ROWS,
+    ),
+    Edit(
+      'train_dlsa.py',
+      'Tells the cluster-aided classifier which rows '
+      'of its evaluation loader choose its epoch.',
+      '    cls_model_1 = train_cluster_aided_classifier(\n',
+      '    args.update("parity_rows", _parity_rows(labelmap_index.test))'
+      '\n    cls_model_1 = train_cluster_aided_classifier(\n',
+    ),
+    Edit(
+      'train_dlsa.py',
+      'The same for the regular classifier.',
+      '        cls_model_2 = train_regular_classifier(\n',
+      '        args.update("parity_rows", _parity_rows(mask["test"]))\n'
+      '        cls_model_2 = train_regular_classifier(\n',
+    ),
   ]
   for path, call in (
-      ('solvers/cluster_aided_classifier.py',
-       'pred, _, gt = eval_cluster_aided_classifier(cls_model, args, '
-       'test_loader)\n'),
-      ('solvers/regular_classifier.py',
-       'pred, _, gt = eval_regular_classifier(cls_model, args, '
-       'test_loader)\n')):
-    edits.append(Edit(
-        path, 'The authors choose the epoch (every eval_freq) with the best '
+    (
+      'solvers/cluster_aided_classifier.py',
+      'pred, _, gt = eval_cluster_aided_classifier(cls_model, args, '
+      'test_loader)\n',
+    ),
+    (
+      'solvers/regular_classifier.py',
+      'pred, _, gt = eval_regular_classifier(cls_model, args, test_loader)\n',
+    ),
+  ):
+    edits.append(
+      Edit(
+        path,
+        'The authors choose the epoch (every eval_freq) with the best '
         'accuracy on the test split; the choice (and its log line) now uses '
         'the rows _parity_rows picked: the test rows reproduce the authors\' '
         'choice, the validation rows make a choice that never reads test '
         'labels, as ours.',
-        f'            {call}', f'            {call}{_SELECT_ROWS}'))
-  edits.append(Edit(
-      'parity_control.py', kind='create', new=_DLSA_CONTROL,
+        f'            {call}',
+        f'            {call}{_SELECT_ROWS}',
+      )
+    )
+  edits.append(
+    Edit(
+      'parity_control.py',
+      kind='create',
+      new=_DLSA_CONTROL,
       why='DLSA\'s depth-0 control (our dlsa_depth0 row), which the authors\' '
-          'train_dlsa.py cannot run (depth 1 always trains a flow and routes): '
-          'their regular classifier on all training features, chosen and '
-          'saved as in the edited train_dlsa.py.'))
+      'train_dlsa.py cannot run (depth 1 always trains a flow and routes): '
+      'their regular classifier on all training features, chosen and '
+      'saved as in the edited train_dlsa.py.',
+    )
+  )
   return edits
 
 
@@ -422,25 +525,33 @@ def _markdown_edit(e: Edit) -> str:
   elif e.kind == 'append':
     what = f'appends to `{e.path}`:\n\n```python{e.new.rstrip()}\n```'
   else:
-    what = (f'in `{e.path}` replaces\n\n```python\n{e.anchor.rstrip()}\n```'
-            f'\n\nwith\n\n```python\n{e.new.rstrip()}\n```')
+    what = (
+      f'in `{e.path}` replaces\n\n```python\n{e.anchor.rstrip()}\n```'
+      f'\n\nwith\n\n```python\n{e.new.rstrip()}\n```'
+    )
   return f'{what}\n\nWhy: {e.why}'
 
 
 def markdown() -> str:
   """benchmarks/parity/EDITS.md."""
-  out = ['# Edits the parity harness makes to the authors\' code', '',
-         'Generated by `python benchmarks/parity/edits.py` from '
-         '`benchmarks/parity/edits.py`; do not edit by hand. The harness '
-         'copies each checkout (without `.git`) to a scratch folder under '
-         '`--out` and edits the copy; the user\'s checkout is never '
-         'changed. An anchor that is not found exactly once stops the '
-         'harness. Settings that are plain config values (epochs, '
-         'learning rates, CPU device, workers) are written into config '
-         'files of the harness, not edited in (see docs/benchmarks.md).',
-         '', '## MiSLAS', '',
-         'Shown for 1-channel images and ResNet-8 (the values are filled '
-         'in from the data and `model.backbone`).', '']
+  out = [
+    '# Edits the parity harness makes to the authors\' code',
+    '',
+    'Generated by `python benchmarks/parity/edits.py` from '
+    '`benchmarks/parity/edits.py`; do not edit by hand. The harness '
+    'copies each checkout (without `.git`) to a scratch folder under '
+    '`--out` and edits the copy; the user\'s checkout is never '
+    'changed. An anchor that is not found exactly once stops the '
+    'harness. Settings that are plain config values (epochs, '
+    'learning rates, CPU device, workers) are written into config '
+    'files of the harness, not edited in (see docs/benchmarks.md).',
+    '',
+    '## MiSLAS',
+    '',
+    'Shown for 1-channel images and ResNet-8 (the values are filled '
+    'in from the data and `model.backbone`).',
+    '',
+  ]
   for i, e in enumerate(mislas_edits(channels=1, blocks=1), 1):
     out += [f'### M{i}', '', _markdown_edit(e), '']
   out += ['## DLSA', '']

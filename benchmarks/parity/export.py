@@ -27,14 +27,19 @@ def image_arrays(data: sources.LongTailDataset, data_config) -> dict:
   the training-set mean/std our pipeline normalises with, the zero padding
   of the random crop and whether images are mirrored (data.augment)."""
   if data_config.augment not in ('crop_flip', 'crop', 'flip', 'none'):
-    raise ValueError(f'data.augment={data_config.augment!r}: the parity '
-                     'export covers the CIFAR-style augmentations only.')
+    raise ValueError(
+      f'data.augment={data_config.augment!r}: the parity '
+      'export covers the CIFAR-style augmentations only.'
+    )
   mean, std = augment.normalization_stats(data.train.images)
   out = dict(
-      mean=mean, std=std,
-      pad=np.int64(data_config.pad if data_config.augment in
-                   ('crop_flip', 'crop') else 0),
-      flip=np.bool_(data_config.augment in ('crop_flip', 'flip')))
+    mean=mean,
+    std=std,
+    pad=np.int64(
+      data_config.pad if data_config.augment in ('crop_flip', 'crop') else 0
+    ),
+    flip=np.bool_(data_config.augment in ('crop_flip', 'flip')),
+  )
   splits = {'train': data.train, 'test': data.test}
   if data.val is not None:
     splits['val'] = data.val
@@ -61,10 +66,13 @@ def stage1_features(workdir: str, splits=('train', 'val', 'test')) -> dict:
   data = dataset.load(model.config.data)
   out = {}
   for split in (s for s in splits if data.info.has_split(s)):
-    images, labels = inference.split_arrays(data, split,
-                                            model.config.eval.batch_size)
-    out[split] = (np.asarray(model.predict(images)['features'], np.float32),
-                  np.asarray(labels))
+    images, labels = inference.split_arrays(
+      data, split, model.config.eval.batch_size
+    )
+    out[split] = (
+      np.asarray(model.predict(images)['features'], np.float32),
+      np.asarray(labels),
+    )
   return out
 
 
@@ -75,14 +83,16 @@ def dlsa_splits(feats: dict, num_classes: int, val_per_class: int) -> dict:
   (lcreg_jax/dlsa/run.py, training mean/std)."""
   feats = dict(feats)
   if 'val' not in feats:
-    train, val = sources.carve_val(sources.Split(*feats['train']),
-                                   num_classes, val_per_class)
+    train, val = sources.carve_val(
+      sources.Split(*feats['train']), num_classes, val_per_class
+    )
     feats['train'] = (train.images, train.labels)
     feats['val'] = (val.images, val.labels)
   cfg = dlsa_config.dlsa_config()
   cfg.standardize = True
   return dlsa_run._standardized(  # pylint: disable=protected-access
-      {s: feats[s] for s in ('train', 'val', 'test')}, cfg)
+    {s: feats[s] for s in ('train', 'val', 'test')}, cfg
+  )
 
 
 def write_dlsa_h5(folder: str, splits: dict) -> int:
@@ -92,9 +102,10 @@ def write_dlsa_h5(folder: str, splits: dict) -> int:
   os.makedirs(folder, exist_ok=True)
   val_x, val_y = splits['val']
   test_x, test_y = splits['test']
-  files = {'train': splits['train'],
-           'test': (np.concatenate([val_x, test_x]),
-                    np.concatenate([val_y, test_y]))}
+  files = {
+    'train': splits['train'],
+    'test': (np.concatenate([val_x, test_x]), np.concatenate([val_y, test_y])),
+  }
   for name, (x, y) in files.items():
     path = os.path.join(folder, f'feature_{name}.h5')
     tmp = f'{path}.{os.getpid()}.tmp'

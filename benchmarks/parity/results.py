@@ -14,8 +14,11 @@ _MISLAS_ACC1 = re.compile(r'\* Acc@1 (-?[0-9.]+)% Acc@5')
 # DLSA's solvers log '[regcls] Best epoch: 45, Test [45] 71.230 / ...'
 # through a logger that prints it twice: bare and, through the root logger,
 # after a '[date time] ' stamp; only the stamped line counts.
-_DLSA_BEST = re.compile(r'^\[[^\]]+\] \[(cacls|regcls)\] Best epoch: '
-                        r'(\d+|None)', re.M)
+_DLSA_BEST = re.compile(
+  r'^\[[^\]]+\] \[(cacls|regcls)\] Best epoch: '
+  r'(\d+|None)',
+  re.M,
+)
 
 
 def mislas_result(log_text: str, epochs: int) -> dict:
@@ -25,11 +28,12 @@ def mislas_result(log_text: str, epochs: int) -> dict:
   Raises ValueError unless the log has exactly `epochs` evaluations."""
   accs = [float(a) / 100 for a in _MISLAS_ACC1.findall(log_text)]
   if len(accs) != epochs:
-    raise ValueError(f'the MiSLAS log has {len(accs)} test evaluations, '
-                     f'expected {epochs} (one per epoch): did the run stop '
-                     'early or change its log format?')
-  return {'top1': accs[-1], 'top1_best_test': max(accs),
-          'top1_per_epoch': accs}
+    raise ValueError(
+      f'the MiSLAS log has {len(accs)} test evaluations, '
+      f'expected {epochs} (one per epoch): did the run stop '
+      'early or change its log format?'
+    )
+  return {'top1': accs[-1], 'top1_best_test': max(accs), 'top1_per_epoch': accs}
 
 
 def dlsa_chosen_epochs(log_text: str) -> dict:
@@ -47,11 +51,15 @@ def dlsa_result(pred, labels_val, labels_test) -> dict:
   pred = np.asarray(pred)
   n_val = len(labels_val)
   if pred.shape != (n_val + len(labels_test),):
-    raise ValueError(f'{pred.shape[0]} predictions for {n_val} validation '
-                     f'and {len(labels_test)} test rows')
+    raise ValueError(
+      f'{pred.shape[0]} predictions for {n_val} validation '
+      f'and {len(labels_test)} test rows'
+    )
   val = pred[:n_val] == np.asarray(labels_val)
-  return {'top1': float(np.mean(pred[n_val:] == np.asarray(labels_test))),
-          'val_top1': float(np.mean(val)) if n_val else None}
+  return {
+    'top1': float(np.mean(pred[n_val:] == np.asarray(labels_test))),
+    'val_top1': float(np.mean(val)) if n_val else None,
+  }
 
 
 def ours_result(workdir: str) -> dict:
@@ -59,8 +67,9 @@ def ours_result(workdir: str) -> dict:
   control from dlsa_depth0/report.json)."""
   with open(os.path.join(workdir, 'summary.json')) as f:
     summary = json.load(f)
-  out = {s: summary[s]['top1'] for s in ('stage1', 'stage2', 'dlsa')
-         if s in summary}
+  out = {
+    s: summary[s]['top1'] for s in ('stage1', 'stage2', 'dlsa') if s in summary
+  }
   control = os.path.join(workdir, 'dlsa_depth0', 'report.json')
   if os.path.exists(control):
     with open(control) as f:
@@ -73,8 +82,11 @@ def mean_std(values) -> tuple[float, float, int]:
   v = np.asarray([x for x in values if x is not None], np.float64)
   if not v.size:
     return math.nan, math.nan, 0
-  return float(v.mean()), float(v.std(ddof=1)) if v.size > 1 else math.nan, \
-      int(v.size)
+  return (
+    float(v.mean()),
+    float(v.std(ddof=1)) if v.size > 1 else math.nan,
+    int(v.size),
+  )
 
 
 def compare(ours, theirs) -> dict:
@@ -84,10 +96,14 @@ def compare(ours, theirs) -> dict:
   mo, so, no = mean_std(ours)
   mt, st, nt = mean_std(theirs)
   diff = mo - mt
-  se = math.sqrt(so ** 2 / no + st ** 2 / nt) if no > 1 and nt > 1 \
-      else math.nan
-  return {'ours': (mo, so, no), 'theirs': (mt, st, nt), 'diff': diff,
-          'se': se, 'z': diff / se if se and se == se else math.nan}
+  se = math.sqrt(so**2 / no + st**2 / nt) if no > 1 and nt > 1 else math.nan
+  return {
+    'ours': (mo, so, no),
+    'theirs': (mt, st, nt),
+    'diff': diff,
+    'se': se,
+    'z': diff / se if se and se == se else math.nan,
+  }
 
 
 def _pct(mean, std=None) -> str:
@@ -100,15 +116,23 @@ def _pct(mean, std=None) -> str:
 def markdown_table(rows) -> str:
   """rows: (quantity, compare() dict) → the side-by-side Markdown table
   (top-1 in %, mean ± std over seeds)."""
-  lines = ['| top-1 (%) | ours | authors\' code | seeds | ours − theirs | '
-           'SE | within 2 SE |', '|---|---|---|---|---|---|---|']
+  lines = [
+    '| top-1 (%) | ours | authors\' code | seeds | ours − theirs | '
+    'SE | within 2 SE |',
+    '|---|---|---|---|---|---|---|',
+  ]
   for name, c in rows:
     (mo, so, no), (mt, st, nt) = c['ours'], c['theirs']
-    within = '-' if c['se'] != c['se'] else (
-        'yes' if abs(c['diff']) <= 2 * c['se'] else 'no')
-    lines.append(f'| {name} | {_pct(mo, so)} | {_pct(mt, st)} | '
-                 f'{no} / {nt} | {_pct(c["diff"])} | {_pct(c["se"])} | '
-                 f'{within} |')
+    within = (
+      '-'
+      if c['se'] != c['se']
+      else ('yes' if abs(c['diff']) <= 2 * c['se'] else 'no')
+    )
+    lines.append(
+      f'| {name} | {_pct(mo, so)} | {_pct(mt, st)} | '
+      f'{no} / {nt} | {_pct(c["diff"])} | {_pct(c["se"])} | '
+      f'{within} |'
+    )
   return '\n'.join(lines)
 
 

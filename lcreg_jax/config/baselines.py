@@ -16,8 +16,9 @@ from lcreg_jax.config import validate
 
 # The repository's configs/, beside the package (the install is editable).
 CONFIGS = os.path.join(
-    os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(
-        __file__)))), 'configs')
+  os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+  'configs',
+)
 # Held out from the long-tailed train set when the data set has no
 # validation split of its own: post-hoc τ and best-on-validation choose on it,
 # and every baseline sees the same split, so they stay comparable.
@@ -32,9 +33,10 @@ def data_config(data: str | None = None):
   if not os.path.isfile(path):
     names = sorted(f[:-3] for f in os.listdir(CONFIGS) if f.endswith('.py'))
     raise ValueError(
-        f'No data set config {path}: after the ":" in '
-        f'--config=configs/baselines/<method>.py:<data> name one of '
-        f'{", ".join(names)}, or give a config file path ending in .py.')
+      f'No data set config {path}: after the ":" in '
+      f'--config=configs/baselines/<method>.py:<data> name one of '
+      f'{", ".join(names)}, or give a config file path ending in .py.'
+    )
   # A data set's config is a config file, loaded by path as --config does.
   c = runpy.run_path(path)['get_config']()
   if not validate.has_val_split(c.data):

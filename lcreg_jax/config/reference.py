@@ -16,11 +16,11 @@ import sys
 
 from lcreg_jax.config import base
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__))))
+ROOT = os.path.dirname(
+  os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+)
 PAGE = os.path.join(ROOT, 'docs', 'configs.md')
-_BLOCK = re.compile(r'(<!-- config-keys -->\n).*?(<!-- /config-keys -->)',
-                    re.S)
+_BLOCK = re.compile(r'(<!-- config-keys -->\n).*?(<!-- /config-keys -->)', re.S)
 
 
 def _fmt_default(value) -> str:
@@ -39,27 +39,36 @@ def reference() -> str:
     kind = f.type or type(f.default)
     doc = f.doc.replace('|', '\\|')
     sections.setdefault(section, []).append(
-        f'| `{f.key}` | {kind.__name__} | {_fmt_default(f.default)} | {doc} |')
+      f'| `{f.key}` | {kind.__name__} | {_fmt_default(f.default)} | {doc} |'
+    )
   out = []
   for section, rows in sections.items():
-    out += [f'### `{section}`' if section != '(top level)' else
-            '### Top level', '', '| key | type | default | meaning |',
-            '|---|---|---|---|', *rows, '']
+    out += [
+      f'### `{section}`' if section != '(top level)' else '### Top level',
+      '',
+      '| key | type | default | meaning |',
+      '|---|---|---|---|',
+      *rows,
+      '',
+    ]
   return '\n'.join(out).rstrip('\n')
 
 
 def page_with_reference(text: str) -> str:
   if not _BLOCK.search(text):
-    raise SystemExit('error: docs/configs.md has no <!-- config-keys --> '
-                     'block.')
-  return _BLOCK.sub(lambda m: f'{m.group(1)}{reference()}\n{m.group(2)}',
-                    text)
+    raise SystemExit(
+      'error: docs/configs.md has no <!-- config-keys --> block.'
+    )
+  return _BLOCK.sub(lambda m: f'{m.group(1)}{reference()}\n{m.group(2)}', text)
 
 
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  parser.add_argument('--write', action='store_true',
-                      help='update the reference in docs/configs.md')
+  parser.add_argument(
+    '--write',
+    action='store_true',
+    help='update the reference in docs/configs.md',
+  )
   args = parser.parse_args(argv)
   if not args.write:
     print(reference())

@@ -18,8 +18,9 @@ from lcreg_jax.config import presets
 from lcreg_jax.models import resnet
 
 
-def resolve(config: ml_collections.ConfigDict,
-            num_visible_devices: int) -> ml_collections.ConfigDict:
+def resolve(
+  config: ml_collections.ConfigDict, num_visible_devices: int
+) -> ml_collections.ConfigDict:
   """A locked copy of `config` with its placeholders filled."""
   devices = config.num_devices or num_visible_devices
   resolved = config.copy_and_resolve_references()
@@ -34,12 +35,13 @@ def resolve(config: ml_collections.ConfigDict,
         node[leaf] = None
   resolved.num_devices = devices
   latent = resolved.model.latent
-  if resolved.shard_covariance is None:   # see base.py
+  if resolved.shard_covariance is None:  # see base.py
     resolved.shard_covariance = bool(
-        latent.covariance == 'full' and devices > 1
-        and latent.num_latents % devices == 0)
-  resolved.shard_covariance = bool(resolved.shard_covariance
-                                   and latent.enabled)
+      latent.covariance == 'full'
+      and devices > 1
+      and latent.num_latents % devices == 0
+    )
+  resolved.shard_covariance = bool(resolved.shard_covariance and latent.enabled)
   dim = resnet.feature_dim(config.model.backbone)
   if resolved.model.latent.similarity_scale is None:
     resolved.model.latent.similarity_scale = 1.0 / math.sqrt(dim)

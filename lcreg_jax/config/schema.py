@@ -24,8 +24,9 @@ def is_int(x) -> bool:
 
 
 def is_num(x) -> bool:
-  return (isinstance(x, (int, float)) and not isinstance(x, bool)
-          and math.isfinite(x))
+  return (
+    isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+  )
 
 
 # A range check: (predicate, what the value must be).
@@ -42,9 +43,14 @@ FACTOR = (lambda x: is_num(x) and 0 < x <= 1, 'a number in (0, 1]')
 AT_LEAST_ONE = (lambda x: is_num(x) and x >= 1, 'a number >= 1 (1 = balanced)')
 AT_LEAST_TWO = (lambda x: is_int(x) and x >= 2, 'an integer >= 2')
 FINITE = (is_num, 'a finite number (1 = the prior itself)')
-EPOCH_LIST = (lambda x: isinstance(x, (tuple, list)) and all(
-    is_num(e) and e >= 0 for e in x) and list(x) == sorted(x),
-              'an ascending list of epochs >= 0')
+EPOCH_LIST = (
+  lambda x: (
+    isinstance(x, (tuple, list))
+    and all(is_num(e) and e >= 0 for e in x)
+    and list(x) == sorted(x)
+  ),
+  'an ascending list of epochs >= 0',
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,6 +58,7 @@ class Field:
   """One config key: its dotted name (within its table), default, a
   one-line doc, and what it may hold (type of a None default, choices,
   range check)."""
+
   key: str
   default: Any
   doc: str
@@ -71,7 +78,7 @@ def build(fields, prefix: str = '') -> ml_collections.ConfigDict:
   for f in fields:
     if not f.key.startswith(prefix):
       continue
-    *parents, leaf = f.key[len(prefix):].split('.')
+    *parents, leaf = f.key[len(prefix) :].split('.')
     node = root
     for p in parents:
       if p not in node:
@@ -99,8 +106,7 @@ def field_problems(fields, flat: dict) -> list[str]:
   for f in fields:
     value = flat[f.key]
     if f.choices is not None and value not in f.choices:
-      problems.append(
-          f'{f.key}={value!r} is not one of {", ".join(f.choices)}')
+      problems.append(f'{f.key}={value!r} is not one of {", ".join(f.choices)}')
   for f in fields:
     value = flat[f.key]
     if f.check is None or (value is None and f.default is None):

@@ -43,14 +43,17 @@ def _key_problem(flat: dict, expected: dict) -> str | None:
     parts.append(f'keys that no code reads: {", ".join(extra)}')
   if missing:
     parts.append(f'no value for: {", ".join(missing)}')
-  return ('the config does not match lcreg_jax.config.base_config() (' +
-          '; '.join(parts) + '). Config files must start from base_config() '
-          'and change values only; check the spelling of the keys.')
+  return (
+    'the config does not match lcreg_jax.config.base_config() ('
+    + '; '.join(parts)
+    + '). Config files must start from base_config() '
+    'and change values only; check the spelling of the keys.'
+  )
 
 
-def resolve_and_validate(config: ml_collections.ConfigDict,
-                         num_visible_devices: int | None = None
-                         ) -> ml_collections.ConfigDict:
+def resolve_and_validate(
+  config: ml_collections.ConfigDict, num_visible_devices: int | None = None
+) -> ml_collections.ConfigDict:
   """Checks every key and value; returns a resolved, locked copy.
 
   Args:
@@ -68,16 +71,21 @@ def resolve_and_validate(config: ml_collections.ConfigDict,
     raise errors.ConfigError(key_problem)
   if num_visible_devices is None:
     import jax  # pylint: disable=g-import-not-at-top
+
     num_visible_devices = jax.device_count()
-  problems = (schema.field_problems(base.ALL_FIELDS, flat)
-              + rules.problems(config, flat)
-              + rules.device_problems(config, flat, num_visible_devices))
+  problems = (
+    schema.field_problems(base.ALL_FIELDS, flat)
+    + rules.problems(config, flat)
+    + rules.device_problems(config, flat, num_visible_devices)
+  )
   if problems:
     raise errors.ConfigError(
-        f'the config has {len(problems)} invalid value'
-        f'{"s" if len(problems) > 1 else ""}: ' + '; '.join(problems) +
-        f'. Fix {"them" if len(problems) > 1 else "it"} in the config file or '
-        'with --config.KEY=VALUE; nothing was read or trained.')
+      f'the config has {len(problems)} invalid value'
+      f'{"s" if len(problems) > 1 else ""}: '
+      + '; '.join(problems)
+      + f'. Fix {"them" if len(problems) > 1 else "it"} in the config file or '
+      'with --config.KEY=VALUE; nothing was read or trained.'
+    )
   resolved = resolve.resolve(config, num_visible_devices)
   _RESOLVED[id(resolved)] = (weakref.ref(resolved), resolved.to_dict())
   weakref.finalize(resolved, _RESOLVED.pop, id(resolved), None)
@@ -92,8 +100,7 @@ _RESOLVED: dict[int, tuple[weakref.ref, dict]] = {}
 
 def _already_resolved(config) -> bool:
   ref, values = _RESOLVED.get(id(config), (None, None))
-  return (ref is not None and ref() is config
-          and values == config.to_dict())
+  return ref is not None and ref() is config and values == config.to_dict()
 
 
 def validate_against_data(config, info) -> None:
@@ -103,13 +110,15 @@ def validate_against_data(config, info) -> None:
   for stage in ('stage1', 'stage2'):
     if config[stage].enabled and config[stage].batch_size > n:
       problems.append(
-          f'{stage}.batch_size={config[stage].batch_size} is larger than the '
-          f'{n} training images of {info.name}: lower it (it must also '
-          'divide evenly over the devices), or use more data (e.g. a '
-          'smaller data.imbalance_factor)')
+        f'{stage}.batch_size={config[stage].batch_size} is larger than the '
+        f'{n} training images of {info.name}: lower it (it must also '
+        'divide evenly over the devices), or use more data (e.g. a '
+        'smaller data.imbalance_factor)'
+      )
   s1 = config.stage1
   if s1.enabled:
     problems += rules.drw_problems(
-        s1, samplers.steps_per_epoch(n, s1.batch_size), info.name)
+      s1, samplers.steps_per_epoch(n, s1.batch_size), info.name
+    )
   if problems:
     raise errors.ConfigError('; '.join(problems) + '. Nothing was trained.')

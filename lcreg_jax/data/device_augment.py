@@ -33,31 +33,33 @@ def normalize(images: jax.Array) -> jax.Array:
 def _grey(x):
   # As a weighted sum, not a matmul: elementwise ops fuse with the update.
   w = GRAY_WEIGHTS
-  return w[0] * x[..., 0] + w[1] * x[..., 1] + w[2] * x[..., 2]   # [B, H, W]
+  return w[0] * x[..., 0] + w[1] * x[..., 1] + w[2] * x[..., 2]  # [B, H, W]
 
 
-def color_jitter(x: jax.Array, factors: jax.Array, order: jax.Array
-                 ) -> jax.Array:
+def color_jitter(
+  x: jax.Array, factors: jax.Array, order: jax.Array
+) -> jax.Array:
   """float32 [B, H, W, 3] in [0, 255]; factors [B, 3] (brightness, contrast,
   saturation), order [B, 3] a permutation of (0, 1, 2) per example."""
   for step in range(3):
-    which = order[:, step]                                   # [B]
+    which = order[:, step]  # [B]
     f = jnp.take_along_axis(factors, which[:, None], 1)[:, 0]
     # All three are f·x + (1 - f)·target, clipped: target 0 (brightness;
     # f·x >= 0, so only the top clip acts), the image's mean grey (contrast)
     # or the pixel's grey (saturation). One formula with per-example
     # selectors is one fused pass, not three candidates.
-    grey = _grey(x)                                          # [B, H, W]
-    mean = (which == 1) * grey.mean((1, 2))                   # [B]
-    per_pixel = (which == 2).astype(x.dtype)                  # [B]
+    grey = _grey(x)  # [B, H, W]
+    mean = (which == 1) * grey.mean((1, 2))  # [B]
+    per_pixel = (which == 2).astype(x.dtype)  # [B]
     target = (mean[:, None, None] + per_pixel[:, None, None] * grey)[..., None]
     f = f[:, None, None, None]
     x = jnp.clip(f * x + (1.0 - f) * target, 0.0, 255.0)
   return x
 
 
-def flip_jitter_normalize(images: jax.Array, flip: jax.Array,
-                          factors: jax.Array, order: jax.Array) -> jax.Array:
+def flip_jitter_normalize(
+  images: jax.Array, flip: jax.Array, factors: jax.Array, order: jax.Array
+) -> jax.Array:
   """The training view's per-pixel steps: uint8 crops [B, H, W, 3] ->
   float32, mirrored left-right where `flip` [B], jittered, normalised."""
   x = images.astype(jnp.float32)

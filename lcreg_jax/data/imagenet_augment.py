@@ -39,6 +39,7 @@ import numpy as np
 
 from lcreg_jax.data import device_augment
 from lcreg_jax.data.device_augment import GRAY_WEIGHTS, MEAN, STD  # noqa: F401
+
 ATTEMPTS = 10
 SCALE = (0.08, 1.0)
 RATIO = (3 / 4, 4 / 3)
@@ -83,11 +84,15 @@ def uniforms(seed, positions, count):
 def _check_range(name, bounds):
   lo, hi = (float(b) for b in bounds)
   if not 0 < lo <= hi:
-    raise ValueError(f"{name} must be (low, high) with 0 < low <= high; got {bounds}.")
+    raise ValueError(
+      f"{name} must be (low, high) with 0 < low <= high; got {bounds}."
+    )
   return lo, hi
 
 
-def train_params(seed, positions, scale=SCALE, ratio=RATIO, attempts=ATTEMPTS, jitter=JITTER):
+def train_params(
+  seed, positions, scale=SCALE, ratio=RATIO, attempts=ATTEMPTS, jitter=JITTER
+):
   """All random parameters of the training views of `positions` under global `seed` (NumPy).
 
   Returns a dict of arrays with leading dimension n = len(positions):
@@ -104,17 +109,21 @@ def train_params(seed, positions, scale=SCALE, ratio=RATIO, attempts=ATTEMPTS, j
   if min(jitter) < 0:
     raise ValueError(f"jitter strengths must be >= 0; got {jitter}.")
   u = uniforms(seed, positions, 2 * attempts + 9)
-  log_ratio = math.log(r0) + (math.log(r1) - math.log(r0)) * u[:, attempts:2 * attempts]
+  log_ratio = (
+    math.log(r0) + (math.log(r1) - math.log(r0)) * u[:, attempts : 2 * attempts]
+  )
   low = np.array([max(0.0, 1.0 - j) for j in jitter])
   high = np.array([1.0 + j for j in jitter])
   k = 2 * attempts
   return {
-      "area": s0 + (s1 - s0) * u[:, :attempts],
-      "aspect": np.exp(log_ratio),
-      "offset": u[:, k:k + 2],
-      "flip": u[:, k + 2] < 0.5,
-      "factors": (low + (high - low) * u[:, k + 3:k + 6]).astype(np.float32),
-      "order": np.argsort(u[:, k + 6:k + 9], axis=1, kind="stable").astype(np.int32),
+    "area": s0 + (s1 - s0) * u[:, :attempts],
+    "aspect": np.exp(log_ratio),
+    "offset": u[:, k : k + 2],
+    "flip": u[:, k + 2] < 0.5,
+    "factors": (low + (high - low) * u[:, k + 3 : k + 6]).astype(np.float32),
+    "order": np.argsort(u[:, k + 6 : k + 9], axis=1, kind="stable").astype(
+      np.int32
+    ),
   }
 
 
@@ -141,13 +150,17 @@ def crop_window(tf, image_shape_hw, area, aspect, offset, ratio=RATIO):
   hw = tf.cast(image_shape_hw, tf.int32)
   height, width = hw[0], hw[1]
   h_f, w_f = tf.cast(height, tf.float64), tf.cast(width, tf.float64)
-  target_area = (h_f * w_f) * tf.cast(area, tf.float64)  # float64 like torchvision's floats
+  target_area = (h_f * w_f) * tf.cast(
+    area, tf.float64
+  )  # float64 like torchvision's floats
   aspect = tf.cast(aspect, tf.float64)
   # tf.round rounds half to even, as Python's round() in torchvision.
   ws = tf.cast(tf.round(tf.sqrt(target_area * aspect)), tf.int32)
   hs = tf.cast(tf.round(tf.sqrt(target_area / aspect)), tf.int32)
   fits = (ws > 0) & (ws <= width) & (hs > 0) & (hs <= height)
-  first = tf.argmax(tf.cast(fits, tf.int32), output_type=tf.int32)  # 0 when none fits
+  first = tf.argmax(
+    tf.cast(fits, tf.int32), output_type=tf.int32
+  )  # 0 when none fits
 
   # Fallback: the whole image, trimmed to the nearest allowed aspect.
   in_ratio = w_f / h_f
@@ -160,8 +173,12 @@ def crop_window(tf, image_shape_hw, area, aspect, offset, ratio=RATIO):
   w = tf.where(accepted, ws[first], fallback_w)
   room = tf.stack([height - h, width - w])
   random_yx = tf.minimum(
-      tf.cast(tf.floor(tf.cast(offset, tf.float64) * tf.cast(room + 1, tf.float64)),
-              tf.int32), room)
+    tf.cast(
+      tf.floor(tf.cast(offset, tf.float64) * tf.cast(room + 1, tf.float64)),
+      tf.int32,
+    ),
+    room,
+  )
   yx = tf.where(accepted, random_yx, room // 2)
   return yx[0], yx[1], h, w
 
@@ -177,8 +194,11 @@ def decode_crop(tf, encoded, params, ratio=RATIO):
   """
 
   def window_of(shape_hw):
-    return tf.stack(crop_window(tf, shape_hw, params["area"], params["aspect"],
-                                params["offset"], ratio))
+    return tf.stack(
+      crop_window(
+        tf, shape_hw, params["area"], params["aspect"], params["offset"], ratio
+      )
+    )
 
   def jpeg():
     shape = tf.image.extract_jpeg_shape(encoded)
@@ -189,15 +209,22 @@ def decode_crop(tf, encoded, params, ratio=RATIO):
     # of margin either side, sliced off after, make the crop exact.
     left = tf.minimum(window[1], _JPEG_CROP_MARGIN)
     right = tf.minimum(shape[1] - window[1] - window[3], _JPEG_CROP_MARGIN)
-    wide = tf.stack([window[0], window[1] - left, window[2], window[3] + left + right])
-    crop = tf.image.decode_and_crop_jpeg(encoded, wide, channels=3, dct_method=_DCT_METHOD)
-    return crop[:, left:left + window[3]], window
+    wide = tf.stack(
+      [window[0], window[1] - left, window[2], window[3] + left + right]
+    )
+    crop = tf.image.decode_and_crop_jpeg(
+      encoded, wide, channels=3, dct_method=_DCT_METHOD
+    )
+    return crop[:, left : left + window[3]], window
 
   def other():
     image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
     window = window_of(tf.shape(image)[:2])
-    crop = tf.slice(image, tf.stack([window[0], window[1], 0]),
-                    tf.stack([window[2], window[3], 3]))
+    crop = tf.slice(
+      image,
+      tf.stack([window[0], window[1], 0]),
+      tf.stack([window[2], window[3], 3]),
+    )
     return crop, window
 
   crop, window = tf.cond(tf.io.is_jpeg(encoded), jpeg, other)
@@ -209,9 +236,10 @@ def decode_crop(tf, encoded, params, ratio=RATIO):
 def _decode(tf, encoded):
   """The whole image, uint8 [H, W, 3], JPEGs with PIL's (libjpeg's default) accurate IDCT."""
   return tf.cond(
-      tf.io.is_jpeg(encoded),
-      lambda: tf.io.decode_jpeg(encoded, channels=3, dct_method=_DCT_METHOD),
-      lambda: tf.io.decode_image(encoded, channels=3, expand_animations=False))
+    tf.io.is_jpeg(encoded),
+    lambda: tf.io.decode_jpeg(encoded, channels=3, dct_method=_DCT_METHOD),
+    lambda: tf.io.decode_image(encoded, channels=3, expand_animations=False),
+  )
 
 
 def _pil_resize(image, height, width):
@@ -221,14 +249,19 @@ def _pil_resize(image, height, width):
   trains on. PIL releases the GIL while it resamples, so tf.data threads run it in parallel;
   it costs about 60 % of TensorFlow's antialiased resize's CPU time on the 2-core VM."""
   from PIL import Image  # pylint: disable=g-import-not-at-top
-  return np.asarray(Image.fromarray(image).resize((int(width), int(height)),
-                                                  Image.Resampling.BILINEAR))
+
+  return np.asarray(
+    Image.fromarray(image).resize(
+      (int(width), int(height)), Image.Resampling.BILINEAR
+    )
+  )
 
 
 def resize_like_pil(tf, image, size_hw):
   """`_pil_resize` inside a TF graph (a tf.data map): uint8 [h, w, 3] -> uint8 size_hw."""
-  out = tf.numpy_function(_pil_resize, [image, size_hw[0], size_hw[1]], tf.uint8,
-                          stateful=False)
+  out = tf.numpy_function(
+    _pil_resize, [image, size_hw[0], size_hw[1]], tf.uint8, stateful=False
+  )
   out.set_shape([None, None, 3])
   return out
 
@@ -248,6 +281,7 @@ class TrainAugment(NamedTuple):
   """The MiSLAS training view as a `streaming.DrawnAugment`: parameters drawn in NumPy
   per batch of positions, the crop per example on the host, flip, jitter and normalisation
   per batch on the accelerator."""
+
   size: int = 224
   # The parameters `finish` needs, shipped with each batch.
   device_keys = ("flip", "factors", "order")
@@ -262,17 +296,23 @@ class TrainAugment(NamedTuple):
 
   def finish(self, images, params):
     """Per global batch, jitted on the accelerator: uint8 crops -> float32 views."""
-    return device_augment.flip_jitter_normalize(images, params["flip"], params["factors"],
-                                                params["order"])
+    return device_augment.flip_jitter_normalize(
+      images, params["flip"], params["factors"], params["order"]
+    )
 
 
 def train_image(tf, encoded, seed, position, size=224):
   """MiSLAS training view of one encoded image at global `seed` and sample `position`
   (Python ints): NumPy float32 [size, size, 3], normalised; the same as the streaming path's."""
   params = train_params(seed, [position])
-  crop = train_crop(tf, encoded, {k: tf.constant(v[0]) for k, v in params.items()}, size)
-  return np.asarray(TrainAugment(size).finish(
-      crop.numpy()[None], {k: params[k] for k in TrainAugment.device_keys}))[0]
+  crop = train_crop(
+    tf, encoded, {k: tf.constant(v[0]) for k, v in params.items()}, size
+  )
+  return np.asarray(
+    TrainAugment(size).finish(
+      crop.numpy()[None], {k: params[k] for k in TrainAugment.device_keys}
+    )
+  )[0]
 
 
 def eval_crop(tf, encoded, resize=256, size=224):
@@ -284,16 +324,24 @@ def eval_crop(tf, encoded, resize=256, size=224):
   offsets are int(round((H - size) / 2)), rounding halves to even.
   """
   if resize < size:
-    raise ValueError(f"resize={resize} must be >= size={size}: the centre crop would pad.")
+    raise ValueError(
+      f"resize={resize} must be >= size={size}: the centre crop would pad."
+    )
   image = _decode(tf, encoded)
   hw = tf.shape(image, out_type=tf.int64)[:2]
   short, long = tf.reduce_min(hw), tf.reduce_max(hw)
   new_long = resize * long // short
-  new_hw = tf.where(hw[0] <= hw[1], tf.stack([resize, new_long]), tf.stack([new_long, resize]))
+  new_hw = tf.where(
+    hw[0] <= hw[1], tf.stack([resize, new_long]), tf.stack([new_long, resize])
+  )
   new_hw = tf.cast(new_hw, tf.int32)
   image = resize_like_pil(tf, image, new_hw)
-  offsets = tf.cast(tf.round(tf.cast(new_hw - size, tf.float64) / 2.0), tf.int32)
-  image = tf.slice(image, tf.stack([offsets[0], offsets[1], 0]), [size, size, 3])
+  offsets = tf.cast(
+    tf.round(tf.cast(new_hw - size, tf.float64) / 2.0), tf.int32
+  )
+  image = tf.slice(
+    image, tf.stack([offsets[0], offsets[1], 0]), [size, size, 3]
+  )
   image.set_shape([size, size, 3])
   return image
 

@@ -21,9 +21,9 @@ _QUOTE = 5
 
 @dataclasses.dataclass(frozen=True)
 class ListSplit:
-  paths: np.ndarray    # (N,) str, image paths (image root joined)
-  labels: np.ndarray   # (N,) int32
-  list_path: str       # where the split came from, for messages
+  paths: np.ndarray  # (N,) str, image paths (image root joined)
+  labels: np.ndarray  # (N,) int32
+  list_path: str  # where the split came from, for messages
 
 
 def _quote(problems: list[str]) -> str:
@@ -32,8 +32,9 @@ def _quote(problems: list[str]) -> str:
   return shown + (f'; and {more} more' if more > 0 else '')
 
 
-def read_list(list_path: str, image_root: str, num_classes: int, *,
-              check_files: bool = True) -> ListSplit:
+def read_list(
+  list_path: str, image_root: str, num_classes: int, *, check_files: bool = True
+) -> ListSplit:
   """Parses a list file; raises DataError naming every bad line (quoted).
 
   Args:
@@ -45,16 +46,18 @@ def read_list(list_path: str, image_root: str, num_classes: int, *,
   """
   if not os.path.isfile(list_path):
     raise DataError(
-        f'list file {list_path} does not exist. Point --config.data.'
-        'train_list / val_list / test_list at the list files (ImageNet-LT, '
-        'Places-LT and iNaturalist 2018 lists: "relative/path label" per '
-        'line, as distributed with OLTR and MiSLAS).')
+      f'list file {list_path} does not exist. Point --config.data.'
+      'train_list / val_list / test_list at the list files (ImageNet-LT, '
+      'Places-LT and iNaturalist 2018 lists: "relative/path label" per '
+      'line, as distributed with OLTR and MiSLAS).'
+    )
   try:
     with open(list_path, encoding='utf-8') as f:
       lines = f.read().splitlines()
   except (OSError, UnicodeDecodeError) as e:
-    raise DataError(f'cannot read list file {list_path} ({e}); replace it '
-                    'with a fresh copy.') from e
+    raise DataError(
+      f'cannot read list file {list_path} ({e}); replace it with a fresh copy.'
+    ) from e
   paths, labels, numbers, bad = [], [], [], []
   for number, line in enumerate(lines, start=1):
     text = line.strip()
@@ -70,30 +73,37 @@ def read_list(list_path: str, image_root: str, num_classes: int, *,
       bad.append(f'line {number} "{text[:80]}" has no integer label')
       continue
     if not 0 <= label < num_classes:
-      bad.append(f'line {number} has label {label}, outside [0, '
-                 f'{num_classes})')
+      bad.append(f'line {number} has label {label}, outside [0, {num_classes})')
       continue
     paths.append(os.path.join(image_root, parts[0]))
     labels.append(label)
     numbers.append(number)
   if bad:
     raise DataError(
-        f'{len(bad)} bad line{"s" if len(bad) > 1 else ""} in list file '
-        f'{list_path}: {_quote(bad)}. Each line must be "relative/path '
-        'label" with 0 <= label < --config.data.num_classes; fix the file or '
-        'the class count.')
+      f'{len(bad)} bad line{"s" if len(bad) > 1 else ""} in list file '
+      f'{list_path}: {_quote(bad)}. Each line must be "relative/path '
+      'label" with 0 <= label < --config.data.num_classes; fix the file or '
+      'the class count.'
+    )
   if not paths:
-    raise DataError(f'list file {list_path} lists no images; point the '
-                    'config at the right file.')
+    raise DataError(
+      f'list file {list_path} lists no images; point the '
+      'config at the right file.'
+    )
   if check_files:
-    missing = [f'{p} (line {n})' for p, n in zip(paths, numbers)
-               if not os.path.isfile(p)]
+    missing = [
+      f'{p} (line {n})' for p, n in zip(paths, numbers) if not os.path.isfile(p)
+    ]
     if missing:
       raise DataError(
-          f'{len(missing)} image{"s" if len(missing) > 1 else ""} of list '
-          f'file {list_path} not found under --config.data.image_root='
-          f'{image_root}: {_quote(missing)}. Fix image_root (the folder the '
-          'list\'s paths start from) or the files; set '
-          '--config.data.check_files=False to skip this check.')
-  return ListSplit(paths=np.asarray(paths, dtype=object).astype(str),
-                   labels=np.asarray(labels, np.int32), list_path=list_path)
+        f'{len(missing)} image{"s" if len(missing) > 1 else ""} of list '
+        f'file {list_path} not found under --config.data.image_root='
+        f'{image_root}: {_quote(missing)}. Fix image_root (the folder the '
+        'list\'s paths start from) or the files; set '
+        '--config.data.check_files=False to skip this check.'
+      )
+  return ListSplit(
+    paths=np.asarray(paths, dtype=object).astype(str),
+    labels=np.asarray(labels, np.int32),
+    list_path=list_path,
+  )

@@ -20,8 +20,10 @@ class Reader(Protocol):
   def __len__(self) -> int: ...
   def read(self, tf, index):
     """Encoded image bytes (scalar tf.string) of example `index` (int64 tensor)."""
+
   def name(self, index: int) -> str:
     """What to call example `index` in a message (its file, or its record)."""
+
   def subset(self, indices: np.ndarray) -> 'Reader':
     """The reader of examples `indices`, in that order."""
 
@@ -54,6 +56,7 @@ def as_reader(images) -> Reader:
 @dataclasses.dataclass(frozen=True)
 class StreamSplit:
   """One split of a streamed data set: only labels and a reader in memory."""
+
   reader: Reader
-  labels: np.ndarray   # (N,) int32
-  where: str           # where it came from (list file, TFDS split), for messages
+  labels: np.ndarray  # (N,) int32
+  where: str  # where it came from (list file, TFDS split), for messages

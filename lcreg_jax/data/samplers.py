@@ -28,8 +28,9 @@ def steps_per_epoch(num_examples: int, global_batch_size: int) -> int:
   return max(1, num_examples // global_batch_size)
 
 
-def class_balanced_order(labels, num_samples: int, samples_per_class: int,
-                         rng: np.random.Generator) -> np.ndarray:
+def class_balanced_order(
+  labels, num_samples: int, samples_per_class: int, rng: np.random.Generator
+) -> np.ndarray:
   """MiSLAS class-aware sampling order (docs/method.md §4) of `num_samples` indices into `labels`.
 
   Classes are visited in a random order that is redrawn each time every class has been
@@ -39,8 +40,10 @@ def class_balanced_order(labels, num_samples: int, samples_per_class: int,
   """
   labels = np.asarray(labels)
   if samples_per_class < 1 or num_samples < 0 or labels.size == 0:
-    raise ValueError(f"need samples_per_class >= 1, num_samples >= 0 and some labels; got "
-                     f"{samples_per_class}, {num_samples}, {labels.size} labels.")
+    raise ValueError(
+      f"need samples_per_class >= 1, num_samples >= 0 and some labels; got "
+      f"{samples_per_class}, {num_samples}, {labels.size} labels."
+    )
   members = [np.flatnonzero(labels == c) for c in np.unique(labels)]
   cycles = [rng.permutation(m) for m in members]
   pos = [0] * len(members)
@@ -57,21 +60,32 @@ def class_balanced_order(labels, num_samples: int, samples_per_class: int,
       if pos[k] == len(cycles[k]):
         cycles[k], pos[k] = rng.permutation(members[k]), 0
       t = min(need, len(cycles[k]) - pos[k])
-      out[n:n + t] = cycles[k][pos[k]:pos[k] + t]
+      out[n : n + t] = cycles[k][pos[k] : pos[k] + t]
       pos[k] += t
       n += t
       need -= t
   return out
 
 
-def epoch_order(labels, epoch: int, *, seed: int, sampler: str, samples_per_class: int,
-                length: int) -> np.ndarray:
+def epoch_order(
+  labels,
+  epoch: int,
+  *,
+  seed: int,
+  sampler: str,
+  samples_per_class: int,
+  length: int,
+) -> np.ndarray:
   """The global sample order of one epoch: `length` (= steps per epoch × batch) indices."""
   if sampler not in SAMPLERS:
-    raise ValueError(f"unknown sampler {sampler!r}; use 'shuffle' or 'class_balanced'.")
+    raise ValueError(
+      f"unknown sampler {sampler!r}; use 'shuffle' or 'class_balanced'."
+    )
   rng = np.random.default_rng([seed, epoch])
   n = len(labels)
   if sampler == "shuffle":
     # np.resize repeats the permutation when the data set is smaller than one batch.
     return np.resize(rng.permutation(n), length)
-  return class_balanced_order(labels, max(n, length), samples_per_class, rng)[:length]
+  return class_balanced_order(labels, max(n, length), samples_per_class, rng)[
+    :length
+  ]

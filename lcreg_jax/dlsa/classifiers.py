@@ -20,6 +20,7 @@ from lcreg_jax.dlsa import flow as flow_lib
 from lcreg_jax.dlsa import rows
 from lcreg_jax.train_state import all_finite
 
+
 def _linear(features: int, init: str, fan_in: int, name: str) -> nn.Dense:
   """A dense layer initialised as PyTorch's nn.Linear (init 'torch', the
   authors': weight and bias U(±1/√fan_in)) or at zero ('zeros': the losses
@@ -33,6 +34,7 @@ def _linear(features: int, init: str, fan_in: int, name: str) -> nn.Dense:
 
 class LinearClassifier(nn.Module):
   """The final classifier as one linear layer (the former form)."""
+
   num_classes: int
   weight_init: str = 'torch'
 
@@ -46,6 +48,7 @@ class LinLinClassifier(nn.Module):
   """The authors' final classifier Lin_x(x) + Lin_z(x): their cluster-aided
   model with inputs 'XZ' and z = x, two independently initialised layers
   (under SGD, one layer with twice the learning rate and a summed init)."""
+
   num_classes: int
   weight_init: str = 'torch'
 
@@ -57,6 +60,7 @@ class LinLinClassifier(nn.Module):
 
 class ClusterAidedClassifier(nn.Module):
   """Lin_x(x) + Lin_zp([z; p_cluster])."""
+
   num_classes: int
   weight_init: str = 'torch'
 
@@ -68,8 +72,9 @@ class ClusterAidedClassifier(nn.Module):
 
 def final_model(cfg, num_classes: int) -> nn.Module:
   """The final classifier of `config.dlsa` (`final_classifier`)."""
-  cls = (LinLinClassifier if cfg.final_classifier == 'lin_lin' else
-         LinearClassifier)
+  cls = (
+    LinLinClassifier if cfg.final_classifier == 'lin_lin' else LinearClassifier
+  )
   return cls(num_classes, cfg.classifier_init)
 
 
@@ -81,8 +86,9 @@ def select_score(scores, labels, num_classes: int, metric: str) -> float:
   return float(losses.top1(np.asarray(scores), np.asarray(labels)))
 
 
-def prior_correction(stage_counts: np.ndarray, full_counts: np.ndarray,
-                     tiny: float) -> np.ndarray:
+def prior_correction(
+  stage_counts: np.ndarray, full_counts: np.ndarray, tiny: float
+) -> np.ndarray:
   """log(n_c,stage / n_c): the stage's label prior relative to the full one.
 
   A balanced-softmax stage trained on a routed subset predicts as if the
@@ -94,32 +100,36 @@ def prior_correction(stage_counts: np.ndarray, full_counts: np.ndarray,
   return np.log(stage / full + tiny).astype(np.float32)
 
 
-def inference_offset(class_counts: np.ndarray, mask_absent: bool,
-                     tiny: float) -> np.ndarray:
+def inference_offset(
+  class_counts: np.ndarray, mask_absent: bool, tiny: float
+) -> np.ndarray:
   """Added to a stage's logits at inference: log(1[n_c > 0] + tiny)."""
   if not mask_absent:
     return np.zeros(class_counts.shape, np.float32)
-  return np.log((class_counts > 0).astype(np.float64) + tiny).astype(
-      np.float32)
+  return np.log((class_counts > 0).astype(np.float64) + tiny).astype(np.float32)
 
 
 @dataclasses.dataclass(frozen=True)
 class ClassifierHparams:
   """Static hyper-parameters of a classifier step (hashable for jit)."""
+
   lr: float
   optimizer: str
   weight_decay: float
   batch: int
   tiny: float
-  by_epochs: bool   # shuffled epochs (authors) or batches with replacement
+  by_epochs: bool  # shuffled epochs (authors) or batches with replacement
 
   @classmethod
   def from_config(cls, cfg) -> 'ClassifierHparams':
-    return cls(lr=cfg.classifier_lr, optimizer=cfg.classifier_optimizer,
-               weight_decay=cfg.classifier_weight_decay,
-               batch=cfg.classifier_batch_size,
-               tiny=cfg.balanced_softmax_tiny,
-               by_epochs=cfg.classifier_steps is None)
+    return cls(
+      lr=cfg.classifier_lr,
+      optimizer=cfg.classifier_optimizer,
+      weight_decay=cfg.classifier_weight_decay,
+      batch=cfg.classifier_batch_size,
+      tiny=cfg.balanced_softmax_tiny,
+      by_epochs=cfg.classifier_steps is None,
+    )
 
 
 def masked_balanced_softmax(logits, labels, counts, valid, tiny: float):
@@ -142,8 +152,11 @@ def classifier_fns(model: nn.Module, hp: ClassifierHparams):
   compilation (XLA compiles dominate the run time on CPU);
   `lcreg_jax.aot` compiles the step ahead of time.
   """
-  tx = (optax.sgd(hp.lr) if hp.optimizer == 'sgd' else
-        optax.adamw(hp.lr, weight_decay=hp.weight_decay))
+  tx = (
+    optax.sgd(hp.lr)
+    if hp.optimizer == 'sgd'
+    else optax.adamw(hp.lr, weight_decay=hp.weight_decay)
+  )
 
   @jax.jit
   def step(train, batch, xs, ys, n, counts):
@@ -155,13 +168,14 @@ def classifier_fns(model: nn.Module, hp: ClassifierHparams):
       idx = jax.random.randint(batch, (hp.batch,), 0, n)  # Rows >= n: pad.
       valid = jnp.ones((hp.batch,), bool)
     loss_fn = lambda p: masked_balanced_softmax(
-        model.apply(p, *(a[idx] for a in xs)), ys[idx], counts, valid,
-        hp.tiny)
+      model.apply(p, *(a[idx] for a in xs)), ys[idx], counts, valid, hp.tiny
+    )
     loss, grads = jax.value_and_grad(loss_fn)(params)
     updates, opt_state = tx.update(grads, opt_state, params)
     params = optax.apply_updates(params, updates)
-    return (params, opt_state), dict(loss=loss,
-                                     params_finite=all_finite(params))
+    return (params, opt_state), dict(
+      loss=loss, params_finite=all_finite(params)
+    )
 
   @jax.jit
   def scores(params, offset, xs):
@@ -184,9 +198,11 @@ def epoch_batches(seed: int, n: int, batch: int):
       epoch, j = divmod(step, per_epoch)
       if j == 0 or perm is None:
         perm = np.random.default_rng([seed, epoch]).permutation(n)
-      idx = perm[j * batch:(j + 1) * batch]
-      yield (jnp.asarray(np.pad(idx, (0, batch - idx.size)), jnp.int32),
-             np.int32(idx.size))
+      idx = perm[j * batch : (j + 1) * batch]
+      yield (
+        jnp.asarray(np.pad(idx, (0, batch - idx.size)), jnp.int32),
+        np.int32(idx.size),
+      )
       step += 1
 
   return batches, per_epoch
@@ -200,8 +216,11 @@ def _init_fn(model: nn.Module):
 
 @functools.lru_cache(maxsize=None)
 def _probs_fn(model: nn.Module):
-  return jax.jit(lambda params, offset, xs: jax.nn.softmax(
-      model.apply(params, *xs) + offset, -1))
+  return jax.jit(
+    lambda params, offset, xs: jax.nn.softmax(
+      model.apply(params, *xs) + offset, -1
+    )
+  )
 
 
 def _schedule(cfg, seed: int, n: int):
@@ -210,12 +229,16 @@ def _schedule(cfg, seed: int, n: int):
   if cfg.classifier_steps is not None:
     return loop.step_keys(seed), cfg.classifier_steps, cfg.eval_every
   batches, per_epoch = epoch_batches(seed, n, cfg.classifier_batch_size)
-  return (batches, cfg.classifier_epochs * per_epoch,
-          cfg.classifier_eval_epochs * per_epoch)
+  return (
+    batches,
+    cfg.classifier_epochs * per_epoch,
+    cfg.classifier_eval_epochs * per_epoch,
+  )
 
 
-def _selection(params_of, scores, offset, val_x, val_y, num_classes: int,
-               metric: str):
+def _selection(
+  params_of, scores, offset, val_x, val_y, num_classes: int, metric: str
+):
   """evaluate(step, state) for the loop: offers the current parameters
   with their validation score (`select_score`); without validation
   samples the last ones are kept."""
@@ -225,33 +248,39 @@ def _selection(params_of, scores, offset, val_x, val_y, num_classes: int,
     params = params_of(state)
     if not n_val:
       return state.keep_last(step_num, params), {}
-    s = select_score(np.asarray(scores(params, offset, val_x))[:n_val],
-                     val_y, num_classes, metric)
+    s = select_score(
+      np.asarray(scores(params, offset, val_x))[:n_val],
+      val_y,
+      num_classes,
+      metric,
+    )
     return state.offer(step_num, params, s), {f'val_{metric}': s}
 
   return evaluate
 
 
-def train_classifier(model: nn.Module,
-                     train_inputs: Sequence[np.ndarray],
-                     train_labels: np.ndarray,
-                     val_inputs: Sequence[np.ndarray],
-                     val_labels: np.ndarray,
-                     *,
-                     num_classes: int,
-                     config,
-                     seed: int,
-                     workdir: str,
-                     select_metric: str = 'class_mean',
-                     fingerprint: dict | None = None,
-                     balanced: bool = True,
-                     prior_counts: Optional[np.ndarray] = None,
-                     pad_train: Optional[int] = None,
-                     pad_val: Optional[int] = None,
-                     checkpoint_every: int = 500,
-                     hooks=(),
-                     log: Callable[[str], None] = print,
-                     name: str = 'classifier'):
+def train_classifier(
+  model: nn.Module,
+  train_inputs: Sequence[np.ndarray],
+  train_labels: np.ndarray,
+  val_inputs: Sequence[np.ndarray],
+  val_labels: np.ndarray,
+  *,
+  num_classes: int,
+  config,
+  seed: int,
+  workdir: str,
+  select_metric: str = 'class_mean',
+  fingerprint: dict | None = None,
+  balanced: bool = True,
+  prior_counts: Optional[np.ndarray] = None,
+  pad_train: Optional[int] = None,
+  pad_val: Optional[int] = None,
+  checkpoint_every: int = 500,
+  hooks=(),
+  log: Callable[[str], None] = print,
+  name: str = 'classifier',
+):
   """Trains `model` with (balanced) softmax; picks the best val checkpoint.
 
   By default the authors' schedule: `classifier_epochs` epochs of shuffled
@@ -275,11 +304,13 @@ def train_classifier(model: nn.Module,
   if n == 0:
     raise ValueError(f'{name}: no training samples')
   counts = np.bincount(train_labels, minlength=num_classes).astype(np.float32)
-  bsm_counts = (counts if prior_counts is None else
-                np.asarray(prior_counts, np.float32))
+  bsm_counts = (
+    counts if prior_counts is None else np.asarray(prior_counts, np.float32)
+  )
   hp = ClassifierHparams.from_config(cfg)
-  offset = jnp.asarray(inference_offset(counts, cfg.mask_absent_classes,
-                                        hp.tiny))
+  offset = jnp.asarray(
+    inference_offset(counts, cfg.mask_absent_classes, hp.tiny)
+  )
   tx, step, scores = classifier_fns(model, hp)
   pad = lambda a, rows_, dtype: rows.pad_rows(np.asarray(a, dtype), rows_)
   xs = tuple(pad(a, pad_train, np.float32) for a in train_inputs)
@@ -288,39 +319,71 @@ def train_classifier(model: nn.Module,
   params = _init_fn(model)(jax.random.PRNGKey(seed), *(a[:1] for a in xs))
   batches, total, check_every = _schedule(cfg, seed + 1, n)
   state = loop.fit(
-      loop.Selection.start((params, tx.init(params)), params), name=name,
-      step_fn=lambda s, b: s.advance(step, b, xs, ys, n, train_counts),
-      batches=batches, total_steps=total,
-      checkpoints=checkpoints_lib.StageCheckpoints(
-          files.as_path(workdir) / 'checkpoints',
-          dict(fingerprint or {}, component=name, n_train=n, n_val=n_val,
-               balanced=balanced, select_metric=select_metric,
-               prior_counts=[float(v) for v in bsm_counts])),
-      workdir=workdir, log_every=min(cfg.eval_every, check_every),
-      checkpoint_every=checkpoint_every, evaluate_every=check_every,
-      evaluate_fn=_selection(
-          lambda st: st.train[0], scores, offset,
-          tuple(pad(a, pad_val, np.float32) for a in val_inputs),
-          np.asarray(val_labels), num_classes, select_metric),
-      hooks=hooks, batch_size=cfg.classifier_batch_size, unit='features',
-      advice='Lower --config.dlsa.classifier_lr.')
+    loop.Selection.start((params, tx.init(params)), params),
+    name=name,
+    step_fn=lambda s, b: s.advance(step, b, xs, ys, n, train_counts),
+    batches=batches,
+    total_steps=total,
+    checkpoints=checkpoints_lib.StageCheckpoints(
+      files.as_path(workdir) / 'checkpoints',
+      dict(
+        fingerprint or {},
+        component=name,
+        n_train=n,
+        n_val=n_val,
+        balanced=balanced,
+        select_metric=select_metric,
+        prior_counts=[float(v) for v in bsm_counts],
+      ),
+    ),
+    workdir=workdir,
+    log_every=min(cfg.eval_every, check_every),
+    checkpoint_every=checkpoint_every,
+    evaluate_every=check_every,
+    evaluate_fn=_selection(
+      lambda st: st.train[0],
+      scores,
+      offset,
+      tuple(pad(a, pad_val, np.float32) for a in val_inputs),
+      np.asarray(val_labels),
+      num_classes,
+      select_metric,
+    ),
+    hooks=hooks,
+    batch_size=cfg.classifier_batch_size,
+    unit='features',
+    advice='Lower --config.dlsa.classifier_lr.',
+  )
   val_score = float(state.best_score) if n_val else None
   best_step = int(state.best_step)
-  log(f'{name}: n_train={n} n_val={n_val} ' +
-      (f'val {select_metric}={val_score:.4f} at step {best_step}' if n_val
-       else 'no validation samples, keeping the last parameters'))
-  return state.best, offset, {'val_score': val_score, 'best_step': best_step,
-                              'bsm_counts': bsm_counts}
+  log(
+    f'{name}: n_train={n} n_val={n_val} '
+    + (
+      f'val {select_metric}={val_score:.4f} at step {best_step}'
+      if n_val
+      else 'no validation samples, keeping the last parameters'
+    )
+  )
+  return (
+    state.best,
+    offset,
+    {'val_score': val_score, 'best_step': best_step, 'bsm_counts': bsm_counts},
+  )
 
 
-def predict_probs(model: nn.Module, params, offset,
-                  inputs: Sequence[np.ndarray],
-                  chunk: int = 4096) -> np.ndarray:
+def predict_probs(
+  model: nn.Module,
+  params,
+  offset,
+  inputs: Sequence[np.ndarray],
+  chunk: int = 4096,
+) -> np.ndarray:
   """Softmax of logits + offset (no label prior: balanced test prior)."""
   n = inputs[0].shape[0]
   if n == 0:
     return np.zeros((0, offset.shape[0]), np.float32)
   probs = _probs_fn(model)
   # Always `chunk` rows: one compilation serves every split and stage.
-  return rows.map_in_chunks(lambda *xs: probs(params, offset, xs), inputs,
-                            chunk)
+  return rows.map_in_chunks(
+    lambda *xs: probs(params, offset, xs), inputs, chunk
+  )

@@ -27,9 +27,11 @@ def made_masks(dim: int, hidden: int, reverse: bool):
   """Masks (D,H), (H,H), (H,2D) so output i sees inputs of lower degree."""
   deg_in, deg_h = made_degrees(dim, hidden, reverse)
   deg_out = np.concatenate([deg_in, deg_in])  # [m | a] share the order.
-  masks = (deg_h[None, :] >= deg_in[:, None],
-           deg_h[None, :] >= deg_h[:, None],
-           deg_out[None, :] > deg_h[:, None])
+  masks = (
+    deg_h[None, :] >= deg_in[:, None],
+    deg_h[None, :] >= deg_h[:, None],
+    deg_out[None, :] > deg_h[:, None],
+  )
   return tuple(m.astype(np.float32) for m in masks)
 
 
@@ -37,7 +39,8 @@ def torch_uniform(fan_in: int):
   """PyTorch's default nn.Linear init of weight and bias: U(±1/√fan_in)."""
   bound = 1.0 / math.sqrt(fan_in)
   return lambda key, shape, dtype=jnp.float32: jax.random.uniform(
-      key, shape, dtype, -bound, bound)
+    key, shape, dtype, -bound, bound
+  )
 
 
 class MADE(nn.Module):
@@ -48,6 +51,7 @@ class MADE(nn.Module):
   hidden layers, zero biases, and small output weights that start the
   flow near the identity.
   """
+
   hidden: int
   reverse: bool = False
   out_scale: float | None = None
@@ -55,9 +59,13 @@ class MADE(nn.Module):
   def _inits(self, i: int, fan_in: int):
     if self.out_scale is None:
       return torch_uniform(fan_in), torch_uniform(fan_in)
-    kernel = (nn.initializers.lecun_normal() if i < 2 else
-              nn.initializers.variance_scaling(self.out_scale**2, 'fan_in',
-                                               'normal'))
+    kernel = (
+      nn.initializers.lecun_normal()
+      if i < 2
+      else nn.initializers.variance_scaling(
+        self.out_scale**2, 'fan_in', 'normal'
+      )
+    )
     return kernel, nn.initializers.zeros
 
   @nn.compact
@@ -66,7 +74,8 @@ class MADE(nn.Module):
     masks = made_masks(dim, self.hidden, self.reverse)
     h = x
     for i, (mask, size) in enumerate(
-        zip(masks, (self.hidden, self.hidden, 2 * dim))):
+      zip(masks, (self.hidden, self.hidden, 2 * dim))
+    ):
       kernel_init, bias_init = self._inits(i, h.shape[-1])
       kernel = self.param(f'kernel_{i}', kernel_init, (h.shape[-1], size))
       bias = self.param(f'bias_{i}', bias_init, (size,))
@@ -78,6 +87,7 @@ class MADE(nn.Module):
 
 class MADEAffine(nn.Module):
   """u = (x - m(x)) exp(-a(x)); log|det| = -Σ a."""
+
   hidden: int
   reverse: bool = False
   out_scale: float | None = None
@@ -109,6 +119,7 @@ class FlowBatchNorm(nn.Module):
   PyTorch's default) in the normalisation, the log-det and the running
   average alike; False divides by B.
   """
+
   dim: int
   momentum: float = 0.9
   eps: float = 1e-5
@@ -126,23 +137,28 @@ class FlowBatchNorm(nn.Module):
       if not self.is_initializing():
         mo = self.momentum
         self.mean.value = mo * self.mean.value + (1 - mo) * (
-            jax.lax.stop_gradient(mean))
+          jax.lax.stop_gradient(mean)
+        )
         self.var.value = mo * self.var.value + (1 - mo) * (
-            jax.lax.stop_gradient(var))
+          jax.lax.stop_gradient(var)
+        )
     else:
       mean, var = self.mean.value, self.var.value
     y = (x - mean) * jax.lax.rsqrt(var + self.eps) * jnp.exp(
-        self.log_gamma) + self.beta
+      self.log_gamma
+    ) + self.beta
     logdet = jnp.sum(self.log_gamma - 0.5 * jnp.log(var + self.eps))
     return y, jnp.broadcast_to(logdet, x.shape[:-1])
 
   def inverse(self, y):
-    return ((y - self.beta) * jnp.exp(-self.log_gamma) *
-            jnp.sqrt(self.var.value + self.eps) + self.mean.value)
+    return (y - self.beta) * jnp.exp(-self.log_gamma) * jnp.sqrt(
+      self.var.value + self.eps
+    ) + self.mean.value
 
 
 class MAF(nn.Module):
   """num_blocks × (MADE affine → flow BN); every other MADE order reversed."""
+
   dim: int
   hidden: int | None = None  # None: dim.
   num_blocks: int = 2
@@ -153,11 +169,14 @@ class MAF(nn.Module):
 
   def setup(self):
     h = self.hidden or self.dim
-    self.mades = [MADEAffine(h, bool(i % 2), self.made_out_scale)
-                  for i in range(self.num_blocks)]
-    self.bns = [FlowBatchNorm(self.dim, self.bn_momentum, self.bn_eps,
-                              self.bn_unbiased)
-                for _ in range(self.num_blocks)]
+    self.mades = [
+      MADEAffine(h, bool(i % 2), self.made_out_scale)
+      for i in range(self.num_blocks)
+    ]
+    self.bns = [
+      FlowBatchNorm(self.dim, self.bn_momentum, self.bn_eps, self.bn_unbiased)
+      for _ in range(self.num_blocks)
+    ]
 
   def __call__(self, x, train: bool = False):
     logdet = jnp.zeros(x.shape[:-1], x.dtype)
@@ -186,9 +205,11 @@ def component_log_likelihoods(z, centers):
   because the cross term cancels most of ||z||² + ||μ||² and TF32/bf16
   matmuls would change cluster assignments.
   """
-  sq = (jnp.sum(z * z, -1, keepdims=True)
-        - 2.0 * jnp.dot(z, centers.T, precision=HIGHEST)
-        + jnp.sum(centers * centers, -1))
+  sq = (
+    jnp.sum(z * z, -1, keepdims=True)
+    - 2.0 * jnp.dot(z, centers.T, precision=HIGHEST)
+    + jnp.sum(centers * centers, -1)
+  )
   sq = jnp.maximum(sq, 0.0)  # Round-off can make tiny distances negative.
   return -0.5 * sq - 0.5 * z.shape[-1] * math.log(2 * math.pi)
 

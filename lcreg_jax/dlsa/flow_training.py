@@ -38,8 +38,12 @@ from lcreg_jax.dlsa import rows
 from lcreg_jax.train_state import all_finite
 
 
-def class_nll_weights(labels: np.ndarray, num_classes: int,
-                      power: float = 2.0, norm: str = 'classes') -> np.ndarray:
+def class_nll_weights(
+  labels: np.ndarray,
+  num_classes: int,
+  power: float = 2.0,
+  norm: str = 'classes',
+) -> np.ndarray:
   """Per-class NLL weights ∝ (n_max / n_c)^power; absent classes get 0.
 
   norm='classes' (authors): Σ_c w_c = 1 over the present classes, so the
@@ -50,7 +54,7 @@ def class_nll_weights(labels: np.ndarray, num_classes: int,
   counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
   w = np.zeros(num_classes)
   present = counts > 0
-  w[present] = (counts.max() / counts[present])**power
+  w[present] = (counts.max() / counts[present]) ** power
   if norm == 'classes':
     w /= w.sum()
   else:
@@ -58,8 +62,7 @@ def class_nll_weights(labels: np.ndarray, num_classes: int,
   return w.astype(np.float32)
 
 
-def sample_class_pairs(key, classes, num_present, starts, counts,
-                       batch: int):
+def sample_class_pairs(key, classes, num_present, starts, counts, batch: int):
   """The authors' pairs: two distinct classes uniformly, one sample of each.
 
   classes[:num_present] are the present class ids (padding after), samples
@@ -109,8 +112,9 @@ def cluster_purity(clusters, labels, num_clusters, num_classes) -> float:
   return float(h.max(1).sum() / labels.size)
 
 
-def within_cap(largest: int, n: int, num_clusters: int, cap: int | None,
-               cap_factor: float) -> bool:
+def within_cap(
+  largest: int, n: int, num_clusters: int, cap: int | None, cap_factor: float
+) -> bool:
   """The authors' cap on the largest cluster: below `cap` (their code's
   fixed 5000); cap None: at most N / K * cap_factor samples."""
   if cap is not None:
@@ -118,10 +122,16 @@ def within_cap(largest: int, n: int, num_clusters: int, cap: int | None,
   return largest <= n / num_clusters * cap_factor
 
 
-def authors_selection_score(clusters, labels, num_clusters, num_classes,
-                            min_purity: float = 0.7, min_size: int = 10,
-                            cap: int | None = 5000,
-                            cap_factor: float = 20.0) -> float | None:
+def authors_selection_score(
+  clusters,
+  labels,
+  num_clusters,
+  num_classes,
+  min_purity: float = 0.7,
+  min_size: int = 10,
+  cap: int | None = 5000,
+  cap_factor: float = 20.0,
+) -> float | None:
   """The authors' flow-selection metric on the flow's training samples.
 
   The number of clusters with purity > min_purity and more than min_size
@@ -138,8 +148,9 @@ def authors_selection_score(clusters, labels, num_clusters, num_classes,
   return float(np.sum((purity > min_purity) & (size > min_size)))
 
 
-def heldout_purity(train_clusters, train_labels, clusters, labels,
-                   num_clusters, num_classes) -> float:
+def heldout_purity(
+  train_clusters, train_labels, clusters, labels, num_clusters, num_classes
+) -> float:
   """Share of samples whose class is their cluster's training majority."""
   if labels.size == 0:
     return float('nan')
@@ -151,6 +162,7 @@ def heldout_purity(train_clusters, train_labels, clusters, labels,
 @dataclasses.dataclass(frozen=True)
 class FlowHParams:
   """Hashable copy of the flow-training knobs (keys the jit cache)."""
+
   num_clusters: int
   nll_scale: float
   ema_decay: float
@@ -171,18 +183,23 @@ class FlowHParams:
   def from_config(cls, cfg, dim: int) -> 'FlowHParams':
     """From the (validated) `config.dlsa` and the feature dimension."""
     return cls(
-        num_clusters=cfg.num_clusters,
-        # λ_lh, and 1/D for the per-dimension variant.
-        nll_scale=cfg.nll_weight / (dim if cfg.nll_per_dim else 1.0),
-        ema_decay=cfg.ema_decay, purity_type=cfg.purity_type,
-        purity_margin=cfg.purity_margin,
-        purity_weight=cfg.purity_weight,
-        balance_weight=cfg.balance_weight, lr=cfg.flow_lr,
-        momentum=cfg.flow_momentum, schedule=cfg.flow_schedule,
-        grad_clip=cfg.flow_grad_clip, total_steps=cfg.flow_steps,
-        batch=cfg.flow_batch_size,
-        pair_sampling=cfg.pair_sampling,
-        separate_passes=cfg.flow_separate_passes)
+      num_clusters=cfg.num_clusters,
+      # λ_lh, and 1/D for the per-dimension variant.
+      nll_scale=cfg.nll_weight / (dim if cfg.nll_per_dim else 1.0),
+      ema_decay=cfg.ema_decay,
+      purity_type=cfg.purity_type,
+      purity_margin=cfg.purity_margin,
+      purity_weight=cfg.purity_weight,
+      balance_weight=cfg.balance_weight,
+      lr=cfg.flow_lr,
+      momentum=cfg.flow_momentum,
+      schedule=cfg.flow_schedule,
+      grad_clip=cfg.flow_grad_clip,
+      total_steps=cfg.flow_steps,
+      batch=cfg.flow_batch_size,
+      pair_sampling=cfg.pair_sampling,
+      separate_passes=cfg.flow_separate_passes,
+    )
 
 
 def neg_ce_purity(p_pos, logq_neg):
@@ -228,17 +245,26 @@ def flow_loss_fn(model: flow_lib.MAF, hp: FlowHParams):
       # each half is normalised with its own BatchNorm statistics and the
       # running statistics are updated twice.
       (zp, ldp), upd = model.apply(
-          {'params': params, 'batch_stats': batch_stats}, xp, train=True,
-          mutable=['batch_stats'])
+        {'params': params, 'batch_stats': batch_stats},
+        xp,
+        train=True,
+        mutable=['batch_stats'],
+      )
       (zn, ldn), upd = model.apply(
-          {'params': params, 'batch_stats': upd['batch_stats']}, xn,
-          train=True, mutable=['batch_stats'])
+        {'params': params, 'batch_stats': upd['batch_stats']},
+        xn,
+        train=True,
+        mutable=['batch_stats'],
+      )
       z, logdet = jnp.concatenate([zp, zn]), jnp.concatenate([ldp, ldn])
     else:
       # One pass over both halves: BN statistics see the whole batch.
       (z, logdet), upd = model.apply(
-          {'params': params, 'batch_stats': batch_stats},
-          jnp.concatenate([xp, xn]), train=True, mutable=['batch_stats'])
+        {'params': params, 'batch_stats': batch_stats},
+        jnp.concatenate([xp, xn]),
+        train=True,
+        mutable=['batch_stats'],
+      )
     logp_z, ell = flow_lib.mixture_log_prob(z, centers)
     # Only positives are uniform over the data, so only they carry the
     # class-weighted NLL (the weights assume that sampling distribution).
@@ -256,8 +282,7 @@ def flow_loss_fn(model: flow_lib.MAF, hp: FlowHParams):
     purity = jnp.sum(per_pair * valid) / jnp.maximum(valid.sum(), 1.0)
     balance, ema = balance_term(p_pos.mean(0), ema, t, decay)
     total = nll + hp.purity_weight * purity + hp.balance_weight * balance
-    metrics = {'loss': total, 'nll': nll, 'purity': purity,
-               'balance': balance}
+    metrics = {'loss': total, 'nll': nll, 'purity': purity, 'balance': balance}
     return total, (upd['batch_stats'], sg(ema), metrics)
 
   return loss_fn
@@ -267,8 +292,11 @@ def flow_loss_fn(model: flow_lib.MAF, hp: FlowHParams):
 def flow_train_fns(model: flow_lib.MAF, hp: FlowHParams):
   """(optimizer, jitted step); cached so per-stage flows share a compile.
   `lcreg_jax.aot` compiles this step ahead of time."""
-  lr = (optax.cosine_decay_schedule(hp.lr, hp.total_steps)
-        if hp.schedule == 'cosine' else hp.lr)
+  lr = (
+    optax.cosine_decay_schedule(hp.lr, hp.total_steps)
+    if hp.schedule == 'cosine'
+    else hp.lr
+  )
   tx = optax.sgd(lr, momentum=hp.momentum or None)
   if hp.grad_clip is not None:
     tx = optax.chain(optax.clip_by_global_norm(hp.grad_clip), tx)
@@ -278,20 +306,35 @@ def flow_train_fns(model: flow_lib.MAF, hp: FlowHParams):
   def step(train, key, xs, ys, n, w, starts, counts, classes, num_present):
     """train = {params, batch_stats, opt_state, ema, t, centers}."""
     if hp.pair_sampling == 'class_uniform':
-      pos, neg = sample_class_pairs(key, classes, num_present, starts,
-                                    counts, hp.batch)
+      pos, neg = sample_class_pairs(
+        key, classes, num_present, starts, counts, hp.batch
+      )
     else:
       pos, neg = sample_pairs(key, ys, n, starts, counts, hp.batch)
     valid = (ys[pos] != ys[neg]).astype(jnp.float32)
     t = train['t'] + 1.0
     grads, (batch_stats, ema, metrics) = jax.grad(loss_fn, has_aux=True)(
-        train['params'], train['batch_stats'], train['centers'], xs[pos],
-        xs[neg], w[pos], valid, train['ema'], t)
+      train['params'],
+      train['batch_stats'],
+      train['centers'],
+      xs[pos],
+      xs[neg],
+      w[pos],
+      valid,
+      train['ema'],
+      t,
+    )
     updates, opt_state = tx.update(grads, train['opt_state'], train['params'])
     params = optax.apply_updates(train['params'], updates)
     metrics['params_finite'] = all_finite(params)
-    return dict(train, params=params, batch_stats=batch_stats,
-                opt_state=opt_state, ema=ema, t=t), metrics
+    return dict(
+      train,
+      params=params,
+      batch_stats=batch_stats,
+      opt_state=opt_state,
+      ema=ema,
+      t=t,
+    ), metrics
 
   return tx, step
 
@@ -314,17 +357,28 @@ def flow_evaluate(model, variables, centers, x, chunk: int = 4096):
   compilation.
   """
   if x.shape[0] == 0:
-    return (np.zeros(0, np.float32), np.zeros(0, np.int32),
-            np.zeros((0, x.shape[1]), np.float32))
+    return (
+      np.zeros(0, np.float32),
+      np.zeros(0, np.int32),
+      np.zeros((0, x.shape[1]), np.float32),
+    )
   fn = _flow_outputs_jit(model)
-  return tuple(rows.map_in_chunks(lambda xb: fn(variables, xb, centers), [x],
-                                  chunk))
+  return tuple(
+    rows.map_in_chunks(lambda xb: fn(variables, xb, centers), [x], chunk)
+  )
 
 
 def make_flow(cfg, dim: int) -> flow_lib.MAF:
   """The flow filter of `config.dlsa` on D = `dim` features."""
-  return flow_lib.MAF(dim, cfg.hidden_dim, cfg.num_blocks, cfg.bn_momentum,
-                      cfg.bn_eps, cfg.bn_unbiased_var, cfg.made_out_scale)
+  return flow_lib.MAF(
+    dim,
+    cfg.hidden_dim,
+    cfg.num_blocks,
+    cfg.bn_momentum,
+    cfg.bn_eps,
+    cfg.bn_unbiased_var,
+    cfg.made_out_scale,
+  )
 
 
 def flow_check_every(cfg, n: int) -> int:
@@ -345,14 +399,19 @@ def _pair_inputs(x, y, num_classes: int, cfg, pad_to: Optional[int]):
   ys_np = y[order].astype(np.int32)
   counts_np = np.bincount(ys_np, minlength=num_classes).astype(np.int32)
   pad = lambda a: rows.pad_rows(a, pad_to)
-  w = class_nll_weights(ys_np, num_classes, cfg.nll_weight_power,
-                        cfg.nll_weight_norm)[ys_np]
+  w = class_nll_weights(
+    ys_np, num_classes, cfg.nll_weight_power, cfg.nll_weight_norm
+  )[ys_np]
   present = np.flatnonzero(counts_np > 0).astype(np.int32)
-  return (pad(x[order].astype(np.float32)), pad(ys_np), pad(w),
-          jnp.asarray(np.cumsum(counts_np) - counts_np),
-          jnp.asarray(counts_np),
-          jnp.asarray(np.pad(present, (0, num_classes - present.size))),
-          jnp.asarray(present.size, jnp.int32))
+  return (
+    pad(x[order].astype(np.float32)),
+    pad(ys_np),
+    pad(w),
+    jnp.asarray(np.cumsum(counts_np) - counts_np),
+    jnp.asarray(counts_np),
+    jnp.asarray(np.pad(present, (0, num_classes - present.size))),
+    jnp.asarray(present.size, jnp.int32),
+  )
 
 
 def _flow_scorer(model, centers, cfg, x, y, x_val, y_val, num_classes):
@@ -368,8 +427,15 @@ def _flow_scorer(model, centers, cfg, x, y, x_val, y_val, num_classes):
     if metric == 'authors':
       _, ct, _ = flow_evaluate(model, variables, centers, x, chunk)
       return authors_selection_score(
-          ct, y, k, num_classes, cfg.select_min_purity,
-          cfg.select_min_size, cfg.select_cap, cfg.select_cap_factor)
+        ct,
+        y,
+        k,
+        num_classes,
+        cfg.select_min_purity,
+        cfg.select_min_size,
+        cfg.select_cap,
+        cfg.select_cap_factor,
+      )
     _, cv, _ = flow_evaluate(model, variables, centers, x_val, chunk)
     if metric == 'purity':
       return cluster_purity(cv, y_val, k, num_classes)
@@ -386,26 +452,44 @@ def _flow_selection(score, label: str):
   accepted (the best score is still Selection's start, -inf) the latest
   one is kept, the authors' fallback to their last epoch's model.
   """
+
   def evaluate(step_num, state):
-    current = {'params': state.train['params'],
-               'batch_stats': state.train['batch_stats']}
+    current = {
+      'params': state.train['params'],
+      'batch_stats': state.train['batch_stats'],
+    }
     if score is None:
       return state.keep_last(step_num, current), {}
     s = score(current)
     if s is None:
-      kept = (state.keep_last(step_num, current)
-              if np.isneginf(state.best_score) else state)
+      kept = (
+        state.keep_last(step_num, current)
+        if np.isneginf(state.best_score)
+        else state
+      )
       return kept, {f'{label}_over_cap': 1.0}
     return state.offer(step_num, current, s), {label: s}
 
   return evaluate
 
 
-def train_flow(x, y, x_val, y_val, *, num_classes: int, config, seed: int,
-               workdir: str, fingerprint: dict | None = None,
-               pad_to: Optional[int] = None, checkpoint_every: int = 500,
-               hooks=(), log: Callable[[str], None] = print,
-               name: str = 'flow'):
+def train_flow(
+  x,
+  y,
+  x_val,
+  y_val,
+  *,
+  num_classes: int,
+  config,
+  seed: int,
+  workdir: str,
+  fingerprint: dict | None = None,
+  pad_to: Optional[int] = None,
+  checkpoint_every: int = 500,
+  hooks=(),
+  log: Callable[[str], None] = print,
+  name: str = 'flow',
+):
   """Trains the flow filter through the shared loop; selects a checkpoint.
 
   Pairs are drawn on the device from a key of (seed, step), so a killed run
@@ -429,38 +513,65 @@ def train_flow(x, y, x_val, y_val, *, num_classes: int, config, seed: int,
   inputs = _pair_inputs(x, y, num_classes, cfg, pad_to)
   variables = _flow_init_fn(model)(ki, inputs[0][:2])
   tx, step = flow_train_fns(model, hp)
-  score, label = _flow_scorer(model, centers, cfg, x, y, x_val, y_val,
-                              num_classes)
-  initial = (score(variables) if score and cfg.flow_select_metric != 'authors'
-             else -np.inf)
+  score, label = _flow_scorer(
+    model, centers, cfg, x, y, x_val, y_val, num_classes
+  )
+  initial = (
+    score(variables)
+    if score and cfg.flow_select_metric != 'authors'
+    else -np.inf
+  )
   log(f'{name}: n={n} D={dim} K={k} step 0 {label}={initial:.4f}')
-  train = dict(params=variables['params'],
-               batch_stats=variables['batch_stats'],
-               opt_state=tx.init(variables['params']),
-               ema=jnp.zeros((k,), jnp.float32), t=jnp.zeros((), jnp.float32),
-               centers=centers)
+  train = dict(
+    params=variables['params'],
+    batch_stats=variables['batch_stats'],
+    opt_state=tx.init(variables['params']),
+    ema=jnp.zeros((k,), jnp.float32),
+    t=jnp.zeros((), jnp.float32),
+    centers=centers,
+  )
   check_every = flow_check_every(cfg, n)
   state = loop.fit(
-      loop.Selection.start(train, variables, initial), name=name,
-      step_fn=lambda s, key: s.advance(step, key, inputs[0], inputs[1], n,
-                                       *inputs[2:]),
-      batches=loop.step_keys(seed + 1), total_steps=hp.total_steps,
-      checkpoints=checkpoints_lib.StageCheckpoints(
-          files.as_path(workdir) / 'checkpoints',
-          dict(fingerprint or {}, component=name, n_train=n,
-               n_val=int(y_val.size))),
-      workdir=workdir, log_every=min(cfg.eval_every, check_every),
-      checkpoint_every=checkpoint_every, evaluate_every=check_every,
-      evaluate_fn=_flow_selection(score, label), hooks=hooks,
-      batch_size=cfg.flow_batch_size, unit='pairs',
-      advice='Lower --config.dlsa.flow_lr, or set --config.dlsa.'
-             'flow_grad_clip.')
+    loop.Selection.start(train, variables, initial),
+    name=name,
+    step_fn=lambda s, key: s.advance(
+      step, key, inputs[0], inputs[1], n, *inputs[2:]
+    ),
+    batches=loop.step_keys(seed + 1),
+    total_steps=hp.total_steps,
+    checkpoints=checkpoints_lib.StageCheckpoints(
+      files.as_path(workdir) / 'checkpoints',
+      dict(fingerprint or {}, component=name, n_train=n, n_val=int(y_val.size)),
+    ),
+    workdir=workdir,
+    log_every=min(cfg.eval_every, check_every),
+    checkpoint_every=checkpoint_every,
+    evaluate_every=check_every,
+    evaluate_fn=_flow_selection(score, label),
+    hooks=hooks,
+    batch_size=cfg.flow_batch_size,
+    unit='pairs',
+    advice='Lower --config.dlsa.flow_lr, or set --config.dlsa.flow_grad_clip.',
+  )
   best_score, best_step = float(state.best_score), int(state.best_step)
   # Without a scorer the last flow is kept and no flow was over any cap.
   over_cap = bool(score is not None and np.isneginf(best_score))
-  log(f'{name}: selected step {best_step} ' +
-      ('(every flow over the cap: the last one)' if over_cap else
-       f'({label}={best_score:.4f})'))
-  return model, state.best, centers, {
-      'val_score': None if over_cap else best_score, 'over_cap': over_cap,
-      'step': best_step, 'n_train': n}
+  log(
+    f'{name}: selected step {best_step} '
+    + (
+      '(every flow over the cap: the last one)'
+      if over_cap
+      else f'({label}={best_score:.4f})'
+    )
+  )
+  return (
+    model,
+    state.best,
+    centers,
+    {
+      'val_score': None if over_cap else best_score,
+      'over_cap': over_cap,
+      'step': best_step,
+      'n_train': n,
+    },
+  )

@@ -39,14 +39,16 @@ def route_stage(logp: np.ndarray, remaining: np.ndarray, fraction: float):
   return routed, float(logp[idx[order[-1]]])
 
 
-def route_by_threshold(logp: np.ndarray, remaining: np.ndarray,
-                       threshold: float) -> np.ndarray:
+def route_by_threshold(
+  logp: np.ndarray, remaining: np.ndarray, threshold: float
+) -> np.ndarray:
   """Val/test routing: the same log-p threshold as training."""
   return remaining & (logp >= threshold)
 
 
-def cluster_prior_matrix(clusters: np.ndarray, labels: np.ndarray,
-                         num_clusters: int, num_classes: int) -> np.ndarray:
+def cluster_prior_matrix(
+  clusters: np.ndarray, labels: np.ndarray, num_clusters: int, num_classes: int
+) -> np.ndarray:
   """(K, C) row-normalised class histograms of the routed training samples.
 
   Clusters that received no routed training sample get an all-zero row:

@@ -13,8 +13,9 @@ def pad_rows(a, rows=None) -> jax.Array:
   outputs back)."""
   a = np.asarray(a)
   rows = max(rows or 0, a.shape[0], 1)
-  return jnp.asarray(np.pad(a, [(0, rows - a.shape[0])] + [(0, 0)] *
-                            (a.ndim - 1)))
+  return jnp.asarray(
+    np.pad(a, [(0, rows - a.shape[0])] + [(0, 0)] * (a.ndim - 1))
+  )
 
 
 def map_in_chunks(fn, inputs, chunk: int):
@@ -24,7 +25,7 @@ def map_in_chunks(fn, inputs, chunk: int):
   on the host."""
   outs = []
   for i in range(0, inputs[0].shape[0], chunk):
-    part = [np.asarray(a[i:i + chunk], np.float32) for a in inputs]
+    part = [np.asarray(a[i : i + chunk], np.float32) for a in inputs]
     n = part[0].shape[0]
     res = fn(*(pad_rows(a, chunk) for a in part))
     outs.append(jax.tree.map(lambda r, n=n: np.asarray(r)[:n], res))

@@ -52,8 +52,10 @@ def digest(*arrays) -> str:
 def _check_features(data: dict, num_classes: int):
   for s, (x, y) in data.items():
     if x.ndim != 2 or y.shape != (x.shape[0],):
-      raise ValueError(f'{s}: need (N, D) features and (N,) labels, got '
-                       f'{x.shape} and {y.shape}')
+      raise ValueError(
+        f'{s}: need (N, D) features and (N,) labels, got '
+        f'{x.shape} and {y.shape}'
+      )
     if y.size and (y.min() < 0 or y.max() >= num_classes):
       raise ValueError(f'{s}: labels outside [0, {num_classes})')
 
@@ -85,10 +87,11 @@ def _standardized(data: dict, cfg) -> dict:
 class _Run:
   """One DLSA run's inputs and what its steps fill in: which samples each
   stage took, their probabilities and each stage's information."""
+
   cfg: Any
   c: int
-  x: dict     # split -> (N, D) features
-  y: dict     # split -> (N,) labels
+  x: dict  # split -> (N, D) features
+  y: dict  # split -> (N,) labels
   workdir: str
   common: dict  # the keyword arguments every component shares
   select_metric: str  # eval.select_metric: the score of every val choice
@@ -102,18 +105,21 @@ class _Run:
     self.full_counts = np.bincount(self.y['train'], minlength=self.c)
     self.fingerprint = {'dlsa': self.cfg.to_dict(), 'num_classes': self.c}
     self.remaining = {s: np.ones(self.n[s], bool) for s in _SPLITS}
-    self.stage_of = {s: np.full(self.n[s], self.cfg.depth, np.int32)
-                     for s in _SPLITS}
-    self.probs = {s: np.zeros((self.n[s], self.c), np.float32)
-                  for s in _SPLITS}
+    self.stage_of = {
+      s: np.full(self.n[s], self.cfg.depth, np.int32) for s in _SPLITS
+    }
+    self.probs = {s: np.zeros((self.n[s], self.c), np.float32) for s in _SPLITS}
     self.final_model = classifiers.final_model(self.cfg, self.c)
 
   def component(self, name: str, index: int, *arrays) -> dict:
     # Flows and classifiers each use seeds s and s + 1 (init, steps).
-    return dict(self.common, name=name,
-                workdir=files.as_path(self.workdir) / name,
-                seed=self.cfg.seed * 1000 + 2 * index,
-                fingerprint=dict(self.fingerprint, inputs=digest(*arrays)))
+    return dict(
+      self.common,
+      name=name,
+      workdir=files.as_path(self.workdir) / name,
+      seed=self.cfg.seed * 1000 + 2 * index,
+      fingerprint=dict(self.fingerprint, inputs=digest(*arrays)),
+    )
 
   def accuracy(self, s, mask) -> float:
     if not mask.any():
@@ -128,15 +134,22 @@ def _train_flow(run: _Run, st: int):
   tr, va = run.remaining['train'], run.remaining['val']
   flow_inputs = (x['train'][tr], y['train'][tr], x['val'][va], y['val'][va])
   model, variables, centers, finfo = flow_training.train_flow(
-      *flow_inputs, pad_to=run.n['train'],
-      **run.component(f'flow_{st}', st, *flow_inputs))
-  flow_info = {'flow_n_train': int(tr.sum()),
-               'flow_select_score': finfo['val_score'],
-               'flow_over_cap': finfo['over_cap'],
-               'flow_step': int(finfo['step'])}
-  outs = {s: flow_training.flow_evaluate(model, variables, centers, x[s],
-                                         cfg.eval_chunk)
-          for s in _SPLITS}
+    *flow_inputs,
+    pad_to=run.n['train'],
+    **run.component(f'flow_{st}', st, *flow_inputs),
+  )
+  flow_info = {
+    'flow_n_train': int(tr.sum()),
+    'flow_select_score': finfo['val_score'],
+    'flow_over_cap': finfo['over_cap'],
+    'flow_step': int(finfo['step']),
+  }
+  outs = {
+    s: flow_training.flow_evaluate(
+      model, variables, centers, x[s], cfg.eval_chunk
+    )
+    for s in _SPLITS
+  }
   return outs, flow_info
 
 
@@ -146,52 +159,72 @@ def _route_stage(run: _Run, st: int, outs: dict, flow_info: dict):
   x, y, n, c, cfg = run.x, run.y, run.n, run.c, run.cfg
   logp = {s: outs[s][0] for s in _SPLITS}
   cluster = {s: outs[s][1] for s in _SPLITS}
-  routed_tr, thr = routing.route_stage(logp['train'], run.remaining['train'],
-                                       cfg.top_fraction)
+  routed_tr, thr = routing.route_stage(
+    logp['train'], run.remaining['train'], cfg.top_fraction
+  )
   routed = {'train': routed_tr}
   for s in ('val', 'test'):
     routed[s] = routing.route_by_threshold(logp[s], run.remaining[s], thr)
-  run.info[st] = dict(flow_info, threshold=thr,
-                      train_routed=int(routed_tr.sum()))
+  run.info[st] = dict(
+    flow_info, threshold=thr, train_routed=int(routed_tr.sum())
+  )
   if not routed_tr.any():
-    run.common['log'](f'stage {st}: no training samples left to route; '
-                      'skipped')
+    run.common['log'](f'stage {st}: no training samples left to route; skipped')
     return
   # The authors build the prior from every training sample under this
   # stage's flow, not only from the ones the stage takes.
-  on_prior = (np.ones(n['train'], bool)
-              if cfg.cluster_prior_from == 'all' else routed_tr)
+  on_prior = (
+    np.ones(n['train'], bool) if cfg.cluster_prior_from == 'all' else routed_tr
+  )
   prior = routing.cluster_prior_matrix(
-      cluster['train'][on_prior], y['train'][on_prior], cfg.num_clusters, c)
+    cluster['train'][on_prior], y['train'][on_prior], cfg.num_clusters, c
+  )
 
   def inputs(s, mask):
     z = outs[s][2][mask] if cfg.use_flow_latent else x[s][mask]
     return x[s][mask], np.concatenate([z, prior[cluster[s][mask]]], 1)
 
   model_c = classifiers.ClusterAidedClassifier(c, cfg.classifier_init)
-  args = (inputs('train', routed_tr), y['train'][routed_tr],
-          inputs('val', routed['val']), y['val'][routed['val']])
+  args = (
+    inputs('train', routed_tr),
+    y['train'][routed_tr],
+    inputs('val', routed['val']),
+    y['val'][routed['val']],
+  )
   params, offset, cinfo = classifiers.train_classifier(
-      model_c, *args, pad_train=n['train'], pad_val=n['val'],
-      select_metric=run.select_metric,
-      **run.component(f'classifier_{st}', cfg.depth + st, *args[0], args[1],
-                      *args[2], args[3]))
+    model_c,
+    *args,
+    pad_train=n['train'],
+    pad_val=n['val'],
+    select_metric=run.select_metric,
+    **run.component(
+      f'classifier_{st}', cfg.depth + st, *args[0], args[1], *args[2], args[3]
+    ),
+  )
   run.info[st]['val_selection_score'] = cinfo['val_score']
   correction = classifiers.prior_correction(
-      np.bincount(args[1], minlength=c), run.full_counts,
-      cfg.balanced_softmax_tiny)
+    np.bincount(args[1], minlength=c),
+    run.full_counts,
+    cfg.balanced_softmax_tiny,
+  )
   use = choose_prior_correction(
-      cfg.stage_prior_correction,
-      lambda off: classifiers.predict_probs(
-          model_c, params, off, inputs('val', routed['val']),
-          cfg.eval_chunk), offset, correction, y['val'][routed['val']],
-      c, run.select_metric)
+    cfg.stage_prior_correction,
+    lambda off: classifiers.predict_probs(
+      model_c, params, off, inputs('val', routed['val']), cfg.eval_chunk
+    ),
+    offset,
+    correction,
+    y['val'][routed['val']],
+    c,
+    run.select_metric,
+  )
   run.info[st]['prior_correction'] = use
   if use:
     offset = offset + correction
   for s in ('val', 'test'):
     run.probs[s][routed[s]] = classifiers.predict_probs(
-        model_c, params, offset, inputs(s, routed[s]), cfg.eval_chunk)
+      model_c, params, offset, inputs(s, routed[s]), cfg.eval_chunk
+    )
   for s in _SPLITS:
     run.stage_of[s][routed[s]] = st
     run.remaining[s] &= ~routed[s]
@@ -204,16 +237,28 @@ def _final_classifier(run: _Run, name: str, index: int, rem: dict):
   x, y, cfg = run.x, run.y, run.cfg
   model_f = run.final_model
   final_counts = run.full_counts if cfg.final_counts == 'full' else None
-  args = ((x['train'][rem['train']],), y['train'][rem['train']],
-          (x['val'][rem['val']],), y['val'][rem['val']])
+  args = (
+    (x['train'][rem['train']],),
+    y['train'][rem['train']],
+    (x['val'][rem['val']],),
+    y['val'][rem['val']],
+  )
   params, offset, cinfo = classifiers.train_classifier(
-      model_f, *args, balanced=cfg.final_balanced_softmax,
-      prior_counts=final_counts, pad_train=run.n['train'],
-      pad_val=run.n['val'], select_metric=run.select_metric,
-      **run.component(name, index, args[0][0], args[1], args[2][0], args[3]))
-  return cinfo, {s: classifiers.predict_probs(
-      model_f, params, offset, (x[s][rem[s]],), cfg.eval_chunk)
-                 for s in ('val', 'test')}
+    model_f,
+    *args,
+    balanced=cfg.final_balanced_softmax,
+    prior_counts=final_counts,
+    pad_train=run.n['train'],
+    pad_val=run.n['val'],
+    select_metric=run.select_metric,
+    **run.component(name, index, args[0][0], args[1], args[2][0], args[3]),
+  )
+  return cinfo, {
+    s: classifiers.predict_probs(
+      model_f, params, offset, (x[s][rem[s]],), cfg.eval_chunk
+    )
+    for s in ('val', 'test')
+  }
 
 
 def _stage_report(run: _Run) -> dict:
@@ -224,16 +269,21 @@ def _stage_report(run: _Run) -> dict:
   for st in range(depth + 1):
     on = {s: run.stage_of[s] == st for s in ('val', 'test')}
     report[st] = {
-        'share': float(on['test'].mean()) if n['test'] else float('nan'),
-        'accuracy': run.accuracy('test', on['test']),
-        'train_routed': int((run.stage_of['train'] == st).sum()),
-        'val_share': float(on['val'].mean()) if n['val'] else float('nan'),
-        'val_accuracy': run.accuracy('val', on['val']),
-        'threshold': float(run.info.get(st, {}).get('threshold', np.inf)),
+      'share': float(on['test'].mean()) if n['test'] else float('nan'),
+      'accuracy': run.accuracy('test', on['test']),
+      'train_routed': int((run.stage_of['train'] == st).sum()),
+      'val_share': float(on['val'].mean()) if n['val'] else float('nan'),
+      'val_accuracy': run.accuracy('val', on['val']),
+      'threshold': float(run.info.get(st, {}).get('threshold', np.inf)),
     }
   for st in range(depth):
-    for key in ('flow_n_train', 'flow_select_score', 'flow_over_cap',
-                'flow_step', 'prior_correction'):
+    for key in (
+      'flow_n_train',
+      'flow_select_score',
+      'flow_over_cap',
+      'flow_step',
+      'prior_correction',
+    ):
       if key in run.info.get(st, {}):
         report[st][key] = run.info[st][key]
   return report
@@ -253,10 +303,19 @@ def _depth0_control(run: _Run, val_acc: float):
   return cprobs['test'], control_val
 
 
-def run_dlsa(config, *, train, val, test, num_classes: int, workdir: str,
-             select_metric: str = 'class_mean', checkpoint_every: int = 500,
-             hooks=(),
-             log: Callable[[str], None] = logging.info) -> DLSAResult:
+def run_dlsa(
+  config,
+  *,
+  train,
+  val,
+  test,
+  num_classes: int,
+  workdir: str,
+  select_metric: str = 'class_mean',
+  checkpoint_every: int = 500,
+  hooks=(),
+  log: Callable[[str], None] = logging.info,
+) -> DLSAResult:
   """Runs DLSA on frozen features.
 
   Args:
@@ -279,16 +338,27 @@ def run_dlsa(config, *, train, val, test, num_classes: int, workdir: str,
   t0 = time.time()
   cfg = _with_preset(config)
   c = int(num_classes)
-  data = {s: (np.asarray(d[0], np.float32), np.asarray(d[1]).astype(np.int32))
-          for s, d in zip(_SPLITS, (train, val, test))}
+  data = {
+    s: (np.asarray(d[0], np.float32), np.asarray(d[1]).astype(np.int32))
+    for s, d in zip(_SPLITS, (train, val, test))
+  }
   _check_features(data, c)
   data = _standardized(data, cfg)
-  run = _Run(cfg=cfg, c=c, x={s: d[0] for s, d in data.items()},
-             y={s: d[1] for s, d in data.items()}, workdir=workdir,
-             select_metric=select_metric,
-             common=dict(num_classes=c, config=cfg,
-                         checkpoint_every=checkpoint_every, hooks=hooks,
-                         log=log))
+  run = _Run(
+    cfg=cfg,
+    c=c,
+    x={s: d[0] for s, d in data.items()},
+    y={s: d[1] for s, d in data.items()},
+    workdir=workdir,
+    select_metric=select_metric,
+    common=dict(
+      num_classes=c,
+      config=cfg,
+      checkpoint_every=checkpoint_every,
+      hooks=hooks,
+      log=log,
+    ),
+  )
   outs = flow_info = None
   for st in range(cfg.depth):
     if outs is None or cfg.flow_per_stage:
@@ -297,32 +367,49 @@ def run_dlsa(config, *, train, val, test, num_classes: int, workdir: str,
 
   # Final ordinary classifier on whatever no stage took.
   rem = run.remaining
-  cinfo, final_probs = _final_classifier(run, 'classifier_final',
-                                         2 * cfg.depth, rem)
+  cinfo, final_probs = _final_classifier(
+    run, 'classifier_final', 2 * cfg.depth, rem
+  )
   for s in ('val', 'test'):
     run.probs[s][rem[s]] = final_probs[s]
-  run.info[cfg.depth] = {'threshold': -np.inf,
-                         'train_routed': int(rem['train'].sum()),
-                         'val_selection_score': cinfo['val_score']}
+  run.info[cfg.depth] = {
+    'threshold': -np.inf,
+    'train_routed': int(rem['train'].sum()),
+    'val_selection_score': cinfo['val_score'],
+  }
   report = _stage_report(run)
   val_acc = run.accuracy('val', np.ones(run.n['val'], bool))
-  log(f'DLSA: val_acc={val_acc:.4f} in {time.time() - t0:.1f}s; stages: ' +
-      ', '.join(f'{st}: share={r["share"]:.3f} acc={r["accuracy"]:.4f}'
-                for st, r in report.items()))
+  log(
+    f'DLSA: val_acc={val_acc:.4f} in {time.time() - t0:.1f}s; stages: '
+    + ', '.join(
+      f'{st}: share={r["share"]:.3f} acc={r["accuracy"]:.4f}'
+      for st, r in report.items()
+    )
+  )
   control_probs = control_val = None
   if cfg.depth0_control:
     control_probs, control_val = _depth0_control(run, val_acc)
     log(f'DLSA depth-0 control: val_acc={control_val:.4f}')
-  return DLSAResult(test_probs=run.probs['test'],
-                    test_stage=run.stage_of['test'], val_accuracy=val_acc,
-                    stage_report=report, train_stage=run.stage_of['train'],
-                    control_test_probs=control_probs,
-                    control_val_accuracy=control_val)
+  return DLSAResult(
+    test_probs=run.probs['test'],
+    test_stage=run.stage_of['test'],
+    val_accuracy=val_acc,
+    stage_report=report,
+    train_stage=run.stage_of['train'],
+    control_test_probs=control_probs,
+    control_val_accuracy=control_val,
+  )
 
 
-def choose_prior_correction(mode: str, predict, offset, correction,
-                            val_labels, num_classes: int,
-                            select_metric: str = 'class_mean') -> bool:
+def choose_prior_correction(
+  mode: str,
+  predict,
+  offset,
+  correction,
+  val_labels,
+  num_classes: int,
+  select_metric: str = 'class_mean',
+) -> bool:
   """Whether a stage adds log(n_c,stage / n_c) at inference.
 
   mode 'off' / 'on' decide directly; 'val' compares the stage's validation
@@ -335,5 +422,6 @@ def choose_prior_correction(mode: str, predict, offset, correction,
   if val_labels.size == 0:
     return False
   score = lambda off: classifiers.select_score(
-      np.asarray(predict(off)), val_labels, num_classes, select_metric)
+    np.asarray(predict(off)), val_labels, num_classes, select_metric
+  )
   return score(offset + correction) > score(offset)

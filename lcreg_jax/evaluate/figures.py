@@ -15,6 +15,7 @@ from lcreg_jax.evaluate.metrics import reliability_bins
 
 def _pyplot():
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
   return plt
 
 
@@ -29,27 +30,41 @@ def latent_weights(assignments) -> np.ndarray:
   return a.reshape(a.shape[0], -1, a.shape[-1]).mean(1)
 
 
-def latent_usage_by_class(assignments, labels, num_classes: int
-                          ) -> np.ndarray:
+def latent_usage_by_class(assignments, labels, num_classes: int) -> np.ndarray:
   """(C, M): the mean latent weights of the images of each class (rows sum
   to 1; NaN for a class with no image). Columns shared by head and tail
   classes are the "parts" tail classes borrow."""
   w = latent_weights(assignments)
   labels = np.asarray(labels)
-  return np.stack([w[labels == c].mean(0) if (labels == c).any()
-                   else np.full(w.shape[1], np.nan)
-                   for c in range(num_classes)])
+  return np.stack(
+    [
+      w[labels == c].mean(0)
+      if (labels == c).any()
+      else np.full(w.shape[1], np.nan)
+      for c in range(num_classes)
+    ]
+  )
 
 
 def draw_reliability(ax, probs, labels, num_bins: int = 15, title=None):
   """Accuracy per confidence bin against the diagonal."""
   acc, _ = reliability_bins(probs, labels, num_bins)
   centres = (np.arange(num_bins) + 0.5) / num_bins
-  ax.bar(centres, np.nan_to_num(acc), width=1 / num_bins, edgecolor='k',
-         label='accuracy')
+  ax.bar(
+    centres,
+    np.nan_to_num(acc),
+    width=1 / num_bins,
+    edgecolor='k',
+    label='accuracy',
+  )
   ax.plot([0, 1], [0, 1], 'r--', label='perfect calibration')
-  ax.set(xlabel='confidence', ylabel='accuracy', xlim=(0, 1), ylim=(0, 1),
-         title=title or 'Reliability diagram')
+  ax.set(
+    xlabel='confidence',
+    ylabel='accuracy',
+    xlim=(0, 1),
+    ylim=(0, 1),
+    title=title or 'Reliability diagram',
+  )
   ax.legend(loc='upper left')
 
 
@@ -59,8 +74,12 @@ def draw_per_class_accuracy(ax, class_counts, accuracies: dict):
   for name, acc in accuracies.items():
     order = np.argsort(counts)
     ax.plot(counts[order], np.asarray(acc)[order], 'o-', label=name)
-  ax.set(xscale='log', xlabel='training images of the class',
-         ylabel='test accuracy', title='Per-class accuracy')
+  ax.set(
+    xscale='log',
+    xlabel='training images of the class',
+    ylabel='test accuracy',
+    title='Per-class accuracy',
+  )
   if len(accuracies) > 1:
     ax.legend()
 
@@ -70,11 +89,16 @@ def class_counts_figure(train_counts, test_counts, class_names=None):
   plt = _pyplot()
   names = class_names or [str(c) for c in range(len(train_counts))]
   fig, axes = plt.subplots(1, 2, figsize=(10, 3), sharey=False)
-  for ax, counts, title in ((axes[0], train_counts, 'training set'),
-                            (axes[1], test_counts, 'test set')):
+  for ax, counts, title in (
+    (axes[0], train_counts, 'training set'),
+    (axes[1], test_counts, 'test set'),
+  ):
     ax.bar(names, counts)
-    ax.set(title=f'{title}: {int(np.sum(counts))} images',
-           xlabel='class', ylabel='images')
+    ax.set(
+      title=f'{title}: {int(np.sum(counts))} images',
+      xlabel='class',
+      ylabel='images',
+    )
   fig.tight_layout()
   return fig
 
@@ -90,8 +114,9 @@ def per_class_accuracy_figure(class_counts, accuracies: dict):
 def reliability_figure(predictions: dict, num_bins: int = 15):
   """Side by side, one diagram per entry of {name: (probs, labels)}."""
   plt = _pyplot()
-  fig, axes = plt.subplots(1, len(predictions),
-                           figsize=(4 * len(predictions), 4), squeeze=False)
+  fig, axes = plt.subplots(
+    1, len(predictions), figsize=(4 * len(predictions), 4), squeeze=False
+  )
   for ax, (name, (probs, labels)) in zip(axes[0], predictions.items()):
     draw_reliability(ax, probs, labels, num_bins, title=name)
   fig.tight_layout()
@@ -101,14 +126,15 @@ def reliability_figure(predictions: dict, num_bins: int = 15):
 def _show_image(ax, image):
   image = np.asarray(image, np.float64)
   lo, hi = image.min(), image.max()
-  image = (image - lo) / (hi - lo if hi > lo else 1.0)   # normalised input
+  image = (image - lo) / (hi - lo if hi > lo else 1.0)  # normalised input
   ax.imshow(image[..., 0] if image.shape[-1] == 1 else image, cmap='gray')
   ax.set_xticks([])
   ax.set_yticks([])
 
 
-def latent_maps_figure(images, labels, assignments, top_k: int = 3,
-                       class_names=None, caption=None):
+def latent_maps_figure(
+  images, labels, assignments, top_k: int = 3, class_names=None, caption=None
+):
   """The paper's Figure 4 for a few images: each row shows the image, its
   top-k latent categories' assignment maps over the feature map (the map's
   cells stretched over the image), and the histogram of its latent weights
@@ -121,24 +147,30 @@ def latent_maps_figure(images, labels, assignments, top_k: int = 3,
   images, assignments = np.asarray(images), np.asarray(assignments)
   weights = latent_weights(assignments)
   n, m = len(images), assignments.shape[-1]
-  fig, axes = plt.subplots(n, top_k + 2, figsize=(2.2 * (top_k + 2) + 2,
-                                                  2.2 * n), squeeze=False)
+  fig, axes = plt.subplots(
+    n, top_k + 2, figsize=(2.2 * (top_k + 2) + 2, 2.2 * n), squeeze=False
+  )
   ih, iw = images.shape[1:3]
   for i in range(n):
-    name = (class_names[labels[i]] if class_names is not None
-            else str(labels[i]))
+    name = class_names[labels[i]] if class_names is not None else str(labels[i])
     _show_image(axes[i, 0], images[i])
-    axes[i, 0].set_title(f'class {name}' + (f' ({caption[i]})'
-                                            if caption is not None else ''))
+    axes[i, 0].set_title(
+      f'class {name}' + (f' ({caption[i]})' if caption is not None else '')
+    )
     top = np.argsort(-weights[i])[:top_k]
     lo, hi = assignments[i][..., top].min(), assignments[i][..., top].max()
     for j, k in enumerate(top):
       ax = axes[i, j + 1]
       _show_image(ax, images[i])
-      ax.imshow(assignments[i, :, :, k], cmap='magma', alpha=0.6, vmin=lo,
-                vmax=max(hi, lo + 1e-6),
-                extent=(-0.5, iw - 0.5, ih - 0.5, -0.5),
-                interpolation='nearest')
+      ax.imshow(
+        assignments[i, :, :, k],
+        cmap='magma',
+        alpha=0.6,
+        vmin=lo,
+        vmax=max(hi, lo + 1e-6),
+        extent=(-0.5, iw - 0.5, ih - 0.5, -0.5),
+        interpolation='nearest',
+      )
       ax.set_title(f'latent {k}: {100 * weights[i, k]:.0f}%')
     ax = axes[i, -1]
     ax.bar(np.arange(m), weights[i], color='tab:purple')
@@ -159,8 +191,11 @@ def latent_classes_figure(usage, class_counts, class_names=None):
   im = ax.imshow(usage[order], aspect='auto', cmap='viridis')
   ax.set_yticks(range(len(order)))
   ax.set_yticklabels([f'{names[c]} ({counts[c]})' for c in order])
-  ax.set(xlabel='latent category', ylabel='class (training images)',
-         title='Mean latent weights of each class\'s test images')
+  ax.set(
+    xlabel='latent category',
+    ylabel='class (training images)',
+    title='Mean latent weights of each class\'s test images',
+  )
   fig.colorbar(im, ax=ax)
   fig.tight_layout()
   return fig
@@ -171,8 +206,10 @@ def routing_figure(routing: dict):
   top-1 there."""
   plt = _pyplot()
   stages = sorted(routing, key=int)
-  names = [f'stage {s}' if i < len(stages) - 1 else 'final'
-           for i, s in enumerate(stages)]
+  names = [
+    f'stage {s}' if i < len(stages) - 1 else 'final'
+    for i, s in enumerate(stages)
+  ]
   share = [100 * routing[s]['share'] for s in stages]
   acc = [100 * (routing[s].get('accuracy') or np.nan) for s in stages]
   fig, axes = plt.subplots(1, 2, figsize=(8, 3))

@@ -12,8 +12,7 @@ def _bin_index(conf, num_bins):
   # searchsorted 'left' on the edges gives edges[i-1] < conf <= edges[i]:
   # right-closed bins that agree with the float edges themselves.
   edges = np.linspace(0.0, 1.0, num_bins + 1)
-  return np.clip(np.searchsorted(edges, conf, side='left') - 1, 0,
-                 num_bins - 1)
+  return np.clip(np.searchsorted(edges, conf, side='left') - 1, 0, num_bins - 1)
 
 
 def calibration(probs, labels, num_bins: int = 15):
@@ -43,8 +42,12 @@ def reliability_bins(probs, labels, num_bins: int = 15):
   conf = probs.max(-1)
   correct = probs.argmax(-1) == labels
   bins = _bin_index(conf, num_bins)
-  acc = np.array([correct[bins == b].mean() if (bins == b).any() else np.nan
-                  for b in range(num_bins)])
+  acc = np.array(
+    [
+      correct[bins == b].mean() if (bins == b).any() else np.nan
+      for b in range(num_bins)
+    ]
+  )
   count = np.bincount(bins, minlength=num_bins)
   return acc, count
 
@@ -53,8 +56,12 @@ def per_class_accuracy(probs, labels, num_classes: int) -> np.ndarray:
   """(C,) top-1 accuracy of each class; NaN for a class with no example."""
   labels = np.asarray(labels)
   correct = np.asarray(probs).argmax(-1) == labels
-  return np.array([correct[labels == c].mean() if (labels == c).any()
-                   else np.nan for c in range(num_classes)])
+  return np.array(
+    [
+      correct[labels == c].mean() if (labels == c).any() else np.nan
+      for c in range(num_classes)
+    ]
+  )
 
 
 # eval.select_metric -> the name of its validation score in reports
@@ -66,14 +73,22 @@ def validation_scores(scores, labels, num_classes: int) -> dict:
   """The scores a choice on validation can be made by, under their report
   names: top-1 over images and the mean of per-class top-1."""
   scores, labels = np.asarray(scores), np.asarray(labels)
-  return dict(top1=float(losses.top1(scores, labels)),
-              class_mean_top1=losses.class_mean_top1(scores, labels,
-                                                     num_classes))
+  return dict(
+    top1=float(losses.top1(scores, labels)),
+    class_mean_top1=losses.class_mean_top1(scores, labels, num_classes),
+  )
 
 
-def compute_metrics(logits_or_probs, labels, class_counts, *,
-                    many_threshold=100, few_threshold=20, num_bins=15,
-                    are_probs: bool = False) -> dict:
+def compute_metrics(
+  logits_or_probs,
+  labels,
+  class_counts,
+  *,
+  many_threshold=100,
+  few_threshold=20,
+  num_bins=15,
+  are_probs: bool = False,
+) -> dict:
   """Top-1, per-class and shot-group accuracy, ECE, MCE and NLL."""
   x = np.asarray(logits_or_probs, np.float64)
   labels = np.asarray(labels)
@@ -85,10 +100,11 @@ def compute_metrics(logits_or_probs, labels, class_counts, *,
   per_class = per_class_accuracy(probs, labels, len(class_counts))
   groups = longtail.shot_groups(class_counts, many_threshold, few_threshold)
   out = dict(
-      top1=float(losses.top1(probs, labels)),
-      nll=float(-logp[np.arange(len(labels)), labels].mean()),
-      per_class_accuracy=[float(a) for a in per_class],
-      num_examples=int(len(labels)))
+    top1=float(losses.top1(probs, labels)),
+    nll=float(-logp[np.arange(len(labels)), labels].mean()),
+    per_class_accuracy=[float(a) for a in per_class],
+    num_examples=int(len(labels)),
+  )
   for g, name in enumerate(longtail.GROUP_NAMES):
     vals = per_class[(groups == g) & ~np.isnan(per_class)]
     out[name] = float(vals.mean()) if len(vals) else None

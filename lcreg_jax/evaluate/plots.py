@@ -13,12 +13,14 @@ def _save(fig, path):
     fig.savefig(f, format='png', dpi=100)
 
 
-def save_plots(directory, probs, labels, class_counts,
-               latent_usage=None, num_bins: int = 15):
+def save_plots(
+  directory, probs, labels, class_counts, latent_usage=None, num_bins: int = 15
+):
   """Reliability diagram, per-class accuracy vs count, latent usage."""
   # Figures without pyplot: no backend is chosen or changed, so saving the
   # plots inside a notebook leaves its inline figures alone.
   from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
+
   directory = files.as_path(directory)
   directory.mkdir(parents=True, exist_ok=True)
   probs = np.asarray(probs)
@@ -32,8 +34,11 @@ def save_plots(directory, probs, labels, class_counts,
 
   fig = Figure(figsize=(5, 3.5))
   ax = fig.subplots()
-  figures.draw_per_class_accuracy(ax, class_counts, {
-      'test': figures.per_class_accuracy(probs, labels, len(class_counts))})
+  figures.draw_per_class_accuracy(
+    ax,
+    class_counts,
+    {'test': figures.per_class_accuracy(probs, labels, len(class_counts))},
+  )
   fig.tight_layout()
   _save(fig, directory / 'per_class_accuracy.png')
 
@@ -42,8 +47,10 @@ def save_plots(directory, probs, labels, class_counts,
     fig = Figure(figsize=(5, 3.5))
     ax = fig.subplots()
     ax.bar(np.arange(len(usage)), usage / max(usage.sum(), 1))
-    ax.set(xlabel='latent category', ylabel='share of positions',
-           title='Latent-category usage')
+    ax.set(
+      xlabel='latent category',
+      ylabel='share of positions',
+      title='Latent-category usage',
+    )
     fig.tight_layout()
     _save(fig, directory / 'latent_usage.png')
-  

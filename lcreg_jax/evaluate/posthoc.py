@@ -36,12 +36,14 @@ def logit_adjusted(logits, class_counts, tau: float) -> np.ndarray:
 
 def tau_normalized_logits(features, kernel, tau: float) -> np.ndarray:
   """Logits of the τ-normalised classifier, bias dropped."""
-  return np.asarray(features) @ np.asarray(heads.tau_normalize(
-      np.asarray(kernel), tau))
+  return np.asarray(features) @ np.asarray(
+    heads.tau_normalize(np.asarray(kernel), tau)
+  )
 
 
-def choose_tau(logits_at, labels, grid, num_classes: int,
-               metric: str) -> tuple[int, dict]:
+def choose_tau(
+  logits_at, labels, grid, num_classes: int, metric: str
+) -> tuple[int, dict]:
   """The τ of `grid` whose logits_at(τ) score best on `labels` by `metric`.
 
   Args:
@@ -56,8 +58,9 @@ def choose_tau(logits_at, labels, grid, num_classes: int,
     names ('top1', 'class_mean_top1') to their value per candidate. Ties
     go to the smallest τ (the least change).
   """
-  rows = [metrics.validation_scores(logits_at(t), labels, num_classes)
-          for t in grid]
+  rows = [
+    metrics.validation_scores(logits_at(t), labels, num_classes) for t in grid
+  ]
   curves = {k: np.array([r[k] for r in rows]) for k in rows[0]}
   # The loop's selection rule (strictly better in float32): scores equal
   # but for rounding, e.g. the same per-class accuracies summed in another

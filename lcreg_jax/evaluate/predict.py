@@ -13,18 +13,24 @@ from lcreg_jax import parallel
 def eval_step(apply_fn, mesh):
   """One jitted evaluation step per (model, mesh), shared by every split
   (and compiled ahead of time by `lcreg_jax.aot`)."""
+
   def eval_step(params, batch_stats, batch):
-    out = apply_fn({'params': params, 'batch_stats': batch_stats},
-                   batch['image'], train=False)
+    out = apply_fn(
+      {'params': params, 'batch_stats': batch_stats},
+      batch['image'],
+      train=False,
+    )
     res = dict(logits=out['logits'], features=out['features'])
     if 'assignment' in out:
       m = out['assignment'].shape[-1]
-      hits = jax.nn.one_hot(out['assignment'].argmax(-1), m)   # (B, P, M)
+      hits = jax.nn.one_hot(out['assignment'].argmax(-1), m)  # (B, P, M)
       res['latent_usage'] = (hits.sum(1) * batch['mask'][:, None]).sum(0)
     return res
+
   rep = parallel.replicated(mesh)
-  return jax.jit(eval_step, in_shardings=(rep, rep,
-                                          parallel.batch_sharding(mesh)))
+  return jax.jit(
+    eval_step, in_shardings=(rep, rep, parallel.batch_sharding(mesh))
+  )
 
 
 def predict(state, batches, *, mesh) -> dict:
@@ -42,8 +48,10 @@ def predict(state, batches, *, mesh) -> dict:
     res['labels'] = batch['label']
     outs.append(parallel.to_host(res))
   mask = np.concatenate([o['mask'] for o in outs]) > 0
-  result = {k: np.concatenate([o[k] for o in outs])[mask]
-            for k in ('logits', 'features', 'labels')}
+  result = {
+    k: np.concatenate([o[k] for o in outs])[mask]
+    for k in ('logits', 'features', 'labels')
+  }
   if 'latent_usage' in outs[0]:
     result['latent_usage'] = np.sum([o['latent_usage'] for o in outs], 0)
   return result

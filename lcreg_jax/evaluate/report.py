@@ -30,19 +30,33 @@ def write_json(path, report: dict):
   files.write_json(path, _json_safe(report), indent=2)
 
 
-def compute_metrics(outputs, labels, info, eval_config,
-                    are_probs: bool = False) -> dict:
+def compute_metrics(
+  outputs, labels, info, eval_config, are_probs: bool = False
+) -> dict:
   """docs/method.md §7's metrics with the shot groups of the training counts."""
   return metrics_lib.compute_metrics(
-      outputs, labels, info.class_counts,
-      many_threshold=eval_config.many_threshold,
-      few_threshold=eval_config.few_threshold, num_bins=eval_config.num_bins,
-      are_probs=are_probs)
+    outputs,
+    labels,
+    info.class_counts,
+    many_threshold=eval_config.many_threshold,
+    few_threshold=eval_config.few_threshold,
+    num_bins=eval_config.num_bins,
+    are_probs=are_probs,
+  )
 
 
-def write_stage_report(stage_dir: str, *, stage: str, outputs, labels, info,
-                       eval_config, are_probs: bool = False,
-                       latent_usage=None, extra: dict | None = None) -> dict:
+def write_stage_report(
+  stage_dir: str,
+  *,
+  stage: str,
+  outputs,
+  labels,
+  info,
+  eval_config,
+  are_probs: bool = False,
+  latent_usage=None,
+  extra: dict | None = None,
+) -> dict:
   """Metrics of one stage on the test split; writes report.json and plots.
 
   Args:
@@ -65,10 +79,19 @@ def write_stage_report(stage_dir: str, *, stage: str, outputs, labels, info,
   if jax.process_index() == 0:
     write_json(files.as_path(stage_dir) / 'report.json', report)
     if eval_config.plots:
-      probs = (np.asarray(outputs) if are_probs else
-               np.asarray(jax.nn.softmax(np.asarray(outputs))))
-      plots.save_plots(files.as_path(stage_dir) / 'plots', probs, labels,
-                       info.class_counts, latent_usage, eval_config.num_bins)
+      probs = (
+        np.asarray(outputs)
+        if are_probs
+        else np.asarray(jax.nn.softmax(np.asarray(outputs)))
+      )
+      plots.save_plots(
+        files.as_path(stage_dir) / 'plots',
+        probs,
+        labels,
+        info.class_counts,
+        latent_usage,
+        eval_config.num_bins,
+      )
   return report
 
 
@@ -78,12 +101,18 @@ def write_summary(workdir: str, rows: dict[str, dict], info) -> str:
   if 'dlsa' in rows:
     table += '\n' + format_routing(rows['dlsa']['routing'])
   if jax.process_index() == 0:
-    print(f'\n{info.name}, test set of {info.split_sizes["test"]} '
-          f'(accuracies and ECE in %):\n{table}\n', flush=True)
+    print(
+      f'\n{info.name}, test set of {info.split_sizes["test"]} '
+      f'(accuracies and ECE in %):\n{table}\n',
+      flush=True,
+    )
     write_json(
-        files.as_path(workdir) / 'summary.json',
-        {k: {m: v for m, v in r.items() if np.isscalar(v) or v is None}
-         for k, r in rows.items()})
+      files.as_path(workdir) / 'summary.json',
+      {
+        k: {m: v for m, v in r.items() if np.isscalar(v) or v is None}
+        for k, r in rows.items()
+      },
+    )
   return table
 
 
@@ -103,9 +132,8 @@ def format_table(rows: dict[str, dict]) -> str:
   """A small text table of the headline numbers, one row per stage."""
   cols = ['top1', 'many', 'medium', 'few', 'ece', 'nll']
   if any(m.get('top1_best_val') is not None for m in rows.values()):
-    cols.insert(1, 'top1_best_val')   # the best-on-validation model's top-1
-  lines = ['| stage | ' + ' | '.join(cols) + ' |',
-           '|---|' + '---|' * len(cols)]
+    cols.insert(1, 'top1_best_val')  # the best-on-validation model's top-1
+  lines = ['| stage | ' + ' | '.join(cols) + ' |', '|---|' + '---|' * len(cols)]
   for name, m in rows.items():
     cells = []
     for c in cols:

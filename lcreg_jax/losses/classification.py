@@ -31,17 +31,24 @@ def class_mean_top1(scores, labels, num_classes: int) -> float:
 def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
   """Mean softmax cross-entropy with integer labels."""
   return optax.softmax_cross_entropy_with_integer_labels(
-      logits.astype(jnp.float32), labels).mean()
+    logits.astype(jnp.float32), labels
+  ).mean()
 
 
 def mixup_cross_entropy(logits, labels, partner_labels, lam) -> jax.Array:
   """MiSLAS stage-1 loss: λ CE(ŷ, y) + (1-λ) CE(ŷ, y[perm])."""
-  return (lam * cross_entropy(logits, labels)
-          + (1.0 - lam) * cross_entropy(logits, partner_labels))
+  return lam * cross_entropy(logits, labels) + (1.0 - lam) * cross_entropy(
+    logits, partner_labels
+  )
 
 
-def las_epsilons(class_counts, head: float, tail: float,
-                 shape: str = 'concave', power: float | None = None):
+def las_epsilons(
+  class_counts,
+  head: float,
+  tail: float,
+  shape: str = 'concave',
+  power: float | None = None,
+):
   """Per-class smoothing ε_y from the class counts (docs/method.md §4).
 
   ε_1 (`head`) goes to the most frequent class, ε_K (`tail`) to the rarest.
@@ -58,17 +65,22 @@ def las_epsilons(class_counts, head: float, tail: float,
     f = 1.0 - np.cos(np.pi * r / 2)
   elif shape == 'exp':
     if power is None:
-      raise ValueError("label-aware smoothing shape 'exp' needs a power p: "
-                       'set --config.stage2.las_power.')
-    f = r ** power
+      raise ValueError(
+        "label-aware smoothing shape 'exp' needs a power p: "
+        'set --config.stage2.las_power.'
+      )
+    f = r**power
   else:
-    raise ValueError(f'Unknown label-aware smoothing shape {shape!r}; use one '
-                     "of 'concave', 'linear', 'convex', 'exp'.")
+    raise ValueError(
+      f'Unknown label-aware smoothing shape {shape!r}; use one '
+      "of 'concave', 'linear', 'convex', 'exp'."
+    )
   return (tail + (head - tail) * f).astype(np.float32)
 
 
-def label_aware_smoothing(logits, labels, class_counts, head, tail,
-                          shape: str = 'concave', power=None) -> jax.Array:
+def label_aware_smoothing(
+  logits, labels, class_counts, head, tail, shape: str = 'concave', power=None
+) -> jax.Array:
   """MiSLAS label-aware smoothing, mean over the batch.
 
   loss = (1-ε_y)(-log p_y) + (ε_y / C) Σ_k (-log p_k).
@@ -81,8 +93,9 @@ def label_aware_smoothing(logits, labels, class_counts, head, tail,
   return ((1.0 - e) * nll + e * uniform).mean()
 
 
-def balanced_softmax_loss(logits, labels, class_counts, tiny: float = 1e-12,
-                          class_weights=None):
+def balanced_softmax_loss(
+  logits, labels, class_counts, tiny: float = 1e-12, class_weights=None
+):
   """Mean CE of softmax(logits + log(n_c + tiny)) (Ren et al., 2020).
 
   `tiny` keeps classes that are absent from the counts finite: their adjusted
@@ -100,5 +113,6 @@ def balanced_softmax_loss(logits, labels, class_counts, tiny: float = 1e-12,
 def mixup_loss(loss_fn, logits, labels, partner_labels, lam) -> jax.Array:
   """Any integer-label loss under mixup, as MiSLAS and LDAM-DRW mix it:
   λ loss(ŷ, y) + (1-λ) loss(ŷ, y[perm])."""
-  return (lam * loss_fn(logits, labels)
-          + (1.0 - lam) * loss_fn(logits, partner_labels))
+  return lam * loss_fn(logits, labels) + (1.0 - lam) * loss_fn(
+    logits, partner_labels
+  )

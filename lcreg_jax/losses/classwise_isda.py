@@ -14,8 +14,9 @@ import jax.numpy as jnp
 HIGHEST = jax.lax.Precision.HIGHEST
 
 
-def classwise_isda_sigma2(weight: jax.Array, cov: jax.Array,
-                          labels: jax.Array, lam) -> jax.Array:
+def classwise_isda_sigma2(
+  weight: jax.Array, cov: jax.Array, labels: jax.Array, lam
+) -> jax.Array:
   """σ²[i, j] = λ (w_j - w_{y_i})ᵀ Σ_{y_i} (w_j - w_{y_i}), a (B, C) array.
 
   Args:
@@ -28,27 +29,31 @@ def classwise_isda_sigma2(weight: jax.Array, cov: jax.Array,
   """
   cov = jax.lax.stop_gradient(cov).astype(jnp.float32)
   w = weight.astype(jnp.float32)
-  w_y = jnp.transpose(w)[labels]                           # (B, D)
-  cov_y = cov[labels]                                      # (B, D) / (B, D, D)
+  w_y = jnp.transpose(w)[labels]  # (B, D)
+  cov_y = cov[labels]  # (B, D) / (B, D, D)
   if cov.ndim == 2:
     # Σ_d s_d (W_dj - W_dy)², expanded so that nothing is (B, D, C):
     # s·W² - 2 (s ⊙ w_y)·W + s·w_y².
-    quad = (jnp.dot(cov_y, w * w, precision=HIGHEST)
-            - 2.0 * jnp.dot(cov_y * w_y, w, precision=HIGHEST)
-            + jnp.sum(cov_y * w_y * w_y, -1, keepdims=True))
+    quad = (
+      jnp.dot(cov_y, w * w, precision=HIGHEST)
+      - 2.0 * jnp.dot(cov_y * w_y, w, precision=HIGHEST)
+      + jnp.sum(cov_y * w_y * w_y, -1, keepdims=True)
+    )
     # The expansion cancels to rounding error at j = y and may dip below 0
     # where the true form is tiny; both are exactly 0 / >= 0 in exact math.
     own = jax.nn.one_hot(labels, w.shape[1], dtype=bool)
     quad = jnp.where(own, 0.0, jnp.maximum(quad, 0.0))
   else:
-    diff = w[None] - w_y[:, :, None]                       # (B, D, C)
+    diff = w[None] - w_y[:, :, None]  # (B, D, C)
     quad = jnp.einsum('bdj,bde,bej->bj', diff, cov_y, diff, precision=HIGHEST)
   return lam * quad
 
 
-def classwise_isda_logits(logits: jax.Array, weight: jax.Array,
-                          cov: jax.Array, labels: jax.Array, lam) -> jax.Array:
+def classwise_isda_logits(
+  logits: jax.Array, weight: jax.Array, cov: jax.Array, labels: jax.Array, lam
+) -> jax.Array:
   """z + σ²/2: cross-entropy of these logits is ISDA's upper bound of the
   expected CE over feature perturbations ε ~ N(0, λ Σ_y)."""
-  return (logits.astype(jnp.float32)
-          + 0.5 * classwise_isda_sigma2(weight, cov, labels, lam))
+  return logits.astype(jnp.float32) + 0.5 * classwise_isda_sigma2(
+    weight, cov, labels, lam
+  )

@@ -17,6 +17,6 @@ def focal_loss(logits, labels, gamma: float, class_weights=None) -> jax.Array:
   ce = optax.softmax_cross_entropy_with_integer_labels(z, labels)
   if class_weights is not None:
     ce = jnp.asarray(class_weights, z.dtype)[labels] * ce
-  if gamma == 0:   # 0^0 = 1 in the limit; avoids a 0 * log 0 gradient at ℓ = 0
+  if gamma == 0:  # 0^0 = 1 in the limit; avoids a 0 * log 0 gradient at ℓ = 0
     return ce.mean()
   return ((-jnp.expm1(-ce)) ** gamma * ce).mean()

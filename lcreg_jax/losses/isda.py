@@ -22,10 +22,11 @@ def _sigma2_rows(weight, w_rows, cov_rows, block_rows: int):
   in the backward pass (their differences are not kept either); the last
   block overlaps the one before it instead of being padded.
   """
-  def block(w_b, cov_b):                      # (k, D), (k, D, D) or (k, D)
+
+  def block(w_b, cov_b):  # (k, D), (k, D, D) or (k, D)
     # Forming the differences first avoids the cancellation of the expanded
     # quadratic form.
-    diff = weight[None] - w_b[:, :, None]      # (k, D, C)
+    diff = weight[None] - w_b[:, :, None]  # (k, D, C)
     if cov_b.ndim == 2:
       return jnp.einsum('mdj,md,mdj->mj', diff, cov_b, diff, precision=HIGHEST)
     return jnp.einsum('mdj,mde,mej->mj', diff, cov_b, diff, precision=HIGHEST)
@@ -37,18 +38,25 @@ def _sigma2_rows(weight, w_rows, cov_rows, block_rows: int):
 
   @jax.checkpoint
   def step(start):
-    return block(jax.lax.dynamic_slice_in_dim(w_rows, start, k),
-                 jax.lax.dynamic_slice_in_dim(cov_rows, start, k))
+    return block(
+      jax.lax.dynamic_slice_in_dim(w_rows, start, k),
+      jax.lax.dynamic_slice_in_dim(cov_rows, start, k),
+    )
 
   starts = jnp.minimum(jnp.arange(n) * k, rows - k)
   _, blocks = jax.lax.scan(lambda _, s: (None, step(s)), None, starts)
   head = blocks[:-1].reshape((n - 1) * k, -1)
-  return jnp.concatenate([head, blocks[-1][(n - 1) * k - (rows - k):]])
+  return jnp.concatenate([head, blocks[-1][(n - 1) * k - (rows - k) :]])
 
 
-def isda_sigma2_table(weight: jax.Array, cov: jax.Array, lam: jax.Array, *,
-                      mesh: Mesh | None = None,
-                      block_bytes: int = BLOCK_BYTES) -> jax.Array:
+def isda_sigma2_table(
+  weight: jax.Array,
+  cov: jax.Array,
+  lam: jax.Array,
+  *,
+  mesh: Mesh | None = None,
+  block_bytes: int = BLOCK_BYTES,
+) -> jax.Array:
   """σ²[m, j] = λ (w_j - w_m)ᵀ Σ_m (w_j - w_m), an (C, C) table.
 
   Args:
@@ -64,20 +72,27 @@ def isda_sigma2_table(weight: jax.Array, cov: jax.Array, lam: jax.Array, *,
   cov = jax.lax.stop_gradient(cov).astype(jnp.float32)
   w = weight.astype(jnp.float32)
   d, c = w.shape
-  rows = functools.partial(_sigma2_rows,
-                           block_rows=max(1, block_bytes // (4 * d * c)))
+  rows = functools.partial(
+    _sigma2_rows, block_rows=max(1, block_bytes // (4 * d * c))
+  )
   if mesh is None:
     quad = rows(w, jnp.transpose(w), cov)
   else:
-    quad = jax.shard_map(rows, mesh=mesh,
-                         in_specs=(P(), P('data'), P('data')),
-                         out_specs=P('data'))(w, jnp.transpose(w), cov)
+    quad = jax.shard_map(
+      rows, mesh=mesh, in_specs=(P(), P('data'), P('data')), out_specs=P('data')
+    )(w, jnp.transpose(w), cov)
   return lam * quad
 
 
-def isda_augmented_logits(logits: jax.Array, weight: jax.Array,
-                          cov: jax.Array, labels: jax.Array,
-                          lam, *, mesh: Mesh | None = None) -> jax.Array:
+def isda_augmented_logits(
+  logits: jax.Array,
+  weight: jax.Array,
+  cov: jax.Array,
+  labels: jax.Array,
+  lam,
+  *,
+  mesh: Mesh | None = None,
+) -> jax.Array:
   """ISDA's closed-form upper bound: logits + σ²/2 for each sample's class.
 
   Cross-entropy of these logits bounds the expected cross-entropy over

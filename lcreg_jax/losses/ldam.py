@@ -12,12 +12,18 @@ def ldam_margins(class_counts, max_margin: float = 0.5) -> np.ndarray:
   """m_c ∝ n_c^{-1/4}, scaled so that the rarest class gets `max_margin`.
   Counts below 1 are taken as 1 (an absent class is never a label)."""
   n = np.maximum(np.asarray(class_counts, np.float64), 1.0)
-  m = n ** -0.25
+  m = n**-0.25
   return (m * max_margin / m.max()).astype(np.float32)
 
 
-def ldam_loss(logits, labels, class_counts, max_margin: float = 0.5,
-              scale: float = 30.0, class_weights=None) -> jax.Array:
+def ldam_loss(
+  logits,
+  labels,
+  class_counts,
+  max_margin: float = 0.5,
+  scale: float = 30.0,
+  class_weights=None,
+) -> jax.Array:
   """CE(s · z', y) with z'_y = z_y - m_y (other logits unchanged), the
   class-weighted mean Σ w_{y_i} ℓ_i / Σ w_{y_i} when weights are given."""
   z = logits.astype(jnp.promote_types(logits.dtype, jnp.float32))

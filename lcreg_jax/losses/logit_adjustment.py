@@ -7,16 +7,18 @@ import optax
 from lcreg_jax.losses import reweighting
 
 
-def log_prior(class_counts, tiny: float = 1e-12,
-              dtype=jnp.float32) -> jax.Array:
+def log_prior(
+  class_counts, tiny: float = 1e-12, dtype=jnp.float32
+) -> jax.Array:
   """log π_c = log(n_c / N); `tiny` keeps an absent class finite (its
   adjusted logit is then very negative, as in balanced softmax)."""
   n = jnp.asarray(class_counts, dtype)
   return jnp.log(n / n.sum() + tiny)
 
 
-def logit_adjusted_loss(logits, labels, class_counts, tau: float = 1.0,
-                        class_weights=None) -> jax.Array:
+def logit_adjusted_loss(
+  logits, labels, class_counts, tau: float = 1.0, class_weights=None
+) -> jax.Array:
   """Mean CE(z + τ log π_c, y); class-weighted mean when weights are given."""
   z = logits.astype(jnp.promote_types(logits.dtype, jnp.float32))
   adj = z + tau * log_prior(class_counts, dtype=z.dtype)

@@ -4,9 +4,12 @@ import jax
 import jax.numpy as jnp
 
 
-def reconstruction_loss(features: jax.Array, reconstruction: jax.Array,
-                        normalize: bool = False,
-                        temperature: float = 1.0) -> jax.Array:
+def reconstruction_loss(
+  features: jax.Array,
+  reconstruction: jax.Array,
+  normalize: bool = False,
+  temperature: float = 1.0,
+) -> jax.Array:
   """Eq. 4: each reconstructed position must point back to its own position.
 
   Args:

@@ -26,8 +26,9 @@ def drw_weights(step, switch_step: int, weights) -> jax.Array:
   return jnp.where(step >= switch_step, weights, jnp.ones_like(weights))
 
 
-def class_weighted_mean(per_sample: jax.Array, labels: jax.Array,
-                        class_weights=None) -> jax.Array:
+def class_weighted_mean(
+  per_sample: jax.Array, labels: jax.Array, class_weights=None
+) -> jax.Array:
   """Σ_i w_{y_i} ℓ_i / Σ_i w_{y_i} (PyTorch's `weight=` convention); the
   plain mean without weights."""
   if class_weights is None:

@@ -27,6 +27,7 @@ class CosineDense(nn.Module):
   bias-free (D, C) kernel, times a fixed scale s (LDAM-DRW's NormedLinear,
   whose s = 30 lives in the loss; here it lives in the head, so evaluation,
   calibration and NLL see the logits training saw)."""
+
   features: int
   scale: float = 30.0
 
@@ -42,6 +43,7 @@ class Head(nn.Module):
   and LWS). The tree is `fc` plus `scale`, so a stage-1 head loads into its
   LWS form unchanged. `linear_init` (inits.DENSE) starts the linear `fc`;
   the normed one always starts from U(-1, 1) columns."""
+
   num_classes: int
   kind: str = 'linear'
   normed_scale: float = 30.0
@@ -53,11 +55,15 @@ class Head(nn.Module):
     if self.kind == 'normed':
       logits = CosineDense(self.num_classes, self.normed_scale, name='fc')(x)
     else:
-      logits = nn.Dense(self.num_classes, name='fc',
-                        **inits.dense_init(self.linear_init, x.shape[-1]))(x)
+      logits = nn.Dense(
+        self.num_classes,
+        name='fc',
+        **inits.dense_init(self.linear_init, x.shape[-1]),
+      )(x)
     if self.lws:
-      logits = logits * self.param('scale', nn.initializers.ones,
-                                   (self.num_classes,))
+      logits = logits * self.param(
+        'scale', nn.initializers.ones, (self.num_classes,)
+      )
     return logits
 
 
@@ -65,4 +71,4 @@ def tau_normalize(kernel, tau: float):
   """τ-normalisation (Kang et al., docs/method.md §8): column c of the (D, C) kernel
   divided by ‖w_c‖^τ; τ = 0 leaves it, τ = 1 gives unit columns."""
   norms = jnp.linalg.norm(kernel, axis=0, keepdims=True)
-  return kernel / norms ** tau
+  return kernel / norms**tau

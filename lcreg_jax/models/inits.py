@@ -30,8 +30,10 @@ def kaiming_normal(mode: str):
 
 def uniform(bound: float):
   """U(-bound, bound)."""
+
   def init(key, shape, dtype=jnp.float32):
     return jax.random.uniform(key, shape, dtype, -bound, bound)
+
   return init
 
 

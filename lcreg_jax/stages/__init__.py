@@ -29,9 +29,10 @@ def check_workdir(workdir) -> None:
   path = files.as_path(workdir)
   if path.exists() and not path.is_dir():
     raise errors.ConfigError(
-        f'--workdir={workdir} is a file, not a directory. Pass a directory '
-        '(it is created if missing), or omit --workdir to use '
-        'workdirs/<config name>.')
+      f'--workdir={workdir} is a file, not a directory. Pass a directory '
+      '(it is created if missing), or omit --workdir to use '
+      'workdirs/<config name>.'
+    )
 
 
 def record_config(workdir, config) -> None:
@@ -45,8 +46,9 @@ def record_config(workdir, config) -> None:
     workdir.mkdir(parents=True, exist_ok=True)
   except OSError as e:
     raise errors.ConfigError(
-        f'cannot create --workdir={workdir} ({e.strerror or e}); choose a '
-        'directory you can write to.') from e
+      f'cannot create --workdir={workdir} ({e.strerror or e}); choose a '
+      'directory you can write to.'
+    ) from e
   if jax.process_index() != 0:
     return
   path = workdir / 'config.json'
@@ -54,8 +56,7 @@ def record_config(workdir, config) -> None:
   if path.exists():
     if path.read_text() == text:
       return
-    stamp = time.strftime('%Y%m%d-%H%M%S',
-                          time.localtime(path.stat().mtime))
+    stamp = time.strftime('%Y%m%d-%H%M%S', time.localtime(path.stat().mtime))
     path.replace(workdir / f'config-{stamp}.json')
   files.write_text(path, text)
 
@@ -74,8 +75,9 @@ def train_and_evaluate(config, workdir: str, hooks=()) -> dict:
   config_lib.validate_against_data(config, data.info)
   record_config(workdir, config)
   logging.info('%s.', data.info.describe())
-  ctx = common.Context(config=config, dataset=data, mesh=mesh,
-                       workdir=workdir, hooks=tuple(hooks))
+  ctx = common.Context(
+    config=config, dataset=data, mesh=mesh, workdir=workdir, hooks=tuple(hooks)
+  )
   rows, state1 = {}, None
   if config.stage1.enabled:
     state1 = stage1.train(ctx)

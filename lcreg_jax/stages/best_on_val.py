@@ -24,8 +24,7 @@ from lcreg_jax.evaluate import metrics
 def enabled(ctx) -> bool:
   """Only with a validation split (data.val_per_class > 0, a val list or a
   TFDS val split) and eval.select_on_val."""
-  return bool(ctx.config.eval.select_on_val and
-              'val' in ctx.info.split_sizes)
+  return bool(ctx.config.eval.select_on_val and 'val' in ctx.info.split_sizes)
 
 
 def _fingerprint(ctx, fingerprint: dict) -> dict:
@@ -44,8 +43,9 @@ def _on_disk(selection: loop.Selection) -> dict:
   # The kept candidate with its score and step, as host NumPy: the same on
   # every process, saved from process 0 (orbax cannot save a jax.Array on
   # one local device when there are several processes).
-  return dict(selection.best, score=selection.best_score,
-              step=selection.best_step)
+  return dict(
+    selection.best, score=selection.best_score, step=selection.best_step
+  )
 
 
 class BestOnVal:
@@ -60,24 +60,33 @@ class BestOnVal:
     self._ctx, self._stage, self._predict = ctx, stage, predict
     self._metric = ctx.config.eval.select_metric
     self._ckpt = checkpoints.StageCheckpoints(
-        ctx.stage_dir(stage) / 'best_on_val', _fingerprint(ctx, fingerprint))
+      ctx.stage_dir(stage) / 'best_on_val', _fingerprint(ctx, fingerprint)
+    )
     # The newest saved candidate is the best so far (only better ones are
     # saved). One whose step lies beyond the resumed training step is the
     # same model the resumed run will reach again, so it stays the best.
     _, saved = self._ckpt.restore_latest(
-        _on_disk(loop.Selection.start(None, _variables(state))))
-    self.selection = loop.Selection.start(None, None, saved['score'],
-                                          saved['step'])
+      _on_disk(loop.Selection.start(None, _variables(state)))
+    )
+    self.selection = loop.Selection.start(
+      None, None, saved['score'], saved['step']
+    )
 
   def __call__(self, step: int, state):
     pred = self._predict(self._ctx, state, 'val')
-    scores = metrics.validation_scores(pred['logits'], pred['labels'],
-                                       self._ctx.info.num_classes)
+    scores = metrics.validation_scores(
+      pred['logits'], pred['labels'], self._ctx.info.num_classes
+    )
     score = scores[metrics.SELECT_SCORES[self._metric]]
     offered = self.selection.offer(step, _variables(state), score)
-    if offered is not self.selection:   # kept: a new best
-      logging.info('%s: step %d, validation %s %.4f (best so far).',
-                   self._stage, step, self._metric, score)
+    if offered is not self.selection:  # kept: a new best
+      logging.info(
+        '%s: step %d, validation %s %.4f (best so far).',
+        self._stage,
+        step,
+        self._metric,
+        score,
+      )
       self._ckpt.save(step, _on_disk(offered))
       offered = offered.replace(best=None)
     self.selection = offered
@@ -94,14 +103,15 @@ def load(ctx, stage: str, state, fingerprint: dict):
   if not directory.exists():
     return None
   ckpt = checkpoints.StageCheckpoints(
-      directory, _fingerprint(ctx, fingerprint), read_only=True)
+    directory, _fingerprint(ctx, fingerprint), read_only=True
+  )
   try:
     step, best = ckpt.restore_latest(
-        _on_disk(loop.Selection.start(None, _variables(state))))
+      _on_disk(loop.Selection.start(None, _variables(state)))
+    )
   finally:
     ckpt.close()
   if not step:
     return None
-  state = state.replace(params=best['params'],
-                        batch_stats=best['batch_stats'])
+  state = state.replace(params=best['params'], batch_stats=best['batch_stats'])
   return state, int(best['step']), float(jax.device_get(best['score']))

@@ -22,6 +22,7 @@ from lcreg_jax.stages import best_on_val
 @dataclasses.dataclass(frozen=True)
 class Context:
   """One run: its resolved config, data, mesh, workdir and loop hooks."""
+
   config: object
   dataset: dataset_lib.Dataset
   mesh: jax.sharding.Mesh
@@ -37,13 +38,14 @@ class Context:
     return files.as_path(self.workdir) / stage
 
 
-def schedule_length(stage_config, info,
-                    sampler: str = 'shuffle') -> tuple[int, int]:
+def schedule_length(
+  stage_config, info, sampler: str = 'shuffle'
+) -> tuple[int, int]:
   """(steps per epoch, total steps) of a stage reading the training set in
   `sampler`'s order; `steps`, when set, wins over `epochs`."""
   spe = samplers.steps_per_epoch(
-      samplers.epoch_samples(info.class_counts, sampler),
-      stage_config.batch_size)
+    samplers.epoch_samples(info.class_counts, sampler), stage_config.batch_size
+  )
   total = stage_config.steps or int(round(stage_config.epochs * spe))
   return spe, max(total, 1)
 
@@ -57,8 +59,12 @@ def _old_zero_init_residual(model: dict) -> bool:
 # every earlier run used (or a function of the model config giving it). At
 # that value they are left out of the fingerprint, so the checkpoints of
 # earlier runs still resume and load.
-MODEL_KEYS_ADDED = {'head': 'linear', 'normed_scale': 30.0, 'init': 'flax',
-                    'zero_init_residual': _old_zero_init_residual}
+MODEL_KEYS_ADDED = {
+  'head': 'linear',
+  'normed_scale': 30.0,
+  'init': 'flax',
+  'zero_init_residual': _old_zero_init_residual,
+}
 
 
 def old_value(key: str, model: dict):
@@ -70,45 +76,81 @@ def old_value(key: str, model: dict):
 def fingerprint(ctx: Context, stage: str) -> dict:
   """What a stage's checkpoints are for; a resumed run must match it."""
   model = ctx.config.model.to_dict()
-  model = {k: v for k, v in model.items()
-           if k not in MODEL_KEYS_ADDED or v != old_value(k, model)}
-  return dict(stage=stage, num_classes=int(ctx.info.num_classes),
-              image_shape=list(ctx.info.image_shape), model=model)
+  model = {
+    k: v
+    for k, v in model.items()
+    if k not in MODEL_KEYS_ADDED or v != old_value(k, model)
+  }
+  return dict(
+    stage=stage,
+    num_classes=int(ctx.info.num_classes),
+    image_shape=list(ctx.info.image_shape),
+    model=model,
+  )
 
 
-def fit(ctx: Context, stage: str, state, step, *, total_steps: int,
-        data_seed: int, sampler: str, samples_per_class: int = 4,
-        fingerprint_extra: dict | None = None, advice: str):
+def fit(
+  ctx: Context,
+  stage: str,
+  state,
+  step,
+  *,
+  total_steps: int,
+  data_seed: int,
+  sampler: str,
+  samples_per_class: int = 4,
+  fingerprint_extra: dict | None = None,
+  advice: str,
+):
   """Trains a stage of the backbone model through the shared loop."""
   stage_config = ctx.config[stage]
 
   def batches(start):
     return ctx.dataset.train_batches(
-        global_batch_size=stage_config.batch_size,
-        sharding=parallel.batch_sharding(ctx.mesh), seed=data_seed,
-        start_step=start, sampler=sampler,
-        samples_per_class=samples_per_class)
+      global_batch_size=stage_config.batch_size,
+      sharding=parallel.batch_sharding(ctx.mesh),
+      seed=data_seed,
+      start_step=start,
+      sampler=sampler,
+      samples_per_class=samples_per_class,
+    )
 
-  logging.info('%s: %d steps, batch %d on %d devices.', stage, total_steps,
-               stage_config.batch_size, ctx.mesh.devices.size)
+  logging.info(
+    '%s: %d steps, batch %d on %d devices.',
+    stage,
+    total_steps,
+    stage_config.batch_size,
+    ctx.mesh.devices.size,
+  )
   ckpt = checkpoints.StageCheckpoints(
-      ctx.stage_dir(stage) / 'checkpoints',
-      dict(fingerprint(ctx, stage), **(fingerprint_extra or {})))
+    ctx.stage_dir(stage) / 'checkpoints',
+    dict(fingerprint(ctx, stage), **(fingerprint_extra or {})),
+  )
   select = None
   if best_on_val.enabled(ctx):
-    select = best_on_val.BestOnVal(ctx, stage, state,
-                                   fingerprint(ctx, stage), predict)
+    select = best_on_val.BestOnVal(
+      ctx, stage, state, fingerprint(ctx, stage), predict
+    )
   try:
     return loop.fit(
-        state, name=stage, step_fn=step, batches=batches,
-        total_steps=total_steps, checkpoints=ckpt,
-        workdir=ctx.stage_dir(stage), log_every=ctx.config.log_every,
-        checkpoint_every=ctx.config.checkpoint_every, advice=advice,
-        evaluate_every=(ctx.config.eval.val_every or
-                        schedule_length(stage_config, ctx.info,
-                                        sampler)[0]),
-        evaluate_fn=select, hooks=ctx.hooks,
-        batch_size=stage_config.batch_size)
+      state,
+      name=stage,
+      step_fn=step,
+      batches=batches,
+      total_steps=total_steps,
+      checkpoints=ckpt,
+      workdir=ctx.stage_dir(stage),
+      log_every=ctx.config.log_every,
+      checkpoint_every=ctx.config.checkpoint_every,
+      advice=advice,
+      evaluate_every=(
+        ctx.config.eval.val_every
+        or schedule_length(stage_config, ctx.info, sampler)[0]
+      ),
+      evaluate_fn=select,
+      hooks=ctx.hooks,
+      batch_size=stage_config.batch_size,
+    )
   finally:
     if select is not None:
       select.close()
@@ -117,34 +159,57 @@ def fit(ctx: Context, stage: str, state, step, *, total_steps: int,
 def predict(ctx: Context, state, split: str) -> dict:
   """Logits, pooled features, labels (and latent usage) over a split."""
   return predict_lib.predict(
-      state, ctx.dataset.eval_batches(
-          split, global_batch_size=ctx.config.eval.batch_size,
-          sharding=parallel.batch_sharding(ctx.mesh)), mesh=ctx.mesh)
+    state,
+    ctx.dataset.eval_batches(
+      split,
+      global_batch_size=ctx.config.eval.batch_size,
+      sharding=parallel.batch_sharding(ctx.mesh),
+    ),
+    mesh=ctx.mesh,
+  )
 
 
-def evaluate(ctx: Context, state, stage: str, extra: dict | None = None
-             ) -> dict:
+def evaluate(
+  ctx: Context, state, stage: str, extra: dict | None = None
+) -> dict:
   """Test metrics of a trained stage (its final step, and where the stage
   kept one, its best-on-validation parameters, with the eval.select_metric
   that chose them and their validation score by it); writes its report
   and plots (of the final step)."""
   pred = predict(ctx, state, 'test')
-  extra = dict(extra or {})   # e.g. stage 2's method
-  best = (best_on_val.load(ctx, stage, state, fingerprint(ctx, stage))
-          if best_on_val.enabled(ctx) else None)
+  extra = dict(extra or {})  # e.g. stage 2's method
+  best = (
+    best_on_val.load(ctx, stage, state, fingerprint(ctx, stage))
+    if best_on_val.enabled(ctx)
+    else None
+  )
   if best is not None:
     best_state, step, val_score = best
     best_pred = predict(ctx, best_state, 'test')
-    m = report.compute_metrics(best_pred['logits'], best_pred['labels'],
-                               ctx.info, ctx.config.eval)
+    m = report.compute_metrics(
+      best_pred['logits'], best_pred['labels'], ctx.info, ctx.config.eval
+    )
     metric = ctx.config.eval.select_metric
-    extra.update(top1_best_val=m['top1'], select_metric=metric,
-                 best_on_val={
-                     'step': step, 'select_metric': metric,
-                     f'val_{metrics.SELECT_SCORES[metric]}': val_score,
-                     **{k: m[k] for k in ('top1', 'many', 'medium', 'few',
-                                          'ece', 'mce', 'nll')}})
+    extra.update(
+      top1_best_val=m['top1'],
+      select_metric=metric,
+      best_on_val={
+        'step': step,
+        'select_metric': metric,
+        f'val_{metrics.SELECT_SCORES[metric]}': val_score,
+        **{
+          k: m[k]
+          for k in ('top1', 'many', 'medium', 'few', 'ece', 'mce', 'nll')
+        },
+      },
+    )
   return report.write_stage_report(
-      ctx.stage_dir(stage), stage=stage, outputs=pred['logits'],
-      labels=pred['labels'], info=ctx.info, eval_config=ctx.config.eval,
-      latent_usage=pred.get('latent_usage'), extra=extra)
+    ctx.stage_dir(stage),
+    stage=stage,
+    outputs=pred['logits'],
+    labels=pred['labels'],
+    info=ctx.info,
+    eval_config=ctx.config.eval,
+    latent_usage=pred.get('latent_usage'),
+    extra=extra,
+  )

@@ -35,11 +35,13 @@ def merge_stage1(params2, params1):
   missing = [p for p in flat1 if p not in flat2]
   if missing:
     raise errors.CheckpointError(
-        f'The stage-1 checkpoint has parameters this stage-2 model lacks '
-        f'(e.g. {"/".join(missing[0])}); stage 2 must use the stage-1 '
-        'model config.')
+      f'The stage-1 checkpoint has parameters this stage-2 model lacks '
+      f'(e.g. {"/".join(missing[0])}); stage 2 must use the stage-1 '
+      'model config.'
+    )
   return flax.traverse_util.unflatten_dict(
-      {p: flat1.get(p, v) for p, v in flat2.items()})
+    {p: flat1.get(p, v) for p, v in flat2.items()}
+  )
 
 
 def load_stage1(ctx: common.Context):
@@ -49,37 +51,46 @@ def load_stage1(ctx: common.Context):
   src = files.as_path(config.stage2.init_from or own)
   if not src.is_dir():
     raise errors.CheckpointError(
-        f'Stage 2 and DLSA need a stage-1 checkpoint but {src} does not '
-        'exist. Run stage 1 first (--config.stage1.enabled=True) or point '
-        '--config.stage2.init_from at a stage-1 checkpoints directory.')
+      f'Stage 2 and DLSA need a stage-1 checkpoint but {src} does not '
+      'exist. Run stage 1 first (--config.stage1.enabled=True) or point '
+      '--config.stage2.init_from at a stage-1 checkpoints directory.'
+    )
   model = network.make_model(config.model, ctx.info.num_classes)
   # Same optimizer-state structure as stage 1 (values are irrelevant) so
   # that the whole stage-1 tree restores.
   tx = optim.stage1_optimizer(config, lambda _: 0.0)
   template = train_state.create_train_state(
-      model, jax.random.key(0), ctx.info.image_shape, tx, config.model)
+    model, jax.random.key(0), ctx.info.image_shape, tx, config.model
+  )
   # Stage 1's layout, so that the moments restore without a gather.
   template = parallel.place(template, ctx.mesh, config.shard_covariance)
   ckpt = checkpoints.StageCheckpoints(
-      src, common.fingerprint(ctx, 'stage1'), read_only=True)
+    src, common.fingerprint(ctx, 'stage1'), read_only=True
+  )
   try:
     step, state = ckpt.restore_latest(template)
   finally:
     ckpt.close()
   if not step:
     raise errors.CheckpointError(
-        f'{src} holds no stage-1 checkpoint; run stage 1 first '
-        '(--config.stage1.enabled=True).')
+      f'{src} holds no stage-1 checkpoint; run stage 1 first '
+      '(--config.stage1.enabled=True).'
+    )
   _, total = common.schedule_length(config.stage1, ctx.info)
   if step < total:
     if src == own:
       raise errors.CheckpointError(
-          f'Stage 1 in {src} stopped at step {step} of {total}; finish it '
-          'first by rerunning with --config.stage1.enabled=True (it resumes '
-          'from there).')
-    logging.warning('Stage-1 checkpoint %s is at step %d, fewer than the %d '
-                    'steps this config schedules; using it as it is.', src,
-                    step, total)
+        f'Stage 1 in {src} stopped at step {step} of {total}; finish it '
+        'first by rerunning with --config.stage1.enabled=True (it resumes '
+        'from there).'
+      )
+    logging.warning(
+      'Stage-1 checkpoint %s is at step %d, fewer than the %d '
+      'steps this config schedules; using it as it is.',
+      src,
+      step,
+      total,
+    )
   return state
 
 
@@ -92,8 +103,9 @@ def initial_model(config, num_classes: int, image_shape, stage1_params):
   """
   crt = config.stage2.method == 'crt'
   model = network.make_model(config.model, num_classes, lws=not crt)
-  fresh = train_state.init_variables(model, jax.random.key(config.seed),
-                                     image_shape)
+  fresh = train_state.init_variables(
+    model, jax.random.key(config.seed), image_shape
+  )
   params = merge_stage1(fresh['params'], jax.device_get(stage1_params))
   if crt:
     params = dict(params, head=fresh['params']['head'])
@@ -106,39 +118,48 @@ def make_state(config, info, model, params, batch_stats):
   epochs = max(int(round(total / spe)), 1)
   tx = optim.stage2_optimizer(config.stage2, spe, epochs)
   return train_state.TrainState.create(
-      apply_fn=model.apply, params=params, batch_stats=batch_stats, tx=tx,
-      cov={})
+    apply_fn=model.apply, params=params, batch_stats=batch_stats, tx=tx, cov={}
+  )
 
 
 def make_step(config, info, mesh, state):
   """The jitted stage-2 step for `state` (arrays or shapes) on `mesh`;
   training and `lcreg_jax.aot` both build it here."""
   hp = retrain.RetrainHparams.from_config(config.stage2, info.class_counts)
-  return parallel.jit_step(functools.partial(retrain.retrain_step, hp=hp),
-                           mesh, state)
+  return parallel.jit_step(
+    functools.partial(retrain.retrain_step, hp=hp), mesh, state
+  )
 
 
 def train(ctx: common.Context, stage1_state):
   """Retrains the classifier on the frozen stage-1 model; the final state."""
   config = ctx.config
   cfg = config.stage2
-  model, params = initial_model(config, ctx.info.num_classes,
-                                ctx.info.image_shape, stage1_state.params)
+  model, params = initial_model(
+    config, ctx.info.num_classes, ctx.info.image_shape, stage1_state.params
+  )
   _, total = common.schedule_length(cfg, ctx.info, SAMPLER)
-  state = make_state(config, ctx.info, model, params,
-                     jax.device_get(stage1_state.batch_stats))
+  state = make_state(
+    config, ctx.info, model, params, jax.device_get(stage1_state.batch_stats)
+  )
   state = parallel.replicate(state, ctx.mesh)
   step = make_step(config, ctx.info, ctx.mesh, state)
   settings = {f: cfg[f] for f in presets.STAGE2_FIELDS}
-  if cfg.method != 'mislas':   # mislas checkpoints keep their fingerprint
+  if cfg.method != 'mislas':  # mislas checkpoints keep their fingerprint
     settings['method'] = cfg.method
   logging.info('stage2: settings %s.', settings)
   return common.fit(
-      ctx, 'stage2', state, step, total_steps=total,
-      data_seed=config.seed + 1, sampler=SAMPLER,
-      samples_per_class=cfg.samples_per_class,
-      fingerprint_extra=dict(stage2_settings=settings),
-      advice='Lower the learning rate (--config.stage2.lr).')
+    ctx,
+    'stage2',
+    state,
+    step,
+    total_steps=total,
+    data_seed=config.seed + 1,
+    sampler=SAMPLER,
+    samples_per_class=cfg.samples_per_class,
+    fingerprint_extra=dict(stage2_settings=settings),
+    advice='Lower the learning rate (--config.stage2.lr).',
+  )
 
 
 def posthoc(ctx: common.Context, stage1_state) -> dict:
@@ -164,21 +185,35 @@ def posthoc(ctx: common.Context, stage1_state) -> dict:
   val = common.predict(ctx, stage1_state, 'val')
   metric = ctx.config.eval.select_metric
   best, curves = posthoc_lib.choose_tau(
-      lambda t: adjust(val, t), val['labels'], grid, ctx.info.num_classes,
-      metric)
+    lambda t: adjust(val, t), val['labels'], grid, ctx.info.num_classes, metric
+  )
   tau = float(grid[best])
   at_tau = {f'val_{k}': float(c[best]) for k, c in curves.items()}
-  logging.info('stage2 (%s): tau %.3g chosen on validation by %s (%s).',
-               cfg.method, tau, metric, at_tau)
+  logging.info(
+    'stage2 (%s): tau %.3g chosen on validation by %s (%s).',
+    cfg.method,
+    tau,
+    metric,
+    at_tau,
+  )
   test = common.predict(ctx, stage1_state, 'test')
   return report.write_stage_report(
-      ctx.stage_dir('stage2'), stage='stage2', outputs=adjust(test, tau),
-      labels=test['labels'], info=ctx.info, eval_config=ctx.config.eval,
-      latent_usage=test.get('latent_usage'),
-      extra=dict(method=cfg.method, tau=tau, select_metric=metric, **at_tau,
-                 tau_grid=grid.tolist(),
-                 **{f'val_{k}_by_tau': c.tolist()
-                    for k, c in curves.items()}))
+    ctx.stage_dir('stage2'),
+    stage='stage2',
+    outputs=adjust(test, tau),
+    labels=test['labels'],
+    info=ctx.info,
+    eval_config=ctx.config.eval,
+    latent_usage=test.get('latent_usage'),
+    extra=dict(
+      method=cfg.method,
+      tau=tau,
+      select_metric=metric,
+      **at_tau,
+      tau_grid=grid.tolist(),
+      **{f'val_{k}_by_tau': c.tolist() for k, c in curves.items()},
+    ),
+  )
 
 
 def run(ctx: common.Context, stage1_state) -> dict:

@@ -18,6 +18,7 @@ from lcreg_jax.train_state import all_finite
 @dataclasses.dataclass(frozen=True)
 class RetrainHparams:
   """Static hyper-parameters of the stage-2 step (hashable for jit)."""
+
   class_counts: tuple[int, ...]
   las_head: float
   las_tail: float
@@ -32,10 +33,15 @@ class RetrainHparams:
     """From the resolved `config.stage2` and the training class counts."""
     c = stage2_config
     mislas = c.get('method', 'mislas') == 'mislas'
-    return cls(class_counts=tuple(int(n) for n in class_counts),
-               las_head=c.las_head, las_tail=c.las_tail, las_shape=c.las_shape,
-               las_power=c.las_power, shift_bn=bool(c.shift_bn) and mislas,
-               loss='las' if mislas else 'ce')
+    return cls(
+      class_counts=tuple(int(n) for n in class_counts),
+      las_head=c.las_head,
+      las_tail=c.las_tail,
+      las_shape=c.las_shape,
+      las_power=c.las_power,
+      shift_bn=bool(c.shift_bn) and mislas,
+      loss='las' if mislas else 'ce',
+    )
 
 
 def retrain_step(state, batch, *, hp: RetrainHparams):
@@ -45,12 +51,16 @@ def retrain_step(state, batch, *, hp: RetrainHparams):
   (and, with shift BN, its batch statistics) but no backward pass, which
   makes the step about three times cheaper than masking full gradients.
   """
+
   def loss_fn(head_params):
-    variables = {'params': {**state.params, 'head': head_params},
-                 'batch_stats': state.batch_stats}
+    variables = {
+      'params': {**state.params, 'head': head_params},
+      'batch_stats': state.batch_stats,
+    }
     if hp.shift_bn:
-      out, mutated = state.apply_fn(variables, batch['image'], train=True,
-                                    mutable=['batch_stats'])
+      out, mutated = state.apply_fn(
+        variables, batch['image'], train=True, mutable=['batch_stats']
+      )
       stats = mutated['batch_stats']
     else:
       out = state.apply_fn(variables, batch['image'], train=False)
@@ -59,15 +69,25 @@ def retrain_step(state, batch, *, hp: RetrainHparams):
       loss = losses.cross_entropy(out['logits'], batch['label'])
     else:
       loss = losses.label_aware_smoothing(
-          out['logits'], batch['label'], hp.class_counts, hp.las_head,
-          hp.las_tail, hp.las_shape, hp.las_power)
+        out['logits'],
+        batch['label'],
+        hp.class_counts,
+        hp.las_head,
+        hp.las_tail,
+        hp.las_shape,
+        hp.las_power,
+      )
     acc = losses.top1(out['logits'], batch['label'])
     return loss, (stats, acc)
 
-  (loss, (stats, acc)), head_grads = jax.value_and_grad(
-      loss_fn, has_aux=True)(state.params['head'])
-  grads = {k: (head_grads if k == 'head' else jax.tree.map(jnp.zeros_like, v))
-           for k, v in state.params.items()}
+  (loss, (stats, acc)), head_grads = jax.value_and_grad(loss_fn, has_aux=True)(
+    state.params['head']
+  )
+  grads = {
+    k: (head_grads if k == 'head' else jax.tree.map(jnp.zeros_like, v))
+    for k, v in state.params.items()
+  }
   state = state.apply_gradients(grads=grads, batch_stats=stats)
-  return state, dict(loss=loss, accuracy=acc,
-                     params_finite=all_finite(state.params))
+  return state, dict(
+    loss=loss, accuracy=acc, params_finite=all_finite(state.params)
+  )

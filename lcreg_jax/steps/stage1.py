@@ -15,6 +15,7 @@ from lcreg_jax.train_state import all_finite
 @dataclasses.dataclass(frozen=True)
 class Stage1Hparams:
   """Static hyper-parameters of the stage-1 step (hashable for jit)."""
+
   alpha: float
   beta: float
   gamma: float
@@ -41,13 +42,14 @@ class Stage1Hparams:
   la_tau: float = 1.0
   reweight: str = 'none'
   reweight_beta: float = 0.9999
-  drw_step: int = 0          # reweight=drw: first step with the weights
-  class_counts: tuple | None = None   # training counts n_c (tuple: hashable)
-  class_isda: str = 'none'   # class-wise ISDA on the pooled feature
+  drw_step: int = 0  # reweight=drw: first step with the weights
+  class_counts: tuple | None = None  # training counts n_c (tuple: hashable)
+  class_isda: str = 'none'  # class-wise ISDA on the pooled feature
 
   @classmethod
-  def from_config(cls, config, total_steps: int, steps_per_epoch: int = 1,
-                  class_counts=None) -> 'Stage1Hparams':
+  def from_config(
+    cls, config, total_steps: int, steps_per_epoch: int = 1, class_counts=None
+  ) -> 'Stage1Hparams':
     """From the resolved config; without latents, α = β = 0 (plain MiSLAS).
 
     `class_counts` (the training set's) are needed by every loss but ce and
@@ -56,29 +58,42 @@ class Stage1Hparams:
     s1, latent = config.stage1, config.model.latent
     needs_counts = s1.loss not in ('ce',) or s1.reweight != 'none'
     if needs_counts and class_counts is None:
-      raise ValueError(f'stage1.loss={s1.loss} / stage1.reweight='
-                       f'{s1.reweight} need the training class counts.')
-    return cls(loss=s1.loss, focal_gamma=s1.focal_gamma,
-               ldam_max_margin=s1.ldam_max_margin, ldam_scale=s1.ldam_scale,
-               ldam_logit_scale=(config.model.normed_scale
-                                 if config.model.head == 'normed' else 1.0),
-               la_tau=s1.la_tau, reweight=s1.reweight,
-               reweight_beta=s1.reweight_beta,
-               drw_step=int(round(s1.drw_epoch * steps_per_epoch)),
-               class_counts=(tuple(int(n) for n in class_counts)
-                             if class_counts is not None else None),
-               class_isda=(config.model.class_isda
-                           if not latent.enabled else 'none'),
-               alpha=s1.alpha if latent.enabled else 0.0,
-               beta=s1.beta if latent.enabled else 0.0,
-               gamma=s1.gamma, mixup_alpha=s1.mixup_alpha,
-               isda_lambda0=s1.isda_lambda0, total_steps=total_steps,
-               recon_normalize=latent.recon_normalize,
-               recon_temperature=latent.recon_temperature,
-               explicit_latent_aug=latent.explicit_latent_aug,
-               seed=config.seed,
-               mixup_groups=(config.num_devices
-                             if s1.mixup_partners == 'per_device' else 1))
+      raise ValueError(
+        f'stage1.loss={s1.loss} / stage1.reweight='
+        f'{s1.reweight} need the training class counts.'
+      )
+    return cls(
+      loss=s1.loss,
+      focal_gamma=s1.focal_gamma,
+      ldam_max_margin=s1.ldam_max_margin,
+      ldam_scale=s1.ldam_scale,
+      ldam_logit_scale=(
+        config.model.normed_scale if config.model.head == 'normed' else 1.0
+      ),
+      la_tau=s1.la_tau,
+      reweight=s1.reweight,
+      reweight_beta=s1.reweight_beta,
+      drw_step=int(round(s1.drw_epoch * steps_per_epoch)),
+      class_counts=(
+        tuple(int(n) for n in class_counts)
+        if class_counts is not None
+        else None
+      ),
+      class_isda=(config.model.class_isda if not latent.enabled else 'none'),
+      alpha=s1.alpha if latent.enabled else 0.0,
+      beta=s1.beta if latent.enabled else 0.0,
+      gamma=s1.gamma,
+      mixup_alpha=s1.mixup_alpha,
+      isda_lambda0=s1.isda_lambda0,
+      total_steps=total_steps,
+      recon_normalize=latent.recon_normalize,
+      recon_temperature=latent.recon_temperature,
+      explicit_latent_aug=latent.explicit_latent_aug,
+      seed=config.seed,
+      mixup_groups=(
+        config.num_devices if s1.mixup_partners == 'per_device' else 1
+      ),
+    )
 
 
 def mixup_partners(rng, batch: int, groups: int = 1) -> jax.Array:
@@ -89,7 +104,8 @@ def mixup_partners(rng, batch: int, groups: int = 1) -> jax.Array:
   if groups == 1:
     return jax.random.permutation(rng, batch)[None]
   return jax.vmap(lambda k: jax.random.permutation(k, rows))(
-      jax.random.split(rng, groups))
+    jax.random.split(rng, groups)
+  )
 
 
 def take_partners(x: jax.Array, partners: jax.Array) -> jax.Array:
@@ -118,9 +134,12 @@ def sample_latent_noise(rng, cov_state, lam, batch: int, mesh=None):
   n = jax.random.normal(rng, (batch, m, d))
   if mesh is None:
     return _scale_noise(cov_state.cov, lam, n)
-  return jax.shard_map(_scale_noise, mesh=mesh,
-                       in_specs=(P('data'), P(), P(None, 'data')),
-                       out_specs=P(None, 'data'))(cov_state.cov, lam, n)
+  return jax.shard_map(
+    _scale_noise,
+    mesh=mesh,
+    in_specs=(P('data'), P(), P(None, 'data')),
+    out_specs=P(None, 'data'),
+  )(cov_state.cov, lam, n)
 
 
 def class_weights(hp: Stage1Hparams, step):
@@ -139,20 +158,28 @@ def class_loss(hp: Stage1Hparams, logits, labels, weights) -> jax.Array:
     if weights is None:
       return losses.cross_entropy(logits, labels)
     ce = optax.softmax_cross_entropy_with_integer_labels(
-        logits.astype(jnp.float32), labels)
+      logits.astype(jnp.float32), labels
+    )
     return losses.class_weighted_mean(ce, labels, weights)
   if hp.loss == 'focal':
     return losses.focal_loss(logits, labels, hp.focal_gamma, weights)
   if hp.loss == 'ldam':
-    return losses.ldam_loss(logits / hp.ldam_logit_scale, labels,
-                            hp.class_counts,
-                            hp.ldam_max_margin, hp.ldam_scale, weights)
+    return losses.ldam_loss(
+      logits / hp.ldam_logit_scale,
+      labels,
+      hp.class_counts,
+      hp.ldam_max_margin,
+      hp.ldam_scale,
+      weights,
+    )
   if hp.loss == 'balanced_softmax':
-    return losses.balanced_softmax_loss(logits, labels, hp.class_counts,
-                                        class_weights=weights)
+    return losses.balanced_softmax_loss(
+      logits, labels, hp.class_counts, class_weights=weights
+    )
   if hp.loss == 'logit_adjusted':
-    return losses.logit_adjusted_loss(logits, labels, hp.class_counts,
-                                      hp.la_tau, weights)
+    return losses.logit_adjusted_loss(
+      logits, labels, hp.class_counts, hp.la_tau, weights
+    )
   raise ValueError(f'Unknown stage1.loss {hp.loss!r}.')
 
 
@@ -165,8 +192,9 @@ def train_step(state, batch, *, hp: Stage1Hparams, cov_mesh=None):
   with `shard_covariance`); their update, the σ² table and the explicit
   noise then work on each device's latents, with the same results.
   """
-  rng = jax.random.fold_in(jax.random.fold_in(jax.random.key(hp.seed), 1),
-                           state.step)
+  rng = jax.random.fold_in(
+    jax.random.fold_in(jax.random.key(hp.seed), 1), state.step
+  )
   mix_rng, perm_rng, noise_rng = jax.random.split(rng, 3)
   images, labels = batch['image'], batch['label']
   bsz = images.shape[0]
@@ -178,57 +206,68 @@ def train_step(state, batch, *, hp: Stage1Hparams, cov_mesh=None):
   mixed = lam_mix * images + (1 - lam_mix) * take_partners(images, partners)
   isda_lam = hp.isda_lambda0 * state.step / hp.total_steps
   class_isda = hp.class_isda != 'none'
-  has_latent = (isinstance(state.cov, covariance.CovarianceState)
-                and not class_isda)
+  has_latent = (
+    isinstance(state.cov, covariance.CovarianceState) and not class_isda
+  )
   weights = class_weights(hp, state.step)
 
   def loss_fn(params):
     noise = None
     if has_latent and hp.explicit_latent_aug:
-      noise = sample_latent_noise(noise_rng, state.cov, isda_lam, bsz,
-                                  cov_mesh)
+      noise = sample_latent_noise(noise_rng, state.cov, isda_lam, bsz, cov_mesh)
     out, mutated = state.apply_fn(
-        {'params': params, 'batch_stats': state.batch_stats}, mixed,
-        train=True, latent_noise=noise, mutable=['batch_stats'])
+      {'params': params, 'batch_stats': state.batch_stats},
+      mixed,
+      train=True,
+      latent_noise=noise,
+      mutable=['batch_stats'],
+    )
     partner_labels = take_partners(labels, partners)
     aux = dict(batch_stats=mutated['batch_stats'], cov=state.cov)
     if class_isda:
       # ISDA's order: merge this batch's features, then use the moments.
       # (No mixup here: config validation requires mixup_alpha=0.)
-      aux['cov'] = covariance.update_covariance(state.cov, out['features'],
-                                                labels)
+      aux['cov'] = covariance.update_covariance(
+        state.cov, out['features'], labels
+      )
       kernel = params['head']['fc']['kernel']
 
       def loss_of(z, y):
-        z = losses.classwise_isda_logits(z, kernel, aux['cov'].cov, y,
-                                         isda_lam)
+        z = losses.classwise_isda_logits(z, kernel, aux['cov'].cov, y, isda_lam)
         return class_loss(hp, z, y, weights)
     else:
+
       def loss_of(z, y):
         return class_loss(hp, z, y, weights)
+
     if hp.loss == 'ce' and weights is None and not class_isda:
-      cls = losses.mixup_cross_entropy(out['logits'], labels, partner_labels,
-                                       lam_mix)   # MiSLAS, as it always was
+      cls = losses.mixup_cross_entropy(
+        out['logits'], labels, partner_labels, lam_mix
+      )  # MiSLAS, as it always was
     else:
-      cls = losses.mixup_loss(loss_of, out['logits'], labels, partner_labels,
-                              lam_mix)
+      cls = losses.mixup_loss(
+        loss_of, out['logits'], labels, partner_labels, lam_mix
+      )
     aux['cls_loss'] = cls
     loss = hp.gamma * cls
     if has_latent:
-      samples = out['latent_samples']                    # (B, M, D)
+      samples = out['latent_samples']  # (B, M, D)
       # Named scopes label LCReg's parts in the compiled program (profiles,
       # `lcreg_jax.aot --dump_hlo`); they change no computation.
       with jax.named_scope('lcreg_covariance_update'):
-        aux['cov'] = covariance.update_covariance_grouped(state.cov, samples,
-                                                          cov_mesh)
+        aux['cov'] = covariance.update_covariance_grouped(
+          state.cov, samples, cov_mesh
+        )
       # Python-level branches: with α = β = 0 the traced step is exactly
       # the plain MiSLAS step (no zero-weighted terms in the graph).
       if hp.beta:
         with jax.named_scope('lcreg_reconstruction_loss'):
-          rec = losses.reconstruction_loss(out['feature_map'],
-                                           out['reconstruction'],
-                                           hp.recon_normalize,
-                                           hp.recon_temperature)
+          rec = losses.reconstruction_loss(
+            out['feature_map'],
+            out['reconstruction'],
+            hp.recon_normalize,
+            hp.recon_temperature,
+          )
         aux['recon_loss'] = rec
         loss += hp.beta * rec
       if hp.alpha:
@@ -238,9 +277,9 @@ def train_step(state, batch, *, hp: Stage1Hparams, cov_mesh=None):
         if not hp.explicit_latent_aug:
           kernel = params['latent']['latent_classifier']['kernel']
           with jax.named_scope('lcreg_sigma2_table'):
-            g = losses.isda_augmented_logits(g, kernel, aux['cov'].cov,
-                                             latent_labels, isda_lam,
-                                             mesh=cov_mesh)
+            g = losses.isda_augmented_logits(
+              g, kernel, aux['cov'].cov, latent_labels, isda_lam, mesh=cov_mesh
+            )
         with jax.named_scope('lcreg_aug_loss'):
           aug = losses.cross_entropy(g, latent_labels)
         aux['aug_loss'] = aug
@@ -251,8 +290,13 @@ def train_step(state, batch, *, hp: Stage1Hparams, cov_mesh=None):
     return loss, aux
 
   (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-  state = state.apply_gradients(grads=grads, batch_stats=aux.pop('batch_stats'),
-                                cov=aux.pop('cov'))
-  metrics = dict(loss=loss, grad_norm=optax.tree.norm(grads),
-                 params_finite=all_finite(state.params), **aux)
+  state = state.apply_gradients(
+    grads=grads, batch_stats=aux.pop('batch_stats'), cov=aux.pop('cov')
+  )
+  metrics = dict(
+    loss=loss,
+    grad_norm=optax.tree.norm(grads),
+    params_finite=all_finite(state.params),
+    **aux,
+  )
   return state, metrics

@@ -28,15 +28,19 @@ def test_the_declared_choices_of_model_keys_are_the_models():
 
 
 def test_a_field_check_comes_from_its_declaration():
-  fields = (schema.Field('a.n', 3, 'a count', check=schema.POSITIVE_INT),
-            schema.Field('a.kind', 'x', 'a kind', choices=('x', 'y')),
-            schema.Field('a.opt', None, 'off while None', type=float,
-                         check=schema.POSITIVE))
+  fields = (
+    schema.Field('a.n', 3, 'a count', check=schema.POSITIVE_INT),
+    schema.Field('a.kind', 'x', 'a kind', choices=('x', 'y')),
+    schema.Field(
+      'a.opt', None, 'off while None', type=float, check=schema.POSITIVE
+    ),
+  )
   config = schema.build(fields)
   assert config.a.opt is None
   config.a.n, config.a.kind = 0, 'z'
   assert schema.field_problems(fields, schema.flatten(config)) == [
-      "a.kind='z' is not one of x, y", 'a.n=0 must be an integer >= 1']
+    "a.kind='z' is not one of x, y",
+    'a.n=0 must be an integer >= 1',
+  ]
   with pytest.raises(TypeError, match='needs type='):
     schema.Field('b', None, 'no type')
-

@@ -28,7 +28,9 @@ def _problems(**overrides):
   return str(e.value)
 
 
-@pytest.mark.parametrize('key,value,what', [
+@pytest.mark.parametrize(
+  'key,value,what',
+  [
     ('stage1.batch_size', 0, 'integer >= 1'),
     ('stage2.batch_size', -8, 'integer >= 1'),
     ('stage1.epochs', 0.0, 'number > 0'),
@@ -46,29 +48,41 @@ def _problems(**overrides):
     ('log_every', 0, 'integer >= 1'),
     ('eval.batch_size', 0, 'integer >= 1'),
     ('stage1.lr', float('nan'), 'number > 0'),
-])
+  ],
+)
 def test_each_range_is_checked(key, value, what):
   msg = _problems(**{key.replace('.', '__'): value})
   assert f'{key}={value!r}' in msg and what in msg
 
 
-@pytest.mark.parametrize('key,value', [
-    ('model.backbone', 'resnet7'), ('data.source', 'imagenet'),
-    ('stage2.preset', 'cifar1000'), ('dlsa.purity_type', 'hinge'),
-    ('dlsa.flow_schedule', 'linear'), ('dlsa.flow_select_metric', 'acc'),
-    ('model.classify_on', 'features'), ('stage2.las_shape', 'cubic'),
-])
+@pytest.mark.parametrize(
+  'key,value',
+  [
+    ('model.backbone', 'resnet7'),
+    ('data.source', 'imagenet'),
+    ('stage2.preset', 'cifar1000'),
+    ('dlsa.purity_type', 'hinge'),
+    ('dlsa.flow_schedule', 'linear'),
+    ('dlsa.flow_select_metric', 'acc'),
+    ('model.classify_on', 'features'),
+    ('stage2.las_shape', 'cubic'),
+  ],
+)
 def test_each_choice_is_checked(key, value):
   msg = _problems(**{key.replace('.', '__'): value})
   assert f'{key}={value!r} is not one of' in msg
 
 
 def test_all_problems_are_reported_together():
-  msg = _problems(stage1__batch_size=0, model__latent__num_latents=-1,
-                  model__backbone='vgg')
+  msg = _problems(
+    stage1__batch_size=0, model__latent__num_latents=-1, model__backbone='vgg'
+  )
   assert msg.startswith('the config has 3 invalid values')
-  for key in ('stage1.batch_size', 'model.latent.num_latents',
-              'model.backbone'):
+  for key in (
+    'stage1.batch_size',
+    'model.latent.num_latents',
+    'model.backbone',
+  ):
     assert key in msg
 
 
@@ -78,35 +92,45 @@ def test_batch_sizes_must_divide_over_the_devices():
   assert 'num_devices=8 but only 4' in _problems(num_devices=8)
   # A batch size taken from the preset row is checked too (128 over 3 devices).
   msg = _problems(num_devices=3, stage1__batch_size=6, eval__batch_size=6)
-  assert 'stage2.batch_size=128 (from the stage-2 preset) is not divisible' in msg
+  assert (
+    'stage2.batch_size=128 (from the stage-2 preset) is not divisible' in msg
+  )
 
 
 def test_cross_checks():
   assert 'stage2.las_power' in _problems(stage2__las_shape='exp')
   assert 'stage1.warmup_epochs=0.5 must be a whole number' in _problems(
-      stage1__warmup_epochs=0.5)
-  assert 'nothing to run' in _problems(stage1__enabled=False,
-                                       stage2__enabled=False)
+    stage1__warmup_epochs=0.5
+  )
+  assert 'nothing to run' in _problems(
+    stage1__enabled=False, stage2__enabled=False
+  )
   assert 'few_threshold' in _problems(eval__few_threshold=200)
   # A CIFAR preset at an IF it has no row for, with nothing set explicitly.
   msg = _problems(data__imbalance_factor=20.0)
   assert 'no row for data.imbalance_factor=20' in msg
   assert 'stage2.las_head' in msg
   # Streaming from a TFDS build.
-  msg = _problems(data__source='tfds_stream', data__image_root='x', data__val_list='v.txt')
+  msg = _problems(
+    data__source='tfds_stream', data__image_root='x', data__val_list='v.txt'
+  )
   assert 'data.source=tfds_stream needs data.tfds_name' in msg
   assert 'data.image_root is set but data.source=tfds_stream' in msg
   assert 'data.tfds_val_split is empty' in msg
   assert 'needs data.source=list or tfds_stream' in _problems(
-      data__source='tfds', data__tfds_name='cifar10', data__augment='imagenet',
-      data__channels=3)
+    data__source='tfds',
+    data__tfds_name='cifar10',
+    data__augment='imagenet',
+    data__channels=3,
+  )
   assert 'needs data.tfds_test_split' in _problems(
-      data__source='tfds', data__tfds_name='cifar10', data__tfds_test_split='')
+    data__source='tfds', data__tfds_name='cifar10', data__tfds_test_split=''
+  )
 
 
 def test_unknown_and_missing_keys_are_rejected():
   c = config_lib.base_config()
-  c.stage1.learning_rate = 0.1       # unlocked: a config file's typo
+  c.stage1.learning_rate = 0.1  # unlocked: a config file's typo
   del c.stage2['samples_per_class']
   with pytest.raises(errors.ConfigError) as e:
     config_lib.resolve_and_validate(c, num_visible_devices=1)
@@ -118,10 +142,14 @@ def test_placeholders_resolve_once():
   c = _base()
   c.data.imbalance_factor = 50.0
   c.stage2.preset = 'cifar100'
-  c.stage2.las_head = 0.25          # an explicit value beats the preset
+  c.stage2.las_head = 0.25  # an explicit value beats the preset
   r = config_lib.resolve_and_validate(c, num_visible_devices=4)
-  assert (r.stage2.las_head, r.stage2.las_tail, r.stage2.shift_bn,
-          r.stage2.lr_factor) == (0.25, 0.0, True, 0.1)
+  assert (
+    r.stage2.las_head,
+    r.stage2.las_tail,
+    r.stage2.shift_bn,
+    r.stage2.lr_factor,
+  ) == (0.25, 0.0, True, 0.1)
   assert r.num_devices == 4
   assert r.model.latent.similarity_scale == pytest.approx(1 / math.sqrt(64))
   assert r.dlsa.hidden_dim == 64
@@ -131,17 +159,27 @@ def test_placeholders_resolve_once():
     r.stage2.new_key = 1
   again = config_lib.resolve_and_validate(r, num_visible_devices=4)
   assert json.dumps(again.to_dict(), sort_keys=True) == json.dumps(
-      r.to_dict(), sort_keys=True)
+    r.to_dict(), sort_keys=True
+  )
 
 
 def test_preset_rows_follow_the_design_table():
   assert presets.stage2_row('cifar100', 100) == dict(
-      las_head=0.4, las_tail=0.1, shift_bn=True, lr_factor=0.2, weight_decay=2e-4,
-      batch_size=128)
+    las_head=0.4,
+    las_tail=0.1,
+    shift_bn=True,
+    lr_factor=0.2,
+    weight_decay=2e-4,
+    batch_size=128,
+  )
   # MiSLAS's stage-2 weight decay and batch size per data set.
-  assert [(presets.stage2_row(p, 1)['weight_decay'], presets.stage2_row(p, 1)['batch_size'])
-          for p in ('imagenet_lt', 'inat2018', 'places_lt')] == [
-              (5e-4, 256), (1e-4, 256), (5e-4, 256)]
+  assert [
+    (
+      presets.stage2_row(p, 1)['weight_decay'],
+      presets.stage2_row(p, 1)['batch_size'],
+    )
+    for p in ('imagenet_lt', 'inat2018', 'places_lt')
+  ] == [(5e-4, 256), (1e-4, 256), (5e-4, 256)]
   assert presets.stage2_row('cifar10', 50)['las_head'] == 0.2
   assert presets.stage2_row('imagenet_lt', 123)['lr_factor'] == 0.05
   assert presets.stage2_row('cifar10', 20) is None
@@ -156,8 +194,9 @@ def test_a_disabled_stage2_needs_no_preset_row():
 
 
 def test_batch_larger_than_the_training_set():
-  info = ml_collections.ConfigDict(dict(split_sizes={'train': 100},
-                                        name='tiny'))
+  info = ml_collections.ConfigDict(
+    dict(split_sizes={'train': 100}, name='tiny')
+  )
   c = config_lib.resolve_and_validate(_base(), num_visible_devices=1)
   with pytest.raises(errors.ConfigError, match='larger than the 100'):
     config_lib.validate_against_data(c, info)
@@ -174,8 +213,9 @@ def test_a_resolved_config_passed_again_is_not_resolved_twice():
 
 
 def test_data_checks_report_the_batch_and_the_drw_switch_together():
-  info = ml_collections.ConfigDict(dict(split_sizes={'train': 100},
-                                        name='tiny'))
+  info = ml_collections.ConfigDict(
+    dict(split_sizes={'train': 100}, name='tiny')
+  )
   c = _base()
   c.stage1.update(reweight='drw', steps=3, drw_epoch=200.0)
   r = config_lib.resolve_and_validate(c, num_visible_devices=1)

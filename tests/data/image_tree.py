@@ -30,5 +30,7 @@ def random_photos(n, seed=0, sizes=((375, 500), (500, 375), (120, 90))):
   for i in range(n):
     h, w = sizes[i % len(sizes)]
     small = rng.integers(0, 256, (h // 15 + 1, w // 15 + 1, 3)).astype(np.uint8)
-    out.append(np.asarray(Image.fromarray(small).resize((w, h), Image.BILINEAR)))
+    out.append(
+      np.asarray(Image.fromarray(small).resize((w, h), Image.BILINEAR))
+    )
   return out

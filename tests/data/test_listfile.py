@@ -20,22 +20,29 @@ def _write(tmp_path, text, files=()):
 
 
 def test_parses_paths_and_labels(tmp_path):
-  path = _write(tmp_path, 'a/1.jpg 0\n\nb/2 x.jpg 2\n  c/3.jpg 2  \n',
-                ['a/1.jpg', 'b/2 x.jpg', 'c/3.jpg'])
+  path = _write(
+    tmp_path,
+    'a/1.jpg 0\n\nb/2 x.jpg 2\n  c/3.jpg 2  \n',
+    ['a/1.jpg', 'b/2 x.jpg', 'c/3.jpg'],
+  )
   split = listfile.read_list(path, str(tmp_path), 3)
-  assert list(split.paths) == [os.path.join(tmp_path, p) for p in
-                               ('a/1.jpg', 'b/2 x.jpg', 'c/3.jpg')]
+  assert list(split.paths) == [
+    os.path.join(tmp_path, p) for p in ('a/1.jpg', 'b/2 x.jpg', 'c/3.jpg')
+  ]
   np.testing.assert_array_equal(split.labels, [0, 2, 2])
   assert split.labels.dtype == np.int32 and split.list_path == path
 
 
-@pytest.mark.parametrize('text,expected', [
+@pytest.mark.parametrize(
+  'text,expected',
+  [
     ('a.jpg 0\nb.jpg\n', 'line 2 "b.jpg" has no label'),
     ('a.jpg 0\nb.jpg two\n', 'line 2 "b.jpg two" has no integer label'),
     ('a.jpg 0\n\nb.jpg 7\n', 'line 3 has label 7, outside [0, 3)'),
     ('a.jpg -1\n', 'line 1 has label -1'),
     ('\n\n', 'lists no images'),
-])
+  ],
+)
 def test_bad_lines_are_named(tmp_path, text, expected):
   path = _write(tmp_path, text)
   with pytest.raises(errors.DataError) as e:
@@ -56,8 +63,10 @@ def test_missing_images_are_named_with_their_lines(tmp_path):
     listfile.read_list(path, str(tmp_path), 3)
   assert f'{tmp_path}/b.jpg (line 3)' in str(e.value)
   assert 'check_files=False' in str(e.value)
-  assert len(listfile.read_list(path, str(tmp_path), 3,
-                                check_files=False).labels) == 2
+  assert (
+    len(listfile.read_list(path, str(tmp_path), 3, check_files=False).labels)
+    == 2
+  )
 
 
 def test_missing_list_file(tmp_path):

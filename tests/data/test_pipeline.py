@@ -27,12 +27,20 @@ def _sharding():
 
 
 def _images(n, size=8, seed=0):
-  return np.random.default_rng(seed).integers(0, 256, (n, size, size, 3), dtype=np.uint8)
+  return np.random.default_rng(seed).integers(
+    0, 256, (n, size, size, 3), dtype=np.uint8
+  )
 
 
 def _train(images, labels, steps, **kwargs):
-  kwargs = {"global_batch_size": BATCH, "sharding": _sharding(), "seed": 7, "mean": 0.0,
-            "std": 1.0, **kwargs}
+  kwargs = {
+    "global_batch_size": BATCH,
+    "sharding": _sharding(),
+    "seed": 7,
+    "mean": 0.0,
+    "std": 1.0,
+    **kwargs,
+  }
   it = pipeline.make_train_iterator(images, labels, **kwargs)
   return [jax.tree.map(np.asarray, b) for b in itertools.islice(it, steps)]
 
@@ -53,7 +61,9 @@ def test_resume_is_bit_identical(sampler):
     for a, b in zip(full[start:], resumed):
       assert a["image"].tobytes() == b["image"].tobytes()
       np.testing.assert_array_equal(a["label"], b["label"])
-  assert full[0]["image"].dtype == np.float32 and full[0]["label"].dtype == np.int32
+  assert (
+    full[0]["image"].dtype == np.float32 and full[0]["label"].dtype == np.int32
+  )
   # Epochs differ, and so do seeds: the checks above are not trivially satisfied.
   assert not np.array_equal(full[0]["label"], full[5]["label"])
   other = _train(images, labels, 1, seed=8, **kwargs)
@@ -88,8 +98,10 @@ def test_flip_gives_original_or_mirror():
   kinds = collections.Counter()
   for b in _train(images, np.arange(n), 8, augment="flip", pad=0):
     for image, index in zip(_uint8(b["image"]), b["label"]):
-      same, mirror = np.array_equal(image, images[index]), np.array_equal(
-          image, images[index][:, ::-1])
+      same, mirror = (
+        np.array_equal(image, images[index]),
+        np.array_equal(image, images[index][:, ::-1]),
+      )
       assert same or mirror
       kinds[same] += 1
   assert kinds[True] > 0 and kinds[False] > 0
@@ -103,13 +115,23 @@ def test_crop_is_a_window_of_the_zero_padded_image(augment):
   found = collections.Counter()
   for b in _train(images, np.arange(n), 8, augment=augment, pad=pad):
     for image, index in zip(_uint8(b["image"]), b["label"]):
-      matches = [(dy, dx, flip)
-                 for dy in range(2 * pad + 1) for dx in range(2 * pad + 1) for flip in (0, 1)
-                 if np.array_equal(image, (lambda w: w[:, ::-1] if flip else w)(
-                     padded[index, dy:dy + size, dx:dx + size]))]
+      matches = [
+        (dy, dx, flip)
+        for dy in range(2 * pad + 1)
+        for dx in range(2 * pad + 1)
+        for flip in (0, 1)
+        if np.array_equal(
+          image,
+          (lambda w: w[:, ::-1] if flip else w)(
+            padded[index, dy : dy + size, dx : dx + size]
+          ),
+        )
+      ]
       assert matches, f"sample {index} is no shifted (mirrored) window"
       found.update(matches)
-  assert len({(dy, dx) for dy, dx, _ in found}) >= 15  # of 25: offsets really vary
+  assert (
+    len({(dy, dx) for dy, dx, _ in found}) >= 15
+  )  # of 25: offsets really vary
   # A window can match both ways only if symmetric; 'crop' must never need the mirror.
   assert {f for _, _, f in found} == ({0, 1} if augment == "crop_flip" else {0})
 
@@ -117,7 +139,9 @@ def test_crop_is_a_window_of_the_zero_padded_image(augment):
 def _blocks_and_cycles(labels, order, per_class):
   blocks = order.reshape(-1, per_class)
   block_class = labels[blocks[:, 0]]
-  np.testing.assert_array_equal(labels[blocks], np.repeat(block_class[:, None], per_class, 1))
+  np.testing.assert_array_equal(
+    labels[blocks], np.repeat(block_class[:, None], per_class, 1)
+  )
   return block_class
 
 
@@ -142,64 +166,113 @@ def test_class_balanced_order():
       np.testing.assert_array_equal(np.sort(cycle), members)
     assert len(np.unique(drawn[full:])) == len(drawn) - full
   # The last block is truncated to num_samples; the same rng state gives the same order.
-  assert len(samplers.class_balanced_order(labels, 10, 4, np.random.default_rng(1))) == 10
-  np.testing.assert_array_equal(samplers.class_balanced_order(labels, 50, 4,
-                                                              np.random.default_rng(3)),
-                                samplers.class_balanced_order(labels, 50, 4,
-                                                              np.random.default_rng(3)))
+  assert (
+    len(samplers.class_balanced_order(labels, 10, 4, np.random.default_rng(1)))
+    == 10
+  )
+  np.testing.assert_array_equal(
+    samplers.class_balanced_order(labels, 50, 4, np.random.default_rng(3)),
+    samplers.class_balanced_order(labels, 50, 4, np.random.default_rng(3)),
+  )
 
 
 def test_class_balanced_sampler_in_iterator():
   labels = np.repeat(np.arange(4), [20, 8, 4, 4])
   n = len(labels)
-  batches = _train(_images(n), labels, 3, sampler="class_balanced", samples_per_class=4,
-                   augment="none")
+  batches = _train(
+    _images(n),
+    labels,
+    3,
+    sampler="class_balanced",
+    samples_per_class=4,
+    augment="none",
+  )
   order = np.concatenate([b["label"] for b in batches])
-  _blocks_and_cycles(labels, order, 4)  # labels are classes here: each block is one class
+  _blocks_and_cycles(
+    labels, order, 4
+  )  # labels are classes here: each block is one class
   counts = np.bincount(order, minlength=4)
   assert counts.max() - counts.min() <= 4
 
 
 def test_global_arrays_are_sharded():
   sharding = _sharding()
-  it = pipeline.make_train_iterator(_images(2 * BATCH), np.arange(2 * BATCH),
-                                    global_batch_size=BATCH, sharding=sharding, seed=7,
-                                    augment="none", mean=0.0, std=1.0)
+  it = pipeline.make_train_iterator(
+    _images(2 * BATCH),
+    np.arange(2 * BATCH),
+    global_batch_size=BATCH,
+    sharding=sharding,
+    seed=7,
+    augment="none",
+    mean=0.0,
+    std=1.0,
+  )
   arrays = next(it)
   assert len(np.unique(np.asarray(arrays["label"]))) == BATCH
   for key in ("image", "label"):
     assert arrays[key].sharding == sharding and arrays[key].shape[0] == BATCH
-    shards = sorted(arrays[key].addressable_shards, key=lambda s: s.index[0].start)
-    assert [s.device for s in shards] == list(jax.devices())  # device i holds block i
+    shards = sorted(
+      arrays[key].addressable_shards, key=lambda s: s.index[0].start
+    )
+    assert [s.device for s in shards] == list(
+      jax.devices()
+    )  # device i holds block i
     assert all(s.data.shape[0] == BATCH // N_DEV for s in shards)
-    np.testing.assert_array_equal(np.concatenate([np.asarray(s.data) for s in shards]),
-                                  np.asarray(arrays[key]))
+    np.testing.assert_array_equal(
+      np.concatenate([np.asarray(s.data) for s in shards]),
+      np.asarray(arrays[key]),
+    )
 
 
 def test_indivisible_batch_is_rejected():
   if N_DEV == 1:
     pytest.skip("every batch size divides one device")
   with pytest.raises(ValueError, match=f"not divisible by the {N_DEV} devices"):
-    pipeline.make_train_iterator(_images(20), np.arange(20), global_batch_size=N_DEV + 1,
-                                 sharding=_sharding(), seed=0, mean=0.0, std=1.0)
+    pipeline.make_train_iterator(
+      _images(20),
+      np.arange(20),
+      global_batch_size=N_DEV + 1,
+      sharding=_sharding(),
+      seed=0,
+      mean=0.0,
+      std=1.0,
+    )
   with pytest.raises(ValueError, match=f"multiple of {N_DEV}"):
-    pipeline.make_eval_iterator(_images(20), np.arange(20), global_batch_size=N_DEV + 1,
-                                sharding=_sharding(), mean=0.0, std=1.0)
+    pipeline.make_eval_iterator(
+      _images(20),
+      np.arange(20),
+      global_batch_size=N_DEV + 1,
+      sharding=_sharding(),
+      mean=0.0,
+      std=1.0,
+    )
 
 
 def test_eval_pads_with_mask_and_keeps_order():
   n = 2 * BATCH + 3
   images, labels = _images(n), np.random.default_rng(1).integers(0, 10, n)
   mean, std = augment.normalization_stats(images)
-  batches = [jax.tree.map(np.asarray, b) for b in pipeline.make_eval_iterator(
-      images, labels, global_batch_size=BATCH, sharding=_sharding(), mean=mean, std=std)]
+  batches = [
+    jax.tree.map(np.asarray, b)
+    for b in pipeline.make_eval_iterator(
+      images,
+      labels,
+      global_batch_size=BATCH,
+      sharding=_sharding(),
+      mean=mean,
+      std=std,
+    )
+  ]
   assert len(batches) == 3
   mask = np.concatenate([b["mask"] for b in batches])
   assert mask.dtype == np.float32 and mask.sum() == n and mask[:n].all()
-  np.testing.assert_array_equal(np.concatenate([b["label"] for b in batches])[:n], labels)
+  np.testing.assert_array_equal(
+    np.concatenate([b["label"] for b in batches])[:n], labels
+  )
   image = np.concatenate([b["image"] for b in batches])
-  np.testing.assert_allclose(image[:n], (images / 255.0 - mean.astype(np.float64)) / std,
-                             atol=1e-5)
+  np.testing.assert_allclose(
+    image[:n], (images / 255.0 - mean.astype(np.float64)) / std, atol=1e-5
+  )
   assert not image[n:].any()
 
 
@@ -218,22 +291,48 @@ def test_a_class_balanced_epoch_is_the_largest_class_times_the_classes():
 
 
 def test_the_class_balanced_iterator_starts_epoch_1_after_that_many_steps():
-  labels = np.repeat(np.arange(4), [20, 8, 4, 4])   # 80 samples an epoch
+  labels = np.repeat(np.arange(4), [20, 8, 4, 4])  # 80 samples an epoch
   spe = 80 // BATCH
-  assert spe > len(labels) // BATCH   # a training-set epoch would be shorter
-  batches = _train(_images(len(labels)), labels, spe + 1, sampler="class_balanced",
-                   samples_per_class=4, augment="none")
+  assert spe > len(labels) // BATCH  # a training-set epoch would be shorter
+  batches = _train(
+    _images(len(labels)),
+    labels,
+    spe + 1,
+    sampler="class_balanced",
+    samples_per_class=4,
+    augment="none",
+  )
   order = np.concatenate([b["label"] for b in batches])
-  epoch = lambda e: samplers.epoch_order(labels, e, seed=7, sampler="class_balanced",
-                                         samples_per_class=4, length=spe * BATCH)
-  np.testing.assert_array_equal(order[:spe * BATCH], labels[epoch(0)])
-  np.testing.assert_array_equal(order[spe * BATCH:], labels[epoch(1)[:BATCH]])
+  epoch = lambda e: samplers.epoch_order(
+    labels,
+    e,
+    seed=7,
+    sampler="class_balanced",
+    samples_per_class=4,
+    length=spe * BATCH,
+  )
+  np.testing.assert_array_equal(order[: spe * BATCH], labels[epoch(0)])
+  np.testing.assert_array_equal(order[spe * BATCH :], labels[epoch(1)[:BATCH]])
 
 
 def test_bad_arguments():
   with pytest.raises(ValueError, match="augment"):
-    pipeline.make_train_iterator(_images(20), np.arange(20), global_batch_size=BATCH,
-                                 sharding=_sharding(), seed=0, augment="rotate", mean=0., std=1.)
+    pipeline.make_train_iterator(
+      _images(20),
+      np.arange(20),
+      global_batch_size=BATCH,
+      sharding=_sharding(),
+      seed=0,
+      augment="rotate",
+      mean=0.0,
+      std=1.0,
+    )
   with pytest.raises(ValueError, match="std > 0"):
-    pipeline.make_eval_iterator(_images(20), np.arange(20), global_batch_size=BATCH,
-                                sharding=_sharding(), mean=0., std=[1., 0., 1.])
+    pipeline.make_eval_iterator(
+      _images(20),
+      np.arange(20),
+      global_batch_size=BATCH,
+      sharding=_sharding(),
+      mean=0.0,
+      std=[1.0, 0.0, 1.0],
+    )

@@ -13,10 +13,12 @@ from lcreg_jax.dlsa import classifiers
 
 def test_inference_offset():
   off = classifiers.inference_offset(np.array([3, 0, 1]), True, 1e-12)
-  np.testing.assert_allclose(off, [0.0, np.log(1e-12), 0.0], rtol=1e-6,
-                             atol=1e-9)
+  np.testing.assert_allclose(
+    off, [0.0, np.log(1e-12), 0.0], rtol=1e-6, atol=1e-9
+  )
   np.testing.assert_array_equal(
-      classifiers.inference_offset(np.array([3, 0]), False, 1e-12), 0.0)
+    classifiers.inference_offset(np.array([3, 0]), False, 1e-12), 0.0
+  )
 
 
 def _small_config(**kw):
@@ -41,10 +43,19 @@ def test_classifier_with_absent_classes_trains(mask_absent, tmp_path):
   model = classifiers.ClusterAidedClassifier(c)
   logs = []
   params, offset, info = classifiers.train_classifier(
-      model, (x, zp), y, (xv, zpv), yv, num_classes=c,
-      config=_small_config(mask_absent_classes=mask_absent),
-      seed=0, workdir=str(tmp_path), pad_train=100, pad_val=10,
-      log=logs.append)
+    model,
+    (x, zp),
+    y,
+    (xv, zpv),
+    yv,
+    num_classes=c,
+    config=_small_config(mask_absent_classes=mask_absent),
+    seed=0,
+    workdir=str(tmp_path),
+    pad_train=100,
+    pad_val=10,
+    log=logs.append,
+  )
   assert all(np.all(np.isfinite(l)) for l in jax.tree.leaves(params))
   assert set(params['params']) == {'lin_x', 'lin_zp'}
   probs = classifiers.predict_probs(model, params, offset, (xv, zpv), chunk=3)
@@ -63,12 +74,20 @@ def test_classifier_without_validation_keeps_the_last_parameters(tmp_path):
   model = classifiers.LinearClassifier(2)
   logs = []
   params, offset, info = classifiers.train_classifier(
-      model, (x,), y, (np.zeros((0, 2), np.float32),), np.zeros(0, np.int32),
-      num_classes=2, config=_small_config(), seed=0, workdir=str(tmp_path),
-      log=logs.append)
+    model,
+    (x,),
+    y,
+    (np.zeros((0, 2), np.float32),),
+    np.zeros(0, np.int32),
+    num_classes=2,
+    config=_small_config(),
+    seed=0,
+    workdir=str(tmp_path),
+    log=logs.append,
+  )
   assert info['val_score'] is None and info['best_step'] == 60
   assert any('no validation samples' in l for l in logs)
-  acc = (classifiers.predict_probs(model, params, offset, (x,)).argmax(1) == y)
+  acc = classifiers.predict_probs(model, params, offset, (x,)).argmax(1) == y
   assert acc.mean() > 0.9
 
 
@@ -79,37 +98,57 @@ def test_classifier_selects_on_validation(tmp_path):
   x = rng.normal(size=(200, 2)).astype(np.float32)
   y = (x[:, 0] > 0).astype(np.int32)
   xv = rng.normal(size=(40, 2)).astype(np.float32)
-  yv = (xv[:, 0] <= 0).astype(np.int32)   # the opposite rule
+  yv = (xv[:, 0] <= 0).astype(np.int32)  # the opposite rule
   cfg = _small_config(classifier_steps=90, eval_every=10)
   model = classifiers.LinearClassifier(2)
   params, offset, info = classifiers.train_classifier(
-      model, (x,), y, (xv,), yv, num_classes=2, config=cfg, seed=0,
-      workdir=str(tmp_path), log=lambda _: None)
+    model,
+    (x,),
+    y,
+    (xv,),
+    yv,
+    num_classes=2,
+    config=cfg,
+    seed=0,
+    workdir=str(tmp_path),
+    log=lambda _: None,
+  )
   # Training on the opposite rule only lowers val accuracy: the first check
   # wins, and the parameters returned are the ones that scored it.
   assert info['best_step'] == 10
   last = classifiers.predict_probs(model, params, offset, (xv,)).argmax(1)
   assert info['val_score'] == pytest.approx(
-      losses.class_mean_top1(np.eye(2)[last], yv, 2))
+    losses.class_mean_top1(np.eye(2)[last], yv, 2)
+  )
 
 
 def test_prior_correction_and_its_choice_on_validation():
   from lcreg_jax.dlsa import run as run_lib
+
   # log(n_stage / n_full): 5/10, 1/4, absent -> log(tiny).
   np.testing.assert_allclose(
-      classifiers.prior_correction(np.array([5, 1, 0]), np.array([10, 4, 3]),
-                                   1e-12),
-      np.log([0.5, 0.25, 1e-12]), rtol=1e-5)
+    classifiers.prior_correction(
+      np.array([5, 1, 0]), np.array([10, 4, 3]), 1e-12
+    ),
+    np.log([0.5, 0.25, 1e-12]),
+    rtol=1e-5,
+  )
   # Logits favour class 1; the correction favours class 0.
   corr = np.array([2.0, 0.0])
   zero = np.zeros(2)
   choose = lambda mode, y: run_lib.choose_prior_correction(
-      mode, lambda off: np.tile([0.0, 1.0], (len(y), 1)) + off, zero, corr,
-      np.array(y), 2, 'image_mean')
-  assert choose('val', [0, 0, 1]) is True    # 2/3 with it, 1/3 without.
-  assert choose('val', [1, 1, 0]) is False   # 1/3 with it, 2/3 without.
-  assert choose('val', [0, 1]) is False      # A tie keeps it off.
-  assert choose('val', []) is False          # No validation samples.
+    mode,
+    lambda off: np.tile([0.0, 1.0], (len(y), 1)) + off,
+    zero,
+    corr,
+    np.array(y),
+    2,
+    'image_mean',
+  )
+  assert choose('val', [0, 0, 1]) is True  # 2/3 with it, 1/3 without.
+  assert choose('val', [1, 1, 0]) is False  # 1/3 with it, 2/3 without.
+  assert choose('val', [0, 1]) is False  # A tie keeps it off.
+  assert choose('val', []) is False  # No validation samples.
   assert choose('on', [1, 1]) is True and choose('off', [0, 0]) is False
 
 
@@ -119,11 +158,18 @@ def test_prior_correction_choice_follows_the_select_metric():
   class-0 row and two class-1 rows are right (3/5, 3/4). Image mean keeps
   it off, class mean turns it on."""
   from lcreg_jax.dlsa import run as run_lib
+
   logits = np.array([[0, 1], [0, 1], [0, 1], [0, 3], [0, 3]], np.float64)
   y = np.array([0, 1, 1, 1, 1])
   choose = lambda metric: run_lib.choose_prior_correction(
-      'val', lambda off: logits + off, np.zeros(2), np.array([2.0, 0.0]), y,
-      2, metric)
+    'val',
+    lambda off: logits + off,
+    np.zeros(2),
+    np.array([2.0, 0.0]),
+    y,
+    2,
+    metric,
+  )
   assert choose('image_mean') is False
   assert choose('class_mean') is True
 
@@ -134,10 +180,17 @@ def test_checkpoint_choice_follows_the_select_metric():
   y = np.array([0, 1, 1, 1, 1, 1])
   preds = {'a': np.ones(6, int), 'b': np.array([0, 1, 1, 1, 0, 0])}
   from lcreg_jax import loop
+
   for metric, kept in (('image_mean', 'a'), ('class_mean', 'b')):
     evaluate = classifiers._selection(
-        lambda st: st.train, lambda p, off, xs: np.eye(2)[preds[p]], None,
-        (), y, 2, metric)
+      lambda st: st.train,
+      lambda p, off, xs: np.eye(2)[preds[p]],
+      None,
+      (),
+      y,
+      2,
+      metric,
+    )
     state = loop.Selection.start('a', 'a')
     state, _ = evaluate(1, state)
     state, _ = evaluate(2, state.replace(train='b'))
@@ -182,15 +235,22 @@ def test_sgd_step_on_the_short_last_batch_matches_numpy():
   for _ in range(2):
     idx, num_real = next(it)
     rows = np.asarray(idx)[:num_real]
-    train, _ = step(train, (idx, num_real),
-                          (jnp.asarray(x),), jnp.asarray(y), 5,
-                          jnp.asarray(counts))
+    train, _ = step(
+      train,
+      (idx, num_real),
+      (jnp.asarray(x),),
+      jnp.asarray(y),
+      5,
+      jnp.asarray(counts),
+    )
     params = train[0]
     w, b = _numpy_bsm_sgd(w, b, x[rows], y[rows], counts, 0.01)
-    np.testing.assert_allclose(params['params']['lin_x']['kernel'], w,
-                               rtol=1e-5, atol=1e-7)
-    np.testing.assert_allclose(params['params']['lin_x']['bias'], b,
-                               rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(
+      params['params']['lin_x']['kernel'], w, rtol=1e-5, atol=1e-7
+    )
+    np.testing.assert_allclose(
+      params['params']['lin_x']['bias'], b, rtol=1e-5, atol=1e-7
+    )
   assert num_real == 1
 
 
@@ -200,8 +260,9 @@ def test_epoch_batches_cover_each_row_once_and_resume():
   it = batches(0)
   seen = [next(it) for _ in range(6)]
   for e in range(2):
-    rows = np.concatenate([np.asarray(i)[:k] for i, k in
-                           seen[3 * e:3 * e + 3]])
+    rows = np.concatenate(
+      [np.asarray(i)[:k] for i, k in seen[3 * e : 3 * e + 3]]
+    )
     assert sorted(rows) == list(range(10))
   assert [int(k) for _, k in seen] == [4, 4, 2] * 2
   assert not np.array_equal(seen[0][0], seen[3][0])  # a fresh shuffle
@@ -222,13 +283,16 @@ def test_lin_lin_final_classifier_sums_two_torch_initialised_layers():
       assert np.abs(leaf).max() <= bound and np.abs(leaf).max() > 0.5 * bound
   assert not np.allclose(params['lin_x']['kernel'], params['lin_z']['kernel'])
   x = np.random.default_rng(0).normal(size=(3, d))
-  expected = sum(x @ np.asarray(l['kernel'], np.float64) + l['bias']
-                 for l in params.values())
-  np.testing.assert_allclose(model.apply({'params': params}, x), expected,
-                             rtol=1e-5, atol=1e-6)
+  expected = sum(
+    x @ np.asarray(l['kernel'], np.float64) + l['bias'] for l in params.values()
+  )
+  np.testing.assert_allclose(
+    model.apply({'params': params}, x), expected, rtol=1e-5, atol=1e-6
+  )
   cfg = dlsa_config()
-  assert isinstance(classifiers.final_model(cfg, c),
-                    classifiers.LinLinClassifier)
+  assert isinstance(
+    classifiers.final_model(cfg, c), classifiers.LinLinClassifier
+  )
   cfg.final_classifier, cfg.classifier_init = 'linear', 'zeros'
   single = classifiers.final_model(cfg, c)
   p = single.init(jax.random.PRNGKey(0), jnp.zeros((1, d)))['params']

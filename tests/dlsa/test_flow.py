@@ -17,7 +17,8 @@ def _randomize(params, seed, scale=1.0):
   leaves, tree = jax.tree.flatten(params)
   rng = np.random.default_rng(seed)
   return jax.tree.unflatten(
-      tree, [scale * rng.standard_normal(l.shape) for l in leaves])
+    tree, [scale * rng.standard_normal(l.shape) for l in leaves]
+  )
 
 
 def _per_sample_jacobians(fn, x):
@@ -36,11 +37,15 @@ def test_made_jacobian_is_strictly_triangular(reverse, dim, hidden):
   with jax.enable_x64(True):
     made = flow_lib.MADE(hidden, reverse)
     init = jax.eval_shape(made.init, jax.random.PRNGKey(0), jnp.zeros((1, dim)))
-    allowed = (np.tril(np.ones((dim, dim)), -1) if not reverse else
-               np.triu(np.ones((dim, dim)), 1)).astype(bool)
+    allowed = (
+      np.tril(np.ones((dim, dim)), -1)
+      if not reverse
+      else np.triu(np.ones((dim, dim)), 1)
+    ).astype(bool)
     # Rows 0..D-1 of the Jacobian are ∂m/∂x, rows D..2D-1 are ∂a/∂x.
     jac = lambda params, x: _per_sample_jacobians(
-        lambda v: jnp.concatenate(made.apply(params, v[None]), -1)[0], x)
+      lambda v: jnp.concatenate(made.apply(params, v[None]), -1)[0], x
+    )
     allowed2 = np.concatenate([allowed, allowed])
     rng = np.random.default_rng(2)
     params = _randomize(init, seed=1)
@@ -52,8 +57,8 @@ def test_made_jacobian_is_strictly_triangular(reverse, dim, hidden):
     # sequential degrees must connect every allowed pair, not just some.
     positive = jax.tree.map(lambda a: np.abs(a) + 0.1, params)
     np.testing.assert_array_equal(
-        jac(positive, np.abs(rng.standard_normal((1, dim))))[0] != 0,
-        allowed2)
+      jac(positive, np.abs(rng.standard_normal((1, dim))))[0] != 0, allowed2
+    )
 
 
 def test_made_masks_of_one_dimension_disconnect_everything():
@@ -67,16 +72,19 @@ def test_made_affine_logdet_and_inverse():
     dim = 4
     for reverse in (False, True):
       layer = flow_lib.MADEAffine(dim, reverse)
-      v = _randomize(jax.eval_shape(layer.init, jax.random.PRNGKey(0),
-                                    jnp.zeros((1, dim))),
-                     seed=3, scale=0.5)
+      v = _randomize(
+        jax.eval_shape(layer.init, jax.random.PRNGKey(0), jnp.zeros((1, dim))),
+        seed=3,
+        scale=0.5,
+      )
       x = jnp.asarray(np.random.default_rng(4).standard_normal((6, dim)))
       u, logdet = layer.apply(v, x)
       ref = _per_sample_slogdet(lambda xi: layer.apply(v, xi[None])[0][0], x)
       np.testing.assert_allclose(logdet, ref, rtol=1e-10, atol=1e-10)
       # Direct transcription of u = (x - m) exp(-a).
       m, a = flow_lib.MADE(dim, reverse).apply(
-          {'params': v['params']['made']}, x)
+        {'params': v['params']['made']}, x
+      )
       np.testing.assert_allclose(u, (x - m) * np.exp(-a), rtol=1e-12)
       back = layer.apply(v, u, method=flow_lib.MADEAffine.inverse)
       np.testing.assert_allclose(back, x, atol=1e-9)
@@ -85,10 +93,16 @@ def test_made_affine_logdet_and_inverse():
 def _bn_variables(dim, seed):
   bn = flow_lib.FlowBatchNorm(dim, momentum=0.8, eps=1e-3)
   rng = np.random.default_rng(seed)
-  v = {'params': {'log_gamma': rng.normal(0, 0.5, dim),
-                  'beta': rng.normal(0, 1, dim)},
-       'batch_stats': {'mean': rng.normal(0, 1, dim),
-                       'var': rng.uniform(0.2, 3.0, dim)}}
+  v = {
+    'params': {
+      'log_gamma': rng.normal(0, 0.5, dim),
+      'beta': rng.normal(0, 1, dim),
+    },
+    'batch_stats': {
+      'mean': rng.normal(0, 1, dim),
+      'var': rng.uniform(0.2, 3.0, dim),
+    },
+  }
   return bn, v
 
 
@@ -99,11 +113,13 @@ def test_flow_batchnorm_eval_logdet_and_inverse():
     x = jnp.asarray(np.random.default_rng(6).standard_normal((5, dim)))
     y, logdet = bn.apply(v, x, train=False)
     ref = _per_sample_slogdet(
-        lambda xi: bn.apply(v, xi[None], train=False)[0][0], x)
+      lambda xi: bn.apply(v, xi[None], train=False)[0][0], x
+    )
     np.testing.assert_allclose(logdet, ref, rtol=1e-10)
     s, st = v['params'], v['batch_stats']
-    expected = ((x - st['mean']) / np.sqrt(st['var'] + 1e-3) *
-                np.exp(s['log_gamma']) + s['beta'])
+    expected = (x - st['mean']) / np.sqrt(st['var'] + 1e-3) * np.exp(
+      s['log_gamma']
+    ) + s['beta']
     np.testing.assert_allclose(y, expected, rtol=1e-12)
     back = bn.apply(v, y, method=flow_lib.FlowBatchNorm.inverse)
     np.testing.assert_allclose(back, x, atol=1e-12)
@@ -116,30 +132,35 @@ def test_flow_batchnorm_train_mode_uses_batch_stats(unbiased):
   with jax.enable_x64(True):
     dim = 3
     _, v = _bn_variables(dim, seed=7)
-    bn = flow_lib.FlowBatchNorm(dim, momentum=0.8, eps=1e-3,
-                                unbiased=unbiased)
+    bn = flow_lib.FlowBatchNorm(dim, momentum=0.8, eps=1e-3, unbiased=unbiased)
     x = np.random.default_rng(8).normal(2.0, 1.5, (5, dim))
-    (y, logdet), upd = bn.apply(v, jnp.asarray(x), train=True,
-                                mutable=['batch_stats'])
+    (y, logdet), upd = bn.apply(
+      v, jnp.asarray(x), train=True, mutable=['batch_stats']
+    )
     mean = x.sum(0) / 5
-    var = ((x - mean)**2).sum(0) / (4 if unbiased else 5)
+    var = ((x - mean) ** 2).sum(0) / (4 if unbiased else 5)
     s = v['params']
     np.testing.assert_allclose(
-        y, (x - mean) / np.sqrt(var + 1e-3) * np.exp(s['log_gamma']) +
-        s['beta'], rtol=1e-12)
+      y,
+      (x - mean) / np.sqrt(var + 1e-3) * np.exp(s['log_gamma']) + s['beta'],
+      rtol=1e-12,
+    )
     # Log-det of the per-sample map with the batch statistics held fixed.
     frozen = {'params': s, 'batch_stats': {'mean': mean, 'var': var}}
     ref = _per_sample_slogdet(
-        lambda xi: bn.apply(frozen, xi[None], train=False)[0][0], x)
+      lambda xi: bn.apply(frozen, xi[None], train=False)[0][0], x
+    )
     np.testing.assert_allclose(logdet, ref, rtol=1e-10)
     old = v['batch_stats']
-    np.testing.assert_allclose(upd['batch_stats']['mean'],
-                               0.8 * old['mean'] + 0.2 * mean, rtol=1e-12)
-    np.testing.assert_allclose(upd['batch_stats']['var'],
-                               0.8 * old['var'] + 0.2 * var, rtol=1e-12)
     np.testing.assert_allclose(
-        logdet, np.sum(s['log_gamma'] - 0.5 * np.log(var + 1e-3)),
-        rtol=1e-12)
+      upd['batch_stats']['mean'], 0.8 * old['mean'] + 0.2 * mean, rtol=1e-12
+    )
+    np.testing.assert_allclose(
+      upd['batch_stats']['var'], 0.8 * old['var'] + 0.2 * var, rtol=1e-12
+    )
+    np.testing.assert_allclose(
+      logdet, np.sum(s['log_gamma'] - 0.5 * np.log(var + 1e-3)), rtol=1e-12
+    )
 
 
 def test_made_init_is_pytorch_default_or_the_former_small_output():
@@ -150,8 +171,9 @@ def test_made_init_is_pytorch_default_or_the_former_small_output():
     for leaf in (p[f'kernel_{i}'], p[f'bias_{i}']):
       bound = 1 / np.sqrt(fan_in)
       assert bound * 0.7 < np.abs(leaf).max() <= bound
-  old = flow_lib.MADE(hidden, out_scale=1e-2).init(jax.random.PRNGKey(0),
-                                                   x)['params']
+  old = flow_lib.MADE(hidden, out_scale=1e-2).init(jax.random.PRNGKey(0), x)[
+    'params'
+  ]
   assert not any(np.any(old[f'bias_{i}']) for i in range(3))
   assert np.std(old['kernel_2']) < 0.1 * np.std(p['kernel_2'])
 
@@ -159,14 +181,22 @@ def test_made_init_is_pytorch_default_or_the_former_small_output():
 def _trained_maf(dim, seed, scale=0.4):
   """A MAF with random weights and non-trivial running statistics."""
   maf = flow_lib.MAF(dim, num_blocks=2)
-  shapes = jax.eval_shape(functools.partial(maf.init, train=True),
-                          jax.random.PRNGKey(seed), jnp.zeros((2, dim)))
-  v = {'params': _randomize(shapes['params'], seed, scale),
-       'batch_stats': {name: {'mean': np.zeros(dim), 'var': np.ones(dim)}
-                       for name in shapes['batch_stats']}}
+  shapes = jax.eval_shape(
+    functools.partial(maf.init, train=True),
+    jax.random.PRNGKey(seed),
+    jnp.zeros((2, dim)),
+  )
+  v = {
+    'params': _randomize(shapes['params'], seed, scale),
+    'batch_stats': {
+      name: {'mean': np.zeros(dim), 'var': np.ones(dim)}
+      for name in shapes['batch_stats']
+    },
+  }
   x = np.random.default_rng(seed).normal(0.5, 2.0, (64, dim))
   train_step = jax.jit(
-      lambda v, x: maf.apply(v, x, train=True, mutable=['batch_stats']))
+    lambda v, x: maf.apply(v, x, train=True, mutable=['batch_stats'])
+  )
   for _ in range(3):
     _, upd = train_step(v, jnp.asarray(x))
     v = {'params': v['params'], 'batch_stats': upd['batch_stats']}
@@ -180,9 +210,11 @@ def test_maf_logdet_matches_jacobian_and_inverts():
     x = jnp.asarray(np.random.default_rng(10).standard_normal((6, dim)))
     z, logdet = maf.apply(v, x, train=False)
     jac = _per_sample_jacobians(
-        lambda xi: maf.apply(v, xi[None], train=False)[0][0], x)
-    np.testing.assert_allclose(logdet, np.linalg.slogdet(jac)[1], rtol=1e-9,
-                               atol=1e-9)
+      lambda xi: maf.apply(v, xi[None], train=False)[0][0], x
+    )
+    np.testing.assert_allclose(
+      logdet, np.linalg.slogdet(jac)[1], rtol=1e-9, atol=1e-9
+    )
     # The second block runs in reversed order, so the composite Jacobian is
     # full; two blocks of the same order would leave it lower-triangular.
     assert np.triu(jac, 1).any() and np.tril(jac, -1).any()
@@ -199,15 +231,23 @@ def test_expanded_distance_equals_direct_form():
   z = jnp.asarray(rng.normal(0, 3, (7, 5)), jnp.float32)
   centers = flow_lib.make_centers(jax.random.PRNGKey(1), 13, 5, 0.05)
   np.testing.assert_allclose(
-      flow_lib.component_log_likelihoods(z, centers),
-      flow_lib.component_log_likelihoods_direct(z, centers), rtol=1e-5)
+    flow_lib.component_log_likelihoods(z, centers),
+    flow_lib.component_log_likelihoods_direct(z, centers),
+    rtol=1e-5,
+  )
   # Against scipy, from scratch.
   logp, _ = flow_lib.mixture_log_prob(z, centers)
   c = np.asarray(centers, np.float64)
-  comp = np.stack([stats.multivariate_normal(ck, np.eye(5)).logpdf(
-      np.asarray(z, np.float64)) for ck in c], -1)
-  np.testing.assert_allclose(logp, special.logsumexp(comp, -1) - math.log(13),
-                             rtol=1e-5)
+  comp = np.stack(
+    [
+      stats.multivariate_normal(ck, np.eye(5)).logpdf(np.asarray(z, np.float64))
+      for ck in c
+    ],
+    -1,
+  )
+  np.testing.assert_allclose(
+    logp, special.logsumexp(comp, -1) - math.log(13), rtol=1e-5
+  )
 
 
 def test_center_statistics():
@@ -226,11 +266,12 @@ def test_mixture_density_integrates_to_one_1d():
 
 def test_mixture_density_integrates_to_one_2d():
   with jax.enable_x64(True):
-    centers = jnp.asarray([[-1.0, 0.5], [0.3, -2.0], [2.0, 1.0], [0., 0.]])
+    centers = jnp.asarray([[-1.0, 0.5], [0.3, -2.0], [2.0, 1.0], [0.0, 0.0]])
     t = np.linspace(-12, 12, 601)
     xx, yy = np.meshgrid(t, t, indexing='ij')
     logp, _ = flow_lib.mixture_log_prob(
-        jnp.asarray(np.stack([xx.ravel(), yy.ravel()], 1)), centers)
+      jnp.asarray(np.stack([xx.ravel(), yy.ravel()], 1)), centers
+    )
     dens = np.exp(np.asarray(logp)).reshape(xx.shape)
     mass = np.trapezoid(np.trapezoid(dens, t, axis=1), t)
     assert abs(mass - 1) < 1e-8
@@ -243,8 +284,8 @@ def test_flow_density_integrates_to_one_2d():
     t = np.linspace(-25, 25, 801)
     xx, yy = np.meshgrid(t, t, indexing='ij')
     logp, cluster, _ = jax.jit(
-        lambda v, x: flow_lib.flow_outputs(maf, v, x, centers))(
-            v, jnp.asarray(np.stack([xx.ravel(), yy.ravel()], 1)))
+      lambda v, x: flow_lib.flow_outputs(maf, v, x, centers)
+    )(v, jnp.asarray(np.stack([xx.ravel(), yy.ravel()], 1)))
     dens = np.exp(np.asarray(logp)).reshape(xx.shape)
     mass = np.trapezoid(np.trapezoid(dens, t, axis=1), t)
     assert abs(mass - 1) < 1e-5

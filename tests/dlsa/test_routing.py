@@ -6,9 +6,19 @@ import pytest
 from lcreg_jax.dlsa import routing
 
 
-@pytest.mark.parametrize('n,fraction,expected', [
-    (10, 0.3, 3), (11, 0.3, 4), (100, 0.3, 30), (7, 0.5, 4), (2, 0.9, 1),
-    (1, 0.3, 0), (0, 0.3, 0), (5, 0.999, 4)])
+@pytest.mark.parametrize(
+  'n,fraction,expected',
+  [
+    (10, 0.3, 3),
+    (11, 0.3, 4),
+    (100, 0.3, 30),
+    (7, 0.5, 4),
+    (2, 0.9, 1),
+    (1, 0.3, 0),
+    (0, 0.3, 0),
+    (5, 0.999, 4),
+  ],
+)
 def test_num_routed_rule(n, fraction, expected):
   # min(ceil(f n), n - 1), at least 0.
   assert routing.num_routed(n, fraction) == expected
@@ -34,8 +44,7 @@ def test_routing_stages_are_exact_disjoint_and_cover():
     assert logp[routed].min() == thr
     assert logp[remaining & ~routed].max() <= thr
     val_routed = routing.route_by_threshold(val_logp, val_remaining, thr)
-    np.testing.assert_array_equal(val_routed,
-                                  val_remaining & (val_logp >= thr))
+    np.testing.assert_array_equal(val_routed, val_remaining & (val_logp >= thr))
     stage[routed], val_stage[val_routed] = s, s
     remaining &= ~routed
     val_remaining &= ~val_routed
@@ -51,6 +60,7 @@ def test_cluster_prior_matrix_by_hand():
   clusters = np.array([0, 0, 0, 2, 2, 3])
   labels = np.array([1, 1, 0, 2, 2, 0])
   prior = routing.cluster_prior_matrix(clusters, labels, 5, 3)
-  expected = np.array([[1 / 3, 2 / 3, 0], [0, 0, 0], [0, 0, 1], [1, 0, 0],
-                       [0, 0, 0]])
+  expected = np.array(
+    [[1 / 3, 2 / 3, 0], [0, 0, 0], [0, 0, 1], [1, 0, 0], [0, 0, 0]]
+  )
   np.testing.assert_allclose(prior, expected, rtol=1e-6)

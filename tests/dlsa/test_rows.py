@@ -13,7 +13,7 @@ def test_pad_rows_appends_zero_rows_and_keeps_at_least_one():
   assert padded.shape == (5, 2) and padded.dtype == jnp.int32
   np.testing.assert_array_equal(padded[:3], a)
   np.testing.assert_array_equal(padded[3:], 0)
-  assert rows.pad_rows(a).shape == (3, 2)            # never cut
+  assert rows.pad_rows(a).shape == (3, 2)  # never cut
   assert rows.pad_rows(np.zeros((0, 2))).shape == (1, 2)
 
 
@@ -23,7 +23,7 @@ def test_map_in_chunks_equals_one_pass_and_compiles_once():
 
   @jax.jit
   def fn(a, b):
-    shapes.append(a.shape)   # runs once per compilation
+    shapes.append(a.shape)  # runs once per compilation
     return a.sum(1), a * b
 
   s, p = rows.map_in_chunks(fn, [x, 2 * x], chunk=4)

@@ -26,15 +26,19 @@ def test_calibration_bins_are_right_closed():
 
 def test_metrics_groups_and_nll():
   counts = np.array([150, 50, 10])
-  logits = np.log(np.array([[0.7, 0.2, 0.1], [0.2, 0.7, 0.1], [0.6, 0.3, 0.1],
-                            [0.1, 0.2, 0.7]]))
+  logits = np.log(
+    np.array(
+      [[0.7, 0.2, 0.1], [0.2, 0.7, 0.1], [0.6, 0.3, 0.1], [0.1, 0.2, 0.7]]
+    )
+  )
   labels = np.array([0, 1, 2, 2])
   m = evaluate.compute_metrics(logits, labels, counts)
   assert m['top1'] == 0.75
   assert m['per_class_accuracy'] == [1.0, 1.0, 0.5]
   assert (m['many'], m['medium'], m['few']) == (1.0, 1.0, 0.5)
   np.testing.assert_allclose(
-      m['nll'], -np.mean(np.log([0.7, 0.7, 0.1, 0.7])), rtol=1e-6)
+    m['nll'], -np.mean(np.log([0.7, 0.7, 0.1, 0.7])), rtol=1e-6
+  )
 
 
 def test_validation_scores_hand_case():

@@ -7,9 +7,10 @@ from lcreg_jax.evaluate import posthoc
 
 
 def test_tau_grid_covers_zero_to_max():
-  np.testing.assert_allclose(posthoc.tau_grid(2.0, 0.1),
-                             np.arange(21) / 10, atol=1e-12)
-  np.testing.assert_allclose(posthoc.tau_grid(1.0, 0.3), [0, .3, .6, .9])
+  np.testing.assert_allclose(
+    posthoc.tau_grid(2.0, 0.1), np.arange(21) / 10, atol=1e-12
+  )
+  np.testing.assert_allclose(posthoc.tau_grid(1.0, 0.3), [0, 0.3, 0.6, 0.9])
 
 
 def test_logit_adjustment_against_numpy():
@@ -32,11 +33,13 @@ def test_logit_adjustment_against_numpy():
 
 def test_tau_norm_logits_drop_the_bias_and_use_normalised_columns():
   x = np.array([[1.0, 2.0]])
-  kernel = np.array([[3.0, 0.0], [4.0, 1.0]])   # column norms 5 and 1
-  np.testing.assert_allclose(posthoc.tau_normalized_logits(x, kernel, 1.0),
-                             [[11 / 5, 2.0]], rtol=1e-6)
-  np.testing.assert_allclose(posthoc.tau_normalized_logits(x, kernel, 0.0),
-                             [[11.0, 2.0]], rtol=1e-6)
+  kernel = np.array([[3.0, 0.0], [4.0, 1.0]])  # column norms 5 and 1
+  np.testing.assert_allclose(
+    posthoc.tau_normalized_logits(x, kernel, 1.0), [[11 / 5, 2.0]], rtol=1e-6
+  )
+  np.testing.assert_allclose(
+    posthoc.tau_normalized_logits(x, kernel, 0.0), [[11.0, 2.0]], rtol=1e-6
+  )
 
 
 @pytest.mark.parametrize('metric', ['image_mean', 'class_mean'])
@@ -44,13 +47,22 @@ def test_choose_tau_takes_the_best_and_the_smallest_on_ties(metric):
   labels = np.array([0, 1, 1])
   # top-1 by τ: 1/3 at 0, 1 at 0.5 and at 1 (tie), 2/3 at 1.5; the mean of
   # per-class top-1: 1/2, 1, 1, 1/2.
-  table = {0.0: [[1, 0], [1, 0], [1, 0]], 0.5: [[1, 0], [0, 1], [0, 1]],
-           1.0: [[1, 0], [0, 1], [0, 1]], 1.5: [[0, 1], [0, 1], [0, 1]]}
-  best, curves = posthoc.choose_tau(lambda t: np.array(table[t]), labels,
-                                    np.array([0.0, 0.5, 1.0, 1.5]), 2, metric)
+  table = {
+    0.0: [[1, 0], [1, 0], [1, 0]],
+    0.5: [[1, 0], [0, 1], [0, 1]],
+    1.0: [[1, 0], [0, 1], [0, 1]],
+    1.5: [[0, 1], [0, 1], [0, 1]],
+  }
+  best, curves = posthoc.choose_tau(
+    lambda t: np.array(table[t]),
+    labels,
+    np.array([0.0, 0.5, 1.0, 1.5]),
+    2,
+    metric,
+  )
   assert best == 1
   np.testing.assert_allclose(curves['top1'], [1 / 3, 1, 1, 2 / 3])
-  np.testing.assert_allclose(curves['class_mean_top1'], [.5, 1, 1, .5])
+  np.testing.assert_allclose(curves['class_mean_top1'], [0.5, 1, 1, 0.5])
 
 
 def test_choose_tau_ties_scores_equal_but_for_rounding():
@@ -62,12 +74,14 @@ def test_choose_tau_ties_scores_equal_but_for_rounding():
 
   def logits_at(tau):
     hits = (1, 2, 3) if tau else (3, 2, 1)
-    pred = np.concatenate([np.where(np.arange(10) < h, c, (c + 1) % 3)
-                           for c, h in enumerate(hits)])
+    pred = np.concatenate(
+      [np.where(np.arange(10) < h, c, (c + 1) % 3) for c, h in enumerate(hits)]
+    )
     return np.eye(3)[pred]
 
-  best, curves = posthoc.choose_tau(logits_at, labels, np.array([0.0, 1.0]),
-                                    3, 'class_mean')
+  best, curves = posthoc.choose_tau(
+    logits_at, labels, np.array([0.0, 1.0]), 3, 'class_mean'
+  )
   assert curves['class_mean_top1'][1] > curves['class_mean_top1'][0]
   np.testing.assert_array_equal(curves['top1'], [0.2, 0.2])
   assert best == 0

@@ -20,8 +20,7 @@ class _Sum(nn.Module):
     s = x.reshape(x.shape[0], -1).sum(-1, keepdims=True)
     s = s + 0 * self.param('w', nn.initializers.zeros, ())
     hits = jnp.ones((x.shape[0], 4, 1)) * jnp.array([1.0, 0.0])  # (B, P, M)
-    return dict(logits=s * jnp.array([1.0, 2.0]), features=s,
-                assignment=hits)
+    return dict(logits=s * jnp.array([1.0, 2.0]), features=s, assignment=hits)
 
 
 def test_each_example_once_in_order():
@@ -29,13 +28,22 @@ def test_each_example_once_in_order():
   model = _Sum()
   params = model.init(jax.random.key(0), jnp.zeros((1, 2, 2, 1)))['params']
   state = train_state.TrainState.create(
-      apply_fn=model.apply, params=params, batch_stats={},
-      tx=optax.sgd(0.1), cov={})
+    apply_fn=model.apply,
+    params=params,
+    batch_stats={},
+    tx=optax.sgd(0.1),
+    cov={},
+  )
   images = np.arange(13 * 4, dtype=np.uint8).reshape(13, 2, 2, 1)
   labels = np.arange(13) % 3
   batches = pipeline.make_eval_iterator(
-      images, labels, global_batch_size=8,
-      sharding=parallel.batch_sharding(mesh), mean=0.0, std=1.0)
+    images,
+    labels,
+    global_batch_size=8,
+    sharding=parallel.batch_sharding(mesh),
+    mean=0.0,
+    std=1.0,
+  )
   out = predict.predict(state, batches, mesh=mesh)
   sums = images.reshape(13, -1).sum(-1) / 255.0
   np.testing.assert_allclose(out['features'][:, 0], sums, rtol=1e-6)

@@ -19,23 +19,28 @@ def _las_numpy(logits, labels, counts, head, tail, shape, power):
   elif shape == 'convex':
     eps = head + (head - tail) * np.sin(1.5 * np.pi + np.pi * r / 2)
   else:
-    eps = tail + (head - tail) * r ** power
+    eps = tail + (head - tail) * r**power
   logp = scipy.special.log_softmax(logits, -1)
   c = logits.shape[1]
-  per = [(1 - eps[y]) * -logp[i, y] + eps[y] / c * -logp[i].sum()
-         for i, y in enumerate(labels)]
+  per = [
+    (1 - eps[y]) * -logp[i, y] + eps[y] / c * -logp[i].sum()
+    for i, y in enumerate(labels)
+  ]
   return np.mean(per)
 
 
-@pytest.mark.parametrize('shape,power', [('concave', None), ('linear', None),
-                                         ('convex', None), ('exp', 2.0)])
+@pytest.mark.parametrize(
+  'shape,power',
+  [('concave', None), ('linear', None), ('convex', None), ('exp', 2.0)],
+)
 def test_label_aware_smoothing_matches_numpy(shape, power):
   rng = np.random.default_rng(3)
   counts = np.array([500, 120, 40, 9, 5])
   logits = rng.normal(size=(8, 5)) * 3
   labels = rng.integers(0, 5, 8)
-  got = losses.label_aware_smoothing(jnp.asarray(logits), jnp.asarray(labels),
-                                     counts, 0.4, 0.1, shape, power)
+  got = losses.label_aware_smoothing(
+    jnp.asarray(logits), jnp.asarray(labels), counts, 0.4, 0.1, shape, power
+  )
   ref = _las_numpy(logits, labels, counts, 0.4, 0.1, shape, power)
   np.testing.assert_allclose(got, ref, rtol=1e-5)
   eps = losses.las_epsilons(counts, 0.4, 0.1, shape, power)
@@ -47,11 +52,12 @@ def test_mixup_cross_entropy_is_convex_combination():
   logits = rng.normal(size=(4, 3))
   y, y2 = np.array([0, 1, 2, 0]), np.array([2, 2, 1, 0])
   logp = scipy.special.log_softmax(logits, -1)
-  ref = 0.3 * -logp[np.arange(4), y].mean() + 0.7 * -logp[np.arange(4),
-                                                          y2].mean()
+  ref = (
+    0.3 * -logp[np.arange(4), y].mean() + 0.7 * -logp[np.arange(4), y2].mean()
+  )
   np.testing.assert_allclose(
-      losses.mixup_cross_entropy(jnp.asarray(logits), y, y2, 0.3), ref,
-      rtol=1e-5)
+    losses.mixup_cross_entropy(jnp.asarray(logits), y, y2, 0.3), ref, rtol=1e-5
+  )
 
 
 def test_balanced_softmax_matches_numpy():
@@ -62,14 +68,17 @@ def test_balanced_softmax_matches_numpy():
   tiny = 1e-12
   adj = logits.astype(np.float64) + np.log(counts + tiny)
   ref = np.mean(scipy.special.logsumexp(adj, 1) - adj[np.arange(9), labels])
-  got = losses.balanced_softmax_loss(jnp.asarray(logits), jnp.asarray(labels),
-                                      jnp.asarray(counts), tiny)
+  got = losses.balanced_softmax_loss(
+    jnp.asarray(logits), jnp.asarray(labels), jnp.asarray(counts), tiny
+  )
   np.testing.assert_allclose(got, ref, rtol=1e-5)
   # With equal counts it is plain cross-entropy.
-  ce = np.mean(scipy.special.logsumexp(logits, 1) - logits[np.arange(9), labels])
+  ce = np.mean(
+    scipy.special.logsumexp(logits, 1) - logits[np.arange(9), labels]
+  )
   np.testing.assert_allclose(
-      losses.balanced_softmax_loss(logits, labels, np.full(4, 3.0)), ce,
-      rtol=1e-5)
+    losses.balanced_softmax_loss(logits, labels, np.full(4, 3.0)), ce, rtol=1e-5
+  )
 
 
 def test_top1_on_host_in_float64_and_under_jit():

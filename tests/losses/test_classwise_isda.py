@@ -17,7 +17,7 @@ def _np_sigma2(w, cov, labels, lam):
   w = w.astype(np.float64)
   c = w.shape[1]
   full = cov if cov.ndim == 3 else np.stack([np.diag(s) for s in cov])
-  diff = w[None, :, :] - w.T[:, :, None]                  # (C, D, C): [m, d, j]
+  diff = w[None, :, :] - w.T[:, :, None]  # (C, D, C): [m, d, j]
   table = np.einsum('mdj,mde,mej->mj', diff, full.astype(np.float64), diff)
   assert table.shape == (c, c)
   return lam * table[labels]
@@ -38,9 +38,12 @@ def _case(c=6, d=5, b=9, seed=0, diagonal=True):
 @pytest.mark.parametrize('diagonal', [True, False])
 def test_sigma2_matches_explicit_cdc_product(diagonal):
   w, cov, labels = _case(diagonal=diagonal)
-  got = losses.classwise_isda_sigma2(jnp.asarray(w, jnp.float32),
-                                     jnp.asarray(cov, jnp.float32),
-                                     jnp.asarray(labels), 0.3)
+  got = losses.classwise_isda_sigma2(
+    jnp.asarray(w, jnp.float32),
+    jnp.asarray(cov, jnp.float32),
+    jnp.asarray(labels),
+    0.3,
+  )
   want = _np_sigma2(w, cov, labels, 0.3)
   np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-5)
   # Own class exactly 0; every entry >= 0.
@@ -52,17 +55,29 @@ def test_augmented_logits_add_half_sigma2_and_match_the_latent_table():
   w, cov, labels = _case(seed=1, diagonal=False)
   logits = np.random.default_rng(2).normal(size=(len(labels), w.shape[1]))
   got = losses.classwise_isda_logits(
-      jnp.asarray(logits, jnp.float32), jnp.asarray(w, jnp.float32),
-      jnp.asarray(cov, jnp.float32), jnp.asarray(labels), 0.5)
+    jnp.asarray(logits, jnp.float32),
+    jnp.asarray(w, jnp.float32),
+    jnp.asarray(cov, jnp.float32),
+    jnp.asarray(labels),
+    0.5,
+  )
   np.testing.assert_allclose(
-      np.asarray(got), logits + 0.25 * _np_sigma2(w, cov, labels, 1.0),
-      rtol=1e-5, atol=1e-5)
+    np.asarray(got),
+    logits + 0.25 * _np_sigma2(w, cov, labels, 1.0),
+    rtol=1e-5,
+    atol=1e-5,
+  )
   # Same bound as the (C, C)-table version the latent module uses.
   table = losses.isda_augmented_logits(
-      jnp.asarray(logits, jnp.float32), jnp.asarray(w, jnp.float32),
-      jnp.asarray(cov, jnp.float32), jnp.asarray(labels), 0.5)
-  np.testing.assert_allclose(np.asarray(got), np.asarray(table), rtol=1e-5,
-                             atol=1e-5)
+    jnp.asarray(logits, jnp.float32),
+    jnp.asarray(w, jnp.float32),
+    jnp.asarray(cov, jnp.float32),
+    jnp.asarray(labels),
+    0.5,
+  )
+  np.testing.assert_allclose(
+    np.asarray(got), np.asarray(table), rtol=1e-5, atol=1e-5
+  )
 
 
 def test_gradient_flows_to_the_weights_not_the_covariance():
@@ -72,13 +87,14 @@ def test_gradient_flows_to_the_weights_not_the_covariance():
   def f(wj, cj):
     return losses.classwise_isda_sigma2(wj, cj, lab, 0.7).sum()
 
-  gw, gc = jax.grad(f, argnums=(0, 1))(jnp.asarray(w, jnp.float32),
-                                       jnp.asarray(cov, jnp.float32))
+  gw, gc = jax.grad(f, argnums=(0, 1))(
+    jnp.asarray(w, jnp.float32), jnp.asarray(cov, jnp.float32)
+  )
   assert np.all(np.asarray(gc) == 0)
   # d/dW of Σ_i Σ_j λ Σ_d s_{y_i d}(W_dj - W_dy_i)², by hand in NumPy.
-  s = cov[labels]                                          # (B, D)
-  diff = w[None] - w.T[labels][:, :, None]                 # (B, D, C)
-  g = 2 * 0.7 * s[:, :, None] * diff                       # d/dW_dj
+  s = cov[labels]  # (B, D)
+  diff = w[None] - w.T[labels][:, :, None]  # (B, D, C)
+  g = 2 * 0.7 * s[:, :, None] * diff  # d/dW_dj
   want = g.sum(0)
   for i, y in enumerate(labels):
     want[:, y] -= g[i].sum(-1)
@@ -100,8 +116,9 @@ def test_imagenet_size_diagonal_forms_no_cdc_array_and_compiles():
   # The printed jaxpr lists every array of every (nested) equation by type.
   text = str(jax.make_jaxpr(fn)(logits, w, cov, labels))
   shapes = re.findall(r'(?:f32|f64|i32|bool)\[([0-9,]*)\]', text)
-  biggest = max(int(np.prod([int(x) for x in sh.split(',') if x]))
-                for sh in shapes)
-  assert 0 < biggest < c * d * c // 100, biggest    # largest is (D, C)
+  biggest = max(
+    int(np.prod([int(x) for x in sh.split(',') if x])) for sh in shapes
+  )
+  assert 0 < biggest < c * d * c // 100, biggest  # largest is (D, C)
   assert biggest == d * c
   jax.jit(fn).lower(logits, w, cov, labels).compile()

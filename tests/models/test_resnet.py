@@ -8,8 +8,9 @@ from lcreg_jax.models import resnet
 def _shapes(name, shortcut, size, channels):
   model = resnet.make_backbone(name, shortcut)
   x = jnp.zeros((2, size, size, channels))
-  variables = jax.eval_shape(lambda: model.init(jax.random.key(0), x,
-                                                train=False))
+  variables = jax.eval_shape(
+    lambda: model.init(jax.random.key(0), x, train=False)
+  )
   out = jax.eval_shape(lambda v: model.apply(v, x, train=False), variables)
   return out.shape, flax.traverse_util.flatten_dict(variables['params'])
 

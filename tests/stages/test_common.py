@@ -21,8 +21,9 @@ OLD = dict(init='flax', zero_init_residual=False)
 
 def test_keys_added_later_are_left_out_at_their_old_value():
   for backbone, zero in (('resnet32', False), ('resnet50', True)):
-    fp = common.fingerprint(_ctx(backbone=backbone, init='flax',
-                                 zero_init_residual=zero), 'stage1')
+    fp = common.fingerprint(
+      _ctx(backbone=backbone, init='flax', zero_init_residual=zero), 'stage1'
+    )
     # What a run written before model.head existed stored: the model config
     # without the added keys.
     old = config_lib.base_config().model
@@ -30,8 +31,9 @@ def test_keys_added_later_are_left_out_at_their_old_value():
     old = old.to_dict()
     for key in common.MODEL_KEYS_ADDED:
       old.pop(key)
-    assert fp == dict(stage='stage1', num_classes=10, image_shape=[8, 8, 1],
-                      model=old)
+    assert fp == dict(
+      stage='stage1', num_classes=10, image_shape=[8, 8, 1], model=old
+    )
 
 
 def test_the_authors_init_is_in_the_fingerprint():
@@ -46,7 +48,8 @@ def test_a_changed_added_key_changes_the_fingerprint():
   normed = common.fingerprint(_ctx(head='normed', **OLD), 'stage1')
   assert normed != plain
   assert normed['model']['head'] == 'normed'
-  assert 'normed_scale' not in normed['model']   # still the old value
-  scaled = common.fingerprint(_ctx(head='normed', normed_scale=16.0, **OLD),
-                              'stage1')
+  assert 'normed_scale' not in normed['model']  # still the old value
+  scaled = common.fingerprint(
+    _ctx(head='normed', normed_scale=16.0, **OLD), 'stage1'
+  )
   assert scaled['model']['normed_scale'] == 16.0

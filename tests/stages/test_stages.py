@@ -23,11 +23,13 @@ def _final_checkpoint(workdir, stage):
   directory = os.path.join(workdir, stage, 'checkpoints')
   step = max(int(p) for p in os.listdir(directory) if p.isdigit())
   return ocp.StandardCheckpointer().restore(
-      os.path.join(directory, str(step), 'default'))
+    os.path.join(directory, str(step), 'default')
+  )
 
 
 def test_kill_anywhere_and_resume_reaches_the_same_checkpoints(
-    finished_run, tmp_path):
+  finished_run, tmp_path
+):
   work = str(tmp_path / 'killed')
 
   def run(kill_at=None, **changes):
@@ -35,7 +37,8 @@ def test_kill_anywhere_and_resume_reaches_the_same_checkpoints(
     for key, value in changes.items():
       cfg[key].enabled = value
     return stages.train_and_evaluate(
-        cfg, work, hooks=[killing.kill_at(*kill_at)] if kill_at else [])
+      cfg, work, hooks=[killing.kill_at(*kill_at)] if kill_at else []
+    )
 
   # Killed between checkpoints in stage 1: it saved steps 2 and 4 only...
   with pytest.raises(killing.Kill):
@@ -52,22 +55,31 @@ def test_kill_anywhere_and_resume_reaches_the_same_checkpoints(
   reference = str(finished_run[0])
   for stage in ('stage1', 'stage2'):
     jax.tree.map(
-        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7),
-        _final_checkpoint(work, stage), _final_checkpoint(reference, stage))
+      lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7),
+      _final_checkpoint(work, stage),
+      _final_checkpoint(reference, stage),
+    )
     with open(os.path.join(reference, stage, 'report.json')) as f:
       assert rows[stage]['top1'] == json.load(f)['top1']
   config = json.load(open(os.path.join(work, 'config.json')))
   assert config['stage2']['shift_bn'] is True
-  assert config['stage2']['las_head'] == 0.1      # from the cifar10 row
+  assert config['stage2']['las_head'] == 0.1  # from the cifar10 row
 
 
 def test_stage2_alone_from_a_stage1_checkpoint_then_dlsa(
-    finished_run, tmp_path, capsys):
+  finished_run, tmp_path, capsys
+):
   cfg = tiny.tiny_config()
   cfg.stage1.enabled = False
   cfg.stage2.init_from = str(finished_run[0] / 'stage1' / 'checkpoints')
-  cfg.dlsa.update(enabled=True, flow_steps=30, classifier_steps=30,
-                  num_clusters=16, eval_every=15, val_per_class=5)
+  cfg.dlsa.update(
+    enabled=True,
+    flow_steps=30,
+    classifier_steps=30,
+    num_clusters=16,
+    eval_every=15,
+    val_per_class=5,
+  )
   rows = stages.train_and_evaluate(cfg, str(tmp_path))
   assert set(rows) == {'stage2', 'dlsa'}
   # Stage 2 from the same stage-1 checkpoint is the finished run's stage 2.
@@ -78,8 +90,10 @@ def test_stage2_alone_from_a_stage1_checkpoint_then_dlsa(
   np.testing.assert_allclose(sum(r['share'] for r in routing.values()), 1.0)
   # Per-stage accuracies weighted by shares give back the overall top-1.
   np.testing.assert_allclose(
-      sum(r['share'] * (r['accuracy'] or 0) for r in routing.values()),
-      report['top1'], atol=1e-6)
+    sum(r['share'] * (r['accuracy'] or 0) for r in routing.values()),
+    report['top1'],
+    atol=1e-6,
+  )
   summary = json.load(open(tmp_path / 'summary.json'))
   assert summary['stage2']['top1'] == rows['stage2']['top1']
   out = capsys.readouterr().out
@@ -88,10 +102,11 @@ def test_stage2_alone_from_a_stage1_checkpoint_then_dlsa(
 
 
 def test_record_config_keeps_an_earlier_different_config(tmp_path):
-  config = config_lib.resolve_and_validate(tiny.tiny_config(),
-                                           num_visible_devices=1)
+  config = config_lib.resolve_and_validate(
+    tiny.tiny_config(), num_visible_devices=1
+  )
   stages.record_config(str(tmp_path), config)
-  stages.record_config(str(tmp_path), config)     # the same: nothing new
+  stages.record_config(str(tmp_path), config)  # the same: nothing new
   assert os.listdir(tmp_path) == ['config.json']
   changed = config.copy_and_resolve_references()
   changed.seed = 7
@@ -110,11 +125,13 @@ def test_workdir_that_is_a_file_is_refused(tmp_path):
 
 @pytest.mark.slow
 def test_a_signal_during_stage1s_evaluation_stops_before_a_posthoc_stage2(
-    tmp_path, monkeypatch):
+  tmp_path, monkeypatch
+):
   """τ-normalisation trains no loop, so only the agreed point between the
   stages stops a run signalled after stage 1's last step; the re-run
   resumes (stage 1 is not retrained) and finishes."""
   from lcreg_jax import preemption  # pylint: disable=g-import-not-at-top
+
   monkeypatch.setattr(preemption, '_signalled', preemption.threading.Event())
   cfg = tiny.tiny_config()
   cfg.data.val_per_class = 5
@@ -126,7 +143,9 @@ def test_a_signal_during_stage1s_evaluation_stops_before_a_posthoc_stage2(
     if (name, step) == ('stage1', steps):
       preemption._signalled.set()  # pylint: disable=protected-access
 
-  with pytest.raises(preemption.Preempted, match='before stage2 trained a step'):
+  with pytest.raises(
+    preemption.Preempted, match='before stage2 trained a step'
+  ):
     stages.train_and_evaluate(cfg, str(tmp_path), hooks=[signal_at_the_end])
   assert os.path.exists(tmp_path / 'stage1' / 'report.json')
   assert not os.path.exists(tmp_path / 'stage2' / 'report.json')

@@ -23,19 +23,26 @@ def test_stage2_step_trains_only_the_head(shift_bn):
   cfg = config_lib.resolve_and_validate(cfg, num_visible_devices=4)
   model = network.make_model(cfg.model, 10, lws=True)
   tx = optim.stage2_optimizer(cfg.stage2, 5, 2)
-  state = train_state.create_train_state(model, jax.random.key(0), (8, 8, 1),
-                                         tx, cfg.model).replace(cov={})
+  state = train_state.create_train_state(
+    model, jax.random.key(0), (8, 8, 1), tx, cfg.model
+  ).replace(cov={})
   hp = retrain.RetrainHparams.from_config(cfg.stage2, np.arange(10) * 10 + 5)
   assert hp.shift_bn == shift_bn and hp.las_head == 0.1  # cifar10 IF10 row
   new, metrics = jax.jit(functools.partial(retrain.retrain_step, hp=hp))(
-      state, batch())
+    state, batch()
+  )
   assert np.isfinite(metrics['loss'])
   for path, (a, b) in zip(
-      jax.tree_util.tree_leaves_with_path(state.params),
-      zip(jax.tree.leaves(state.params), jax.tree.leaves(new.params))):
+    jax.tree_util.tree_leaves_with_path(state.params),
+    zip(jax.tree.leaves(state.params), jax.tree.leaves(new.params)),
+  ):
     keys = jax.tree_util.keystr(path[0])
     changed = not np.array_equal(a, b)
     assert changed == ("'head'" in keys), keys
-  stats_changed = any(not np.array_equal(a, b) for a, b in zip(
-      jax.tree.leaves(state.batch_stats), jax.tree.leaves(new.batch_stats)))
+  stats_changed = any(
+    not np.array_equal(a, b)
+    for a, b in zip(
+      jax.tree.leaves(state.batch_stats), jax.tree.leaves(new.batch_stats)
+    )
+  )
   assert stats_changed == shift_bn

@@ -21,9 +21,10 @@ from tests import tiny
 
 def batch(n=16, size=8, seed=0):
   rng = np.random.default_rng(seed)
-  return dict(image=jnp.asarray(rng.normal(size=(n, size, size, 1)),
-                                jnp.float32),
-              label=jnp.asarray(rng.integers(0, 10, n), jnp.int32))
+  return dict(
+    image=jnp.asarray(rng.normal(size=(n, size, size, 1)), jnp.float32),
+    label=jnp.asarray(rng.integers(0, 10, n), jnp.int32),
+  )
 
 
 # The tiny config's stage 1: 6 steps, 36 steps per epoch (585 images of 16).
@@ -35,22 +36,27 @@ TOTAL, STEPS_PER_EPOCH = 6, 36
 def _hp(cfg, total=TOTAL, **kw):
   resolved = config_lib.resolve_and_validate(cfg, num_visible_devices=4)
   return dataclasses.replace(
-      stage1.Stage1Hparams.from_config(resolved, total), **kw)
+    stage1.Stage1Hparams.from_config(resolved, total), **kw
+  )
 
 
 def _run(cfg, mesh, hp, steps=1):
   resolved = config_lib.resolve_and_validate(cfg, num_visible_devices=4)
   model = network.make_model(resolved.model, 10)
-  tx = optim.stage1_optimizer(resolved, optim.stage1_schedule(
-      resolved.stage1, STEPS_PER_EPOCH, TOTAL))
+  tx = optim.stage1_optimizer(
+    resolved, optim.stage1_schedule(resolved.stage1, STEPS_PER_EPOCH, TOTAL)
+  )
   state = train_state.create_train_state(
-      model, jax.random.key(0), (8, 8, 1), tx, resolved.model)
+    model, jax.random.key(0), (8, 8, 1), tx, resolved.model
+  )
   state = parallel.replicate(state, mesh)
-  step = parallel.jit_step(functools.partial(stage1.train_step, hp=hp), mesh,
-                           state)
+  step = parallel.jit_step(
+    functools.partial(stage1.train_step, hp=hp), mesh, state
+  )
   for i in range(steps):
-    state, metrics = step(state, jax.device_put(
-        batch(seed=i), parallel.batch_sharding(mesh)))
+    state, metrics = step(
+      state, jax.device_put(batch(seed=i), parallel.batch_sharding(mesh))
+    )
   return jax.device_get(state), jax.device_get(metrics)
 
 
@@ -63,27 +69,33 @@ def test_zero_latent_weights_on_feature_path_equal_plain_step():
   cfg.model.latent.enabled = False
   plain_state, _ = _run(cfg, mesh, _hp(cfg), 2)
   for key in ('backbone', 'head'):
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6,
-                                                         atol=1e-7),
-                 latent_state.params[key], plain_state.params[key])
-  jax.tree.map(np.testing.assert_allclose, latent_state.batch_stats,
-               plain_state.batch_stats)
+    jax.tree.map(
+      lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7),
+      latent_state.params[key],
+      plain_state.params[key],
+    )
+  jax.tree.map(
+    np.testing.assert_allclose,
+    latent_state.batch_stats,
+    plain_state.batch_stats,
+  )
   # And the latent losses, when switched on, do change the backbone (the
   # default classification path: the same program as test_four_devices').
   cfg.model.latent.enabled = True
   cfg.model.classify_on = 'sum'
   lcreg_state, metrics = _run(cfg, mesh, _hp(cfg), 2)
   assert {'aug_loss', 'recon_loss'} <= set(metrics)
-  diff = jax.tree.map(lambda a, b: np.abs(a - b).max(),
-                      lcreg_state.params['backbone'],
-                      plain_state.params['backbone'])
+  diff = jax.tree.map(
+    lambda a, b: np.abs(a - b).max(),
+    lcreg_state.params['backbone'],
+    plain_state.params['backbone'],
+  )
   assert max(jax.tree.leaves(diff)) > 1e-6
 
 
 def test_hparams_from_config_switch_latent_terms_off_without_latents():
   cfg = tiny.tiny_config()
-  assert (_hp(cfg).alpha, _hp(cfg).beta) == (cfg.stage1.alpha,
-                                             cfg.stage1.beta)
+  assert (_hp(cfg).alpha, _hp(cfg).beta) == (cfg.stage1.alpha, cfg.stage1.beta)
   cfg.model.latent.enabled = False
   assert (_hp(cfg).alpha, _hp(cfg).beta) == (0.0, 0.0)
 
@@ -114,8 +126,10 @@ def test_explicit_latent_noise_has_covariance_lambda_sigma(diagonal):
   state = covariance.init_covariance(2, 3, diagonal)
   stored = np.stack([np.diag(c) if diagonal else c for c in cov])
   state = state._replace(cov=jnp.asarray(stored, jnp.float32))
-  noise = np.asarray(stage1.sample_latent_noise(jax.random.key(0), state,
-                                                0.5, 100_000), np.float64)
+  noise = np.asarray(
+    stage1.sample_latent_noise(jax.random.key(0), state, 0.5, 100_000),
+    np.float64,
+  )
   for m in range(2):
     emp = np.cov(noise[:, m], rowvar=False)
     ref = 0.5 * (np.diag(np.diag(cov[m])) if diagonal else cov[m])
@@ -134,9 +148,12 @@ def test_bfloat16_convolutions_with_float32_state():
   # The convolutions themselves run in bfloat16.
   resolved = config_lib.resolve_and_validate(cfg, num_visible_devices=4)
   model = network.make_model(resolved.model, 10)
-  jaxpr = str(jax.make_jaxpr(lambda v, x: model.apply(v, x, train=False))(
+  jaxpr = str(
+    jax.make_jaxpr(lambda v, x: model.apply(v, x, train=False))(
       jax.device_get(dict(params=state.params, batch_stats=state.batch_stats)),
-      batch()['image']))
+      batch()['image'],
+    )
+  )
   assert 'conv_general_dilated' in jaxpr
   conv_lines = [l for l in jaxpr.splitlines() if 'conv_general_dilated' in l]
   assert all('bf16' in l for l in conv_lines)
@@ -153,29 +170,39 @@ def test_frozen_trunk_trains_only_the_last_block():
   config = config_lib.resolve_and_validate(cfg, num_visible_devices=4)
   model = network.make_model(config.model, 10)
   tx = optim.stage1_optimizer(config, 0.1)
-  state = train_state.create_train_state(model, jax.random.key(0), (8, 8, 1),
-                                         tx, config.model)
+  state = train_state.create_train_state(
+    model, jax.random.key(0), (8, 8, 1), tx, config.model
+  )
   mesh = parallel.make_mesh(1)
   state = parallel.replicate(state, mesh)
   before = jax.device_get(state)
-  step = parallel.jit_step(functools.partial(stage1.train_step, hp=_hp(cfg)),
-                           mesh, state)
+  step = parallel.jit_step(
+    functools.partial(stage1.train_step, hp=_hp(cfg)), mesh, state
+  )
   for i in range(2):
-    state, metrics = step(state, jax.device_put(
-        batch(seed=i), parallel.batch_sharding(mesh)))
+    state, metrics = step(
+      state, jax.device_put(batch(seed=i), parallel.batch_sharding(mesh))
+    )
   after = jax.device_get(state)
   assert np.isfinite(metrics['loss'])
-  same = lambda a, b: all(np.array_equal(x, y) for x, y in zip(
-      jax.tree.leaves(a), jax.tree.leaves(b)))
+  same = lambda a, b: all(
+    np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))
+  )
   for name in ('Conv_0', 'BatchNorm_0', 'stage1_block1', 'stage2_block1'):
     assert same(before.params['backbone'][name], after.params['backbone'][name])
     if name in before.batch_stats['backbone']:
-      assert same(before.batch_stats['backbone'][name],
-                  after.batch_stats['backbone'][name]), name
-  assert not same(before.params['backbone']['stage3_block1'],
-                  after.params['backbone']['stage3_block1'])
-  assert not same(before.batch_stats['backbone']['stage3_block1'],
-                  after.batch_stats['backbone']['stage3_block1'])
+      assert same(
+        before.batch_stats['backbone'][name],
+        after.batch_stats['backbone'][name],
+      ), name
+  assert not same(
+    before.params['backbone']['stage3_block1'],
+    after.params['backbone']['stage3_block1'],
+  )
+  assert not same(
+    before.batch_stats['backbone']['stage3_block1'],
+    after.batch_stats['backbone']['stage3_block1'],
+  )
   for key in ('latent', 'head'):
     assert not same(before.params[key], after.params[key])
 
@@ -184,36 +211,50 @@ def test_per_device_mixup_partners_stay_on_their_device():
   rng = jax.random.key(3)
   partners = np.asarray(stage1.mixup_partners(rng, 16, 4))
   assert partners.shape == (4, 4)
-  for row in partners:      # a permutation of each device's 4 rows
+  for row in partners:  # a permutation of each device's 4 rows
     assert sorted(row.tolist()) == [0, 1, 2, 3]
-  assert len({tuple(r) for r in partners.tolist()}) > 1   # drawn per device
+  assert len({tuple(r) for r in partners.tolist()}) > 1  # drawn per device
   x = np.arange(16.0)[:, None] * np.ones((1, 3))
-  mixed = np.asarray(stage1.take_partners(jnp.asarray(x), jnp.asarray(partners)))
+  mixed = np.asarray(
+    stage1.take_partners(jnp.asarray(x), jnp.asarray(partners))
+  )
   expected = x[(np.arange(4)[:, None] * 4 + partners).reshape(-1)]
   np.testing.assert_array_equal(mixed, expected)
   # One group: a permutation of the whole batch, the global partner.
   whole = np.asarray(stage1.mixup_partners(rng, 16, 1))
   assert whole.shape == (1, 16) and sorted(whole[0].tolist()) == list(range(16))
   np.testing.assert_array_equal(
-      np.asarray(stage1.take_partners(jnp.asarray(x), jnp.asarray(whole))), x[whole[0]])
+    np.asarray(stage1.take_partners(jnp.asarray(x), jnp.asarray(whole))),
+    x[whole[0]],
+  )
 
 
 def _gathered_bytes(cfg, hp, mesh, n=16):
   """Bytes of all-gather results in the compiled 4-device step."""
   resolved = config_lib.resolve_and_validate(cfg, num_visible_devices=4)
   model = network.make_model(resolved.model, 10)
-  tx = optim.stage1_optimizer(resolved, optim.stage1_schedule(
-      resolved.stage1, STEPS_PER_EPOCH, TOTAL))
-  state = parallel.replicate(train_state.create_train_state(
-      model, jax.random.key(0), (8, 8, 1), tx, resolved.model), mesh)
-  step = parallel.jit_step(functools.partial(stage1.train_step, hp=hp), mesh, state)
-  text = step.lower(state, jax.device_put(batch(n), parallel.batch_sharding(mesh))
-                    ).compile().as_text()
+  tx = optim.stage1_optimizer(
+    resolved, optim.stage1_schedule(resolved.stage1, STEPS_PER_EPOCH, TOTAL)
+  )
+  state = parallel.replicate(
+    train_state.create_train_state(
+      model, jax.random.key(0), (8, 8, 1), tx, resolved.model
+    ),
+    mesh,
+  )
+  step = parallel.jit_step(
+    functools.partial(stage1.train_step, hp=hp), mesh, state
+  )
+  text = (
+    step.lower(state, jax.device_put(batch(n), parallel.batch_sharding(mesh)))
+    .compile()
+    .as_text()
+  )
   total = 0
   for line in text.splitlines():
     if ' all-gather(' in line or ' all-gather-start(' in line:
       shape = line.split('=', 1)[1].split('all-gather')[0]
-      dims = shape[shape.index('[') + 1:shape.index(']')]
+      dims = shape[shape.index('[') + 1 : shape.index(']')]
       total += 4 * int(np.prod([int(d) for d in dims.split(',') if d]))
   return total
 

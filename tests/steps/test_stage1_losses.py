@@ -29,8 +29,10 @@ TOTAL, SPE = 6, 3
 
 def _batch(n=16, seed=0):
   rng = np.random.default_rng(seed)
-  return dict(image=jnp.asarray(rng.normal(size=(n, 8, 8, 1)), jnp.float32),
-              label=jnp.asarray(rng.integers(0, 10, n), jnp.int32))
+  return dict(
+    image=jnp.asarray(rng.normal(size=(n, 8, 8, 1)), jnp.float32),
+    label=jnp.asarray(rng.integers(0, 10, n), jnp.int32),
+  )
 
 
 def _setup(head='linear', **s1):
@@ -43,10 +45,12 @@ def _setup(head='linear', **s1):
   cfg.stage1.update(**s1)
   resolved = config_lib.resolve_and_validate(cfg, num_visible_devices=1)
   model = network.make_model(resolved.model, 10)
-  tx = optim.stage1_optimizer(resolved, optim.stage1_schedule(
-      resolved.stage1, SPE, TOTAL))
-  state = train_state.create_train_state(model, jax.random.key(0), (8, 8, 1),
-                                         tx, resolved.model)
+  tx = optim.stage1_optimizer(
+    resolved, optim.stage1_schedule(resolved.stage1, SPE, TOTAL)
+  )
+  state = train_state.create_train_state(
+    model, jax.random.key(0), (8, 8, 1), tx, resolved.model
+  )
   hp = stage1.Stage1Hparams.from_config(resolved, TOTAL, SPE, COUNTS)
   return state, hp
 
@@ -54,14 +58,21 @@ def _setup(head='linear', **s1):
 def _cls_losses(state, hp, steps):
   """cls_loss of one step from `state` at each of `steps` (one compile)."""
   fn = jax.jit(lambda s, b: stage1.train_step(s, b, hp=hp))
-  return [float(fn(state.replace(step=jnp.asarray(t, jnp.int32)),
-                   _batch())[1]['cls_loss']) for t in steps]
+  return [
+    float(
+      fn(state.replace(step=jnp.asarray(t, jnp.int32)), _batch())[1]['cls_loss']
+    )
+    for t in steps
+  ]
 
 
 def _forward(state, images):
   out, _ = state.apply_fn(
-      {'params': state.params, 'batch_stats': state.batch_stats}, images,
-      train=True, mutable=['batch_stats'])
+    {'params': state.params, 'batch_stats': state.batch_stats},
+    images,
+    train=True,
+    mutable=['batch_stats'],
+  )
   return jax.tree.map(np.asarray, out)
 
 
@@ -77,14 +88,18 @@ def test_each_loss_is_the_configured_function():
   z = jnp.asarray(_forward(state, b['image'])['logits'])
   y = b['label']
   want = {
-      'ce': losses.cross_entropy(z, y),
-      'focal': losses.focal_loss(z, y, 1.0),
-      'ldam': losses.ldam_loss(z, y, COUNTS, 0.5, 30.0),
-      'balanced_softmax': losses.balanced_softmax_loss(z, y, COUNTS),
-      'logit_adjusted': losses.logit_adjusted_loss(z, y, COUNTS, 0.5),
+    'ce': losses.cross_entropy(z, y),
+    'focal': losses.focal_loss(z, y, 1.0),
+    'ldam': losses.ldam_loss(z, y, COUNTS, 0.5, 30.0),
+    'balanced_softmax': losses.balanced_softmax_loss(z, y, COUNTS),
+    'logit_adjusted': losses.logit_adjusted_loss(z, y, COUNTS, 0.5),
   }
-  got = {name: float(stage1.class_loss(dataclasses.replace(hp, loss=name),
-                                       z, y, None)) for name in want}
+  got = {
+    name: float(
+      stage1.class_loss(dataclasses.replace(hp, loss=name), z, y, None)
+    )
+    for name in want
+  }
   for name in want:
     np.testing.assert_allclose(got[name], float(want[name]), rtol=1e-6)
   assert len({round(v, 5) for v in got.values()}) == len(got)
@@ -102,7 +117,8 @@ def test_ldam_on_the_normed_head_puts_the_margins_on_the_cosines():
   f = out['features'].astype(np.float64)
   w = np.asarray(state.params['head']['fc']['kernel'], np.float64)
   cos = (f / np.linalg.norm(f, axis=1, keepdims=True)) @ (
-      w / np.linalg.norm(w, axis=0, keepdims=True))
+    w / np.linalg.norm(w, axis=0, keepdims=True)
+  )
   np.testing.assert_allclose(out['logits'], 30.0 * cos, rtol=1e-4, atol=1e-4)
   m = losses.ldam_margins(COUNTS, 0.5).astype(np.float64)
   z = cos.copy()
@@ -117,24 +133,23 @@ def test_drw_switches_the_weights_on_at_exactly_its_step():
   state, drw = _setup(mixup_alpha=0.0, reweight='drw', drw_epoch=1.0)
   assert drw.drw_step == 3
   eff = losses.effective_number_weights(COUNTS, 0.9999)
-  np.testing.assert_array_equal(np.asarray(stage1.class_weights(drw, 2)),
-                                np.ones(10))
-  np.testing.assert_array_equal(np.asarray(stage1.class_weights(drw, 3)),
-                                eff)
+  np.testing.assert_array_equal(
+    np.asarray(stage1.class_weights(drw, 2)), np.ones(10)
+  )
+  np.testing.assert_array_equal(np.asarray(stage1.class_weights(drw, 3)), eff)
   b = _batch()
   y = np.asarray(b['label'])
   ce = _np_ce(_forward(state, b['image'])['logits'], y)
   before, at = _cls_losses(state, drw, [2, 3])
   np.testing.assert_allclose(before, ce.mean(), rtol=2e-5)
-  np.testing.assert_allclose(at, (eff[y] * ce).sum() / eff[y].sum(),
-                             rtol=2e-5)
+  np.testing.assert_allclose(at, (eff[y] * ce).sum() / eff[y].sum(), rtol=2e-5)
   assert abs(at - before) > 1e-3
 
 
 def test_class_isda_step_matches_numpy():
   state, hp = _setup(mixup_alpha=0.0, class_isda='diagonal')
-  assert state.cov.cov.shape == (10, 64)          # (C, D) diagonal moments
-  step = 3                                        # λ = 0.5 · 3 / 6
+  assert state.cov.cov.shape == (10, 64)  # (C, D) diagonal moments
+  step = 3  # λ = 0.5 · 3 / 6
   b = _batch()
   out = _forward(state, b['image'])
   f, z = out['features'].astype(np.float64), out['logits'].astype(np.float64)
@@ -144,16 +159,17 @@ def test_class_isda_step_matches_numpy():
   var = np.zeros((10, 64))
   for c in set(y):
     var[c] = f[y == c].var(0)
-  diff = w[None] - w.T[y][:, :, None]             # (B, D, C)
+  diff = w[None] - w.T[y][:, :, None]  # (B, D, C)
   sigma2 = 0.25 * np.einsum('bdj,bd,bdj->bj', diff, var[y], diff)
   want = _np_ce(z + 0.5 * sigma2, y).mean()
   new, metrics = jax.jit(lambda s, bb: stage1.train_step(s, bb, hp=hp))(
-      state.replace(step=jnp.asarray(step, jnp.int32)), b)
+    state.replace(step=jnp.asarray(step, jnp.int32)), b
+  )
   np.testing.assert_allclose(float(metrics['cls_loss']), want, rtol=1e-5)
-  np.testing.assert_allclose(np.asarray(new.cov.cov), var, rtol=1e-4,
-                             atol=1e-6)
-  np.testing.assert_array_equal(np.asarray(new.cov.count),
-                                np.bincount(y, minlength=10))
+  np.testing.assert_allclose(np.asarray(new.cov.cov), var, rtol=1e-4, atol=1e-6)
+  np.testing.assert_array_equal(
+    np.asarray(new.cov.count), np.bincount(y, minlength=10)
+  )
   assert isinstance(new.cov, covariance.CovarianceState)
 
 
@@ -162,7 +178,8 @@ def _stage1_params(workdir):
   step = max(int(p) for p in os.listdir(directory) if p.isdigit())
   assert step == 6
   return ocp.StandardCheckpointer().restore(
-      os.path.join(directory, str(step), 'default'))['params']
+    os.path.join(directory, str(step), 'default')
+  )['params']
 
 
 @pytest.mark.slow
@@ -174,23 +191,25 @@ def test_drw_run_killed_across_the_switch_resumes_exactly(tmp_path):
     cfg.stage2.enabled = False
     cfg.stage1.update(loss='focal', reweight='drw', drw_epoch=0.0834)
     return stages.train_and_evaluate(
-        cfg, str(workdir), hooks=[killing.kill_at(*kill_at)] if kill_at else [])
+      cfg, str(workdir), hooks=[killing.kill_at(*kill_at)] if kill_at else []
+    )
 
   run(tmp_path / 'straight')
   killed = tmp_path / 'killed'
   with pytest.raises(killing.Kill):
-    run(killed, kill_at=('stage1', 3))   # saved step 2, before the switch
+    run(killed, kill_at=('stage1', 3))  # saved step 2, before the switch
   with pytest.raises(killing.Kill):
-    run(killed, kill_at=('stage1', 5))   # resumed across it; saved step 4
+    run(killed, kill_at=('stage1', 5))  # resumed across it; saved step 4
   run(killed)
   jax.tree.map(
-      lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7),
-      _stage1_params(killed), _stage1_params(tmp_path / 'straight'))
+    lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7),
+    _stage1_params(killed),
+    _stage1_params(tmp_path / 'straight'),
+  )
 
 
 @pytest.mark.slow
-def test_class_isda_moments_are_checkpointed_and_stage2_restores_them(
-    tmp_path):
+def test_class_isda_moments_are_checkpointed_and_stage2_restores_them(tmp_path):
   cfg = tiny.tiny_config()
   cfg.model.latent.enabled = False
   cfg.model.classify_on = 'feature'
