@@ -261,14 +261,37 @@ def _final_classifier(run: _Run, name: str, index: int, rem: dict):
   }
 
 
+def _share_by_class(y, on, c: int) -> list:
+  """Per class, the share of its samples that `on` selects (None: none)."""
+  total, here = np.bincount(y, minlength=c), np.bincount(y[on], minlength=c)
+  return [float(h / t) if t else None for h, t in zip(here, total)]
+
+
+def _accuracy_by_class(probs, y, on, c: int) -> list:
+  """Per class, top-1 over its samples that `on` selects (None: none)."""
+  hit = (probs[on].argmax(-1) == y[on]).astype(np.float64)
+  correct = np.bincount(y[on], weights=hit, minlength=c)
+  here = np.bincount(y[on], minlength=c)
+  return [float(k / h) if h else None for k, h in zip(correct, here)]
+
+
 def _stage_report(run: _Run) -> dict:
   """stage -> its share and accuracy on val and test, routed training
-  samples, threshold and (routing stages) its flow's information."""
+  samples, threshold and (routing stages) its flow's information; per
+  class, the shares of training and test samples it takes and its test
+  top-1 on them (docs/dlsa.md: what routing does to rare classes)."""
   n, depth = run.n, run.cfg.depth
   report = {}
   for st in range(depth + 1):
-    on = {s: run.stage_of[s] == st for s in ('val', 'test')}
+    on = {s: run.stage_of[s] == st for s in ('train', 'val', 'test')}
     report[st] = {
+      'train_share_by_class': _share_by_class(
+        run.y['train'], on['train'], run.c
+      ),
+      'test_share_by_class': _share_by_class(run.y['test'], on['test'], run.c),
+      'test_accuracy_by_class': _accuracy_by_class(
+        run.probs['test'], run.y['test'], on['test'], run.c
+      ),
       'share': float(on['test'].mean()) if n['test'] else float('nan'),
       'accuracy': run.accuracy('test', on['test']),
       'train_routed': int((run.stage_of['train'] == st).sum()),

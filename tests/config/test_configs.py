@@ -32,8 +32,9 @@ def test_config_file_resolves_and_has_only_base_keys(path):
   # defer to epochs), the power only las_shape=exp reads,
   # trainable_blocks (None: the whole backbone learns), eval.val_every
   # (None: once per epoch of each stage) and dlsa.flow_grad_clip (None: no
-  # clipping, the authors' form), and the optional paths and names (None:
-  # not given).
+  # clipping, the authors' form), DLSA's keys whose None is the authors'
+  # form (flow checks every epoch, classifier epochs, PyTorch's MADE init),
+  # and the optional paths and names (None: not given).
   flat = config_lib.validate.flatten(resolved)
   unresolved = {k for k, v in flat.items() if v is None}
   optional = {
@@ -48,6 +49,9 @@ def test_config_file_resolves_and_has_only_base_keys(path):
       'model.trainable_blocks',
       'eval.val_every',
       'dlsa.flow_grad_clip',
+      'dlsa.flow_eval_every',
+      'dlsa.classifier_steps',
+      'dlsa.made_out_scale',
     }
     | optional
   )

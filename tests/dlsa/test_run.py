@@ -97,6 +97,22 @@ def test_run_dlsa_end_to_end(synthetic, dlsa_run):
       assert r['accuracy'] == pytest.approx(
         np.mean(res.test_probs[on].argmax(1) == yt[on])
       )
+  # Per class: the shares of its samples each stage takes, and its top-1
+  # there, against NumPy on the returned stages.
+  for s, r in rep.items():
+    on = res.test_stage == s
+    for k in range(c):
+      in_k = yt == k
+      assert r['test_share_by_class'][k] == pytest.approx(on[in_k].mean())
+      hit = res.test_probs[on & in_k].argmax(1) == k
+      assert r['test_accuracy_by_class'][k] == (
+        pytest.approx(hit.mean()) if hit.size else None
+      )
+    ytr = synthetic[0][1]
+    routed = res.train_stage == s
+    assert r['train_share_by_class'] == pytest.approx(
+      [routed[ytr == k].mean() for k in range(c)]
+    )
   acc = np.mean(res.test_probs.argmax(1) == yt)
   assert acc > 0.85 and res.val_accuracy > 0.85  # Chance is 0.25.
   # A flow per stage (flow_per_stage=True), three classifiers and the
