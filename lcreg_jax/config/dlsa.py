@@ -193,6 +193,16 @@ FIELDS = (
     choices=('full', 'remaining'),
   ),
   Field(
+    'final_trained_on',
+    'remaining',
+    "The final classifier learns from the training samples no stage took "
+    "('remaining', authors) or from all of them ('all', this project's: a "
+    'class whose training samples a stage took whole is otherwise unknown '
+    'to it, and its test samples the stage leaves score 0; docs/dlsa.md). '
+    'Either way it predicts only what no stage took.',
+    choices=('remaining', 'all'),
+  ),
+  Field(
     'flow_batch_size',
     256,
     'Pairs per step (2x samples through the flow).',

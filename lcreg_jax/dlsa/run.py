@@ -230,16 +230,20 @@ def _route_stage(run: _Run, st: int, outs: dict, flow_info: dict):
     run.remaining[s] &= ~routed[s]
 
 
-def _final_classifier(run: _Run, name: str, index: int, rem: dict):
-  """The ordinary classifier on the samples `rem` marks; its balanced
-  softmax uses the full training counts (authors) or the remaining ones.
-  Returns its information and its val and test probabilities."""
+def _final_classifier(
+  run: _Run, name: str, index: int, rem: dict, train_rows=None
+):
+  """The ordinary classifier for the samples `rem` marks, trained on the
+  training rows `train_rows` marks (default: rem's); its balanced softmax
+  uses the full training counts (authors) or the remaining ones. Returns
+  its information and its val and test probabilities."""
   x, y, cfg = run.x, run.y, run.cfg
   model_f = run.final_model
   final_counts = run.full_counts if cfg.final_counts == 'full' else None
+  rows = rem['train'] if train_rows is None else train_rows
   args = (
-    (x['train'][rem['train']],),
-    y['train'][rem['train']],
+    (x['train'][rows],),
+    y['train'][rows],
     (x['val'][rem['val']],),
     y['val'][rem['val']],
   )
@@ -390,8 +394,14 @@ def run_dlsa(
 
   # Final ordinary classifier on whatever no stage took.
   rem = run.remaining
+  # 'all' (this project's): classes a stage took whole stay known to it.
+  everything = np.ones(run.n['train'], bool)
   cinfo, final_probs = _final_classifier(
-    run, 'classifier_final', 2 * cfg.depth, rem
+    run,
+    'classifier_final',
+    2 * cfg.depth,
+    rem,
+    everything if cfg.final_trained_on == 'all' else None,
   )
   for s in ('val', 'test'):
     run.probs[s][rem[s]] = final_probs[s]

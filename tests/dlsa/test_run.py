@@ -1,6 +1,7 @@
 """run_dlsa end to end on synthetic long-tailed features: routing counts,
 accuracy, never reading test labels, the switches, and exact resume."""
 
+import json
 import os
 
 import numpy as np
@@ -325,3 +326,17 @@ def test_depth0_is_the_plain_balanced_softmax_classifier(
     model, params, offset, (st(xt),), cfg.eval_chunk
   )
   np.testing.assert_allclose(res0.test_probs, direct, atol=1e-6)
+
+
+def test_the_final_classifier_trained_on_all_samples(synthetic, tmp_path):
+  """final_trained_on='all' (this project's switch) trains the final
+  classifier on every training sample, yet it still predicts only what no
+  stage took."""
+  res, _ = _run(synthetic, tmp_path, _config(depth=1, final_trained_on='all'))
+  path = tmp_path / 'classifier_final' / 'checkpoints' / 'fingerprint.json'
+  with open(path) as f:
+    fingerprint = json.load(f)
+  n = synthetic[0][1].size
+  assert fingerprint['n_train'] == n
+  assert res.stage_report[1]['train_routed'] == n - 191  # ceil(0.3 · 635)
+  assert 0 < (res.test_stage == 1).mean() < 1
