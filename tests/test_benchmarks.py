@@ -165,3 +165,36 @@ def test_recon_loss_study_reads_the_logged_reconstruction_loss(finished_run):
   assert all(0 < v < 10 for v in curve.values())
   assert recon_loss_study._at(curve, 4) == curve[4]
   assert recon_loss_study._at(curve, 99) == curve[6]  # past the end: the last
+
+
+def _dlsa_workdir(root, train, test, final, dlsa, control):
+  os.makedirs(os.path.join(root, 'dlsa'))
+  os.makedirs(os.path.join(root, 'dlsa_depth0'))
+  routing = {
+    '0': {'train_share_by_class': train, 'test_share_by_class': test},
+    '1': {'test_accuracy_by_class': final},
+  }
+  with open(os.path.join(root, 'dlsa', 'report.json'), 'w') as f:
+    json.dump({'routing': routing, 'per_class_accuracy': dlsa}, f)
+  with open(os.path.join(root, 'dlsa_depth0', 'report.json'), 'w') as f:
+    json.dump({'per_class_accuracy': control}, f)
+  return str(root)
+
+
+def test_dlsa_routing_averages_each_class_over_runs(tmp_path):
+  sys.path.insert(
+    0, os.path.join(os.path.dirname(__file__), '..', 'benchmarks')
+  )
+  import dlsa_routing  # pylint: disable=g-import-not-at-top
+
+  a = _dlsa_workdir(
+    tmp_path / 'a', [0.2, 1.0], [0.4, 0.5], [0.9, None], [0.8, 0.5], [0.7, 0.9]
+  )
+  b = _dlsa_workdir(
+    tmp_path / 'b', [0.4, 1.0], [0.2, 0.7], [0.7, 0.0], [0.6, 0.7], [0.9, 0.7]
+  )
+  rows = dlsa_routing.routing_table([a, b]).splitlines()
+  assert rows[0] == '2 runs'
+  # Means by hand; the class no sample reached in run a averages run b only.
+  assert rows[4] == '| 0 | 30.0 | 30.0 | 80.0 | 70.0 | 80.0 |'
+  assert rows[5] == '| 1 | 100.0 | 60.0 | 0.0 | 60.0 | 80.0 |'
