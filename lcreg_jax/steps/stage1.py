@@ -183,6 +183,87 @@ def class_loss(hp: Stage1Hparams, logits, labels, weights) -> jax.Array:
   raise ValueError(f'Unknown stage1.loss {hp.loss!r}.')
 
 
+def _classification_loss(
+  hp,
+  params,
+  state,
+  out,
+  labels,
+  partner_labels,
+  lam_mix,
+  weights,
+  isda_lam,
+  aux,
+):
+  """γ's term, L_cls on the mixed batch: mixup CE (MiSLAS), or the
+  configured loss, through class-wise ISDA when it is on (which also
+  merges this batch's features into the class moments in `aux['cov']`)."""
+  class_isda = hp.class_isda != 'none'
+  if class_isda:
+    # ISDA's order: merge this batch's features, then use the moments.
+    # (No mixup here: config validation requires mixup_alpha=0.)
+    aux['cov'] = covariance.update_covariance(
+      state.cov, out['features'], labels
+    )
+    kernel = params['head']['fc']['kernel']
+
+    def loss_of(z, y):
+      z = losses.classwise_isda_logits(z, kernel, aux['cov'].cov, y, isda_lam)
+      return class_loss(hp, z, y, weights)
+  else:
+
+    def loss_of(z, y):
+      return class_loss(hp, z, y, weights)
+
+  if hp.loss == 'ce' and weights is None and not class_isda:
+    return losses.mixup_cross_entropy(
+      out['logits'], labels, partner_labels, lam_mix
+    )  # MiSLAS, as it always was
+  return losses.mixup_loss(
+    loss_of, out['logits'], labels, partner_labels, lam_mix
+  )
+
+
+def _add_latent_losses(loss, hp, params, state, out, isda_lam, cov_mesh, aux):
+  """loss + β L_recon + α L_aug (LCReg's terms, added in that order);
+  updates the latent moments in `aux['cov']` and logs each term in
+  `aux`."""
+  samples = out['latent_samples']  # (B, M, D)
+  bsz, m = samples.shape[:2]
+  # Named scopes label LCReg's parts in the compiled program (profiles,
+  # `lcreg_jax.aot --dump_hlo`); they change no computation.
+  with jax.named_scope('lcreg_covariance_update'):
+    aux['cov'] = covariance.update_covariance_grouped(
+      state.cov, samples, cov_mesh
+    )
+  # Python-level branches: with α = β = 0 the traced step is exactly
+  # the plain MiSLAS step (no zero-weighted terms in the graph).
+  if hp.beta:
+    with jax.named_scope('lcreg_reconstruction_loss'):
+      rec = losses.reconstruction_loss(
+        out['feature_map'],
+        out['reconstruction'],
+        hp.recon_normalize,
+        hp.recon_temperature,
+      )
+    aux['recon_loss'] = rec
+    loss += hp.beta * rec
+  if hp.alpha:
+    g = out['latent_logits'].reshape(bsz * m, m)
+    latent_labels = jnp.tile(jnp.arange(m), bsz)
+    if not hp.explicit_latent_aug:
+      kernel = params['latent']['latent_classifier']['kernel']
+      with jax.named_scope('lcreg_sigma2_table'):
+        g = losses.isda_augmented_logits(
+          g, kernel, aux['cov'].cov, latent_labels, isda_lam, mesh=cov_mesh
+        )
+    with jax.named_scope('lcreg_aug_loss'):
+      aug = losses.cross_entropy(g, latent_labels)
+    aux['aug_loss'] = aug
+    loss += hp.alpha * aug
+  return loss
+
+
 def train_step(state, batch, *, hp: Stage1Hparams, cov_mesh=None):
   """One stage-1 step: L = α L_aug + β L_recon + γ L_cls (eq. 7).
 
@@ -224,66 +305,24 @@ def train_step(state, batch, *, hp: Stage1Hparams, cov_mesh=None):
     )
     partner_labels = take_partners(labels, partners)
     aux = dict(batch_stats=mutated['batch_stats'], cov=state.cov)
-    if class_isda:
-      # ISDA's order: merge this batch's features, then use the moments.
-      # (No mixup here: config validation requires mixup_alpha=0.)
-      aux['cov'] = covariance.update_covariance(
-        state.cov, out['features'], labels
-      )
-      kernel = params['head']['fc']['kernel']
-
-      def loss_of(z, y):
-        z = losses.classwise_isda_logits(z, kernel, aux['cov'].cov, y, isda_lam)
-        return class_loss(hp, z, y, weights)
-    else:
-
-      def loss_of(z, y):
-        return class_loss(hp, z, y, weights)
-
-    if hp.loss == 'ce' and weights is None and not class_isda:
-      cls = losses.mixup_cross_entropy(
-        out['logits'], labels, partner_labels, lam_mix
-      )  # MiSLAS, as it always was
-    else:
-      cls = losses.mixup_loss(
-        loss_of, out['logits'], labels, partner_labels, lam_mix
-      )
+    cls = _classification_loss(
+      hp,
+      params,
+      state,
+      out,
+      labels,
+      partner_labels,
+      lam_mix,
+      weights,
+      isda_lam,
+      aux,
+    )
     aux['cls_loss'] = cls
     loss = hp.gamma * cls
     if has_latent:
-      samples = out['latent_samples']  # (B, M, D)
-      # Named scopes label LCReg's parts in the compiled program (profiles,
-      # `lcreg_jax.aot --dump_hlo`); they change no computation.
-      with jax.named_scope('lcreg_covariance_update'):
-        aux['cov'] = covariance.update_covariance_grouped(
-          state.cov, samples, cov_mesh
-        )
-      # Python-level branches: with α = β = 0 the traced step is exactly
-      # the plain MiSLAS step (no zero-weighted terms in the graph).
-      if hp.beta:
-        with jax.named_scope('lcreg_reconstruction_loss'):
-          rec = losses.reconstruction_loss(
-            out['feature_map'],
-            out['reconstruction'],
-            hp.recon_normalize,
-            hp.recon_temperature,
-          )
-        aux['recon_loss'] = rec
-        loss += hp.beta * rec
-      if hp.alpha:
-        m = samples.shape[1]
-        g = out['latent_logits'].reshape(bsz * m, m)
-        latent_labels = jnp.tile(jnp.arange(m), bsz)
-        if not hp.explicit_latent_aug:
-          kernel = params['latent']['latent_classifier']['kernel']
-          with jax.named_scope('lcreg_sigma2_table'):
-            g = losses.isda_augmented_logits(
-              g, kernel, aux['cov'].cov, latent_labels, isda_lam, mesh=cov_mesh
-            )
-        with jax.named_scope('lcreg_aug_loss'):
-          aug = losses.cross_entropy(g, latent_labels)
-        aux['aug_loss'] = aug
-        loss += hp.alpha * aug
+      loss = _add_latent_losses(
+        loss, hp, params, state, out, isda_lam, cov_mesh, aux
+      )
     acc = losses.top1(out['logits'], labels)
     acc_p = losses.top1(out['logits'], partner_labels)
     aux['accuracy'] = lam_mix * acc + (1 - lam_mix) * acc_p
