@@ -354,21 +354,23 @@ def train_classifier(
     unit='features',
     advice='Lower --config.dlsa.classifier_lr.',
   )
+  info = _selected(state, n, n_val, select_metric, name, log)
+  return state.best, offset, dict(info, bsm_counts=bsm_counts)
+
+
+def _selected(state, n: int, n_val: int, metric: str, name: str, log):
+  """Logs and returns which parameters the selection kept."""
   val_score = float(state.best_score) if n_val else None
   best_step = int(state.best_step)
   log(
     f'{name}: n_train={n} n_val={n_val} '
     + (
-      f'val {select_metric}={val_score:.4f} at step {best_step}'
+      f'val {metric}={val_score:.4f} at step {best_step}'
       if n_val
       else 'no validation samples, keeping the last parameters'
     )
   )
-  return (
-    state.best,
-    offset,
-    {'val_score': val_score, 'best_step': best_step, 'bsm_counts': bsm_counts},
-  )
+  return {'val_score': val_score, 'best_step': best_step}
 
 
 def predict_probs(

@@ -522,14 +522,7 @@ def train_flow(
     else -np.inf
   )
   log(f'{name}: n={n} D={dim} K={k} step 0 {label}={initial:.4f}')
-  train = dict(
-    params=variables['params'],
-    batch_stats=variables['batch_stats'],
-    opt_state=tx.init(variables['params']),
-    ema=jnp.zeros((k,), jnp.float32),
-    t=jnp.zeros((), jnp.float32),
-    centers=centers,
-  )
+  train = _start_state(tx, variables, centers)
   check_every = flow_check_every(cfg, n)
   state = loop.fit(
     loop.Selection.start(train, variables, initial),
@@ -553,9 +546,33 @@ def train_flow(
     unit='pairs',
     advice='Lower --config.dlsa.flow_lr, or set --config.dlsa.flow_grad_clip.',
   )
+  return (
+    model,
+    state.best,
+    centers,
+    _selection_info(state, score is not None, label, name, n, log),
+  )
+
+
+def _start_state(tx, variables, centers) -> dict:
+  """The flow's training state at step 0."""
+  return dict(
+    params=variables['params'],
+    batch_stats=variables['batch_stats'],
+    opt_state=tx.init(variables['params']),
+    ema=jnp.zeros((centers.shape[0],), jnp.float32),
+    t=jnp.zeros((), jnp.float32),
+    centers=centers,
+  )
+
+
+def _selection_info(
+  state, scored: bool, label: str, name: str, n: int, log
+) -> dict:
+  """Logs and returns which flow the selection kept."""
   best_score, best_step = float(state.best_score), int(state.best_step)
   # Without a scorer the last flow is kept and no flow was over any cap.
-  over_cap = bool(score is not None and np.isneginf(best_score))
+  over_cap = bool(scored and np.isneginf(best_score))
   log(
     f'{name}: selected step {best_step} '
     + (
@@ -564,14 +581,9 @@ def train_flow(
       else f'({label}={best_score:.4f})'
     )
   )
-  return (
-    model,
-    state.best,
-    centers,
-    {
-      'val_score': None if over_cap else best_score,
-      'over_cap': over_cap,
-      'step': best_step,
-      'n_train': n,
-    },
-  )
+  return {
+    'val_score': None if over_cap else best_score,
+    'over_cap': over_cap,
+    'step': best_step,
+    'n_train': n,
+  }
