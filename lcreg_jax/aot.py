@@ -303,19 +303,24 @@ def dlsa_sizes(config, info) -> tuple[int, int]:
 def dlsa_programs(config, info, device) -> list[Program]:
   """DLSA's flow, cluster-aided and final classifier steps. They run
   unsharded, on the first device, as `dlsa.run_dlsa` runs them."""
-  from lcreg_jax.dlsa import classifiers  # pylint: disable=g-import-not-at-top
-  from lcreg_jax.dlsa import flow_training  # pylint: disable=g-import-not-at-top
-
-  cfg, c = config.dlsa, info.num_classes
   rows, dim = dlsa_sizes(config, info)
-  k = int(cfg.num_clusters)
   one = SingleDeviceSharding(device)
   spec = lambda shape, dtype=jnp.float32: jax.ShapeDtypeStruct(
     shape, dtype, sharding=one
   )
   key = jax.eval_shape(lambda: jax.random.PRNGKey(0))
   key = spec(key.shape, key.dtype)
-  n = spec((), jnp.int32)
+  sizes = dict(c=info.num_classes, rows=rows, dim=dim, one=one, key=key)
+  return [
+    _dlsa_flow_program(config.dlsa, spec, **sizes),
+    *_dlsa_classifier_programs(config.dlsa, spec, **sizes),
+  ]
+
+
+def _dlsa_flow_program(cfg, spec, *, c, rows, dim, one, key) -> Program:
+  from lcreg_jax.dlsa import flow_training  # pylint: disable=g-import-not-at-top
+
+  k, n = cfg.num_clusters, spec((), jnp.int32)
   flow = flow_training.make_flow(cfg, dim)
   hp = flow_training.FlowHParams.from_config(cfg, dim)
   tx, step = flow_training.flow_train_fns(flow, hp)
@@ -333,30 +338,22 @@ def dlsa_programs(config, info, device) -> list[Program]:
     centers=spec((k, dim)),
   )
   train = with_sharding(train, jax.tree.map(lambda _: one, train))
-  progs = [
-    Program(
-      'dlsa_flow',
-      step,
-      (
-        train,
-        key,
-        spec((rows, dim)),
-        spec((rows,), jnp.int32),
-        n,
-        spec((rows,)),
-        spec((c,), jnp.int32),
-        spec((c,), jnp.int32),
-        spec((c,), jnp.int32),
-        n,
-      ),
-      hp.batch,
-      1,
-    )
-  ]
+  labels, counts = spec((rows,), jnp.int32), spec((c,), jnp.int32)
+  args = (train, key, spec((rows, dim)), labels, n, spec((rows,)))
+  return Program(
+    'dlsa_flow', step, (*args, counts, counts, counts, n), hp.batch, 1
+  )
+
+
+def _dlsa_classifier_programs(cfg, spec, *, c, rows, dim, one, key):
+  from lcreg_jax.dlsa import classifiers  # pylint: disable=g-import-not-at-top
+
+  k, n = cfg.num_clusters, spec((), jnp.int32)
   chp = classifiers.ClassifierHparams.from_config(cfg)
   # The authors' epochs feed row indices and the real batch size; the
   # former schedule a PRNG key.
   batch = (spec((chp.batch,), jnp.int32), n) if chp.by_epochs else key
+  programs = []
   for name, model, inputs in (
     (
       'dlsa_classifier',
@@ -377,16 +374,9 @@ def dlsa_programs(config, info, device) -> list[Program]:
     )
     train = (params, jax.eval_shape(tx.init, params))
     train = with_sharding(train, jax.tree.map(lambda _: one, train))
-    progs.append(
-      Program(
-        name,
-        step,
-        (train, batch, inputs, spec((rows,), jnp.int32), n, spec((c,))),
-        chp.batch,
-        1,
-      )
-    )
-  return progs
+    args = (train, batch, inputs, spec((rows,), jnp.int32), n, spec((c,)))
+    programs.append(Program(name, step, args, chp.batch, 1))
+  return programs
 
 
 def enabled_programs(config) -> tuple[str, ...]:

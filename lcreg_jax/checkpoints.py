@@ -12,6 +12,7 @@ used; nothing is deleted. Orbax writes each step to a temporary folder and
 renames it when complete, so a save cut short never looks like a step.
 """
 
+import functools
 import hashlib
 import itertools
 import json
@@ -33,6 +34,29 @@ def _shapes(tree) -> list[tuple]:
   return sorted(
     (tuple(x.shape), str(x.dtype)) for x in leaves if hasattr(x, 'shape')
   )
+
+
+@functools.cache
+def _one_replica_writes_on_cpu():
+  """On CPU, a replicated array is saved from one replica, as orbax already
+  does on GPU. Its CPU/TPU default slices the array into one piece per
+  replica, each written from its own device: the devices of a CPU host
+  share one memory, so that only adds a slicing program per array shape
+  (56 compiles and ~0.5 s per save of tests/tiny.py on 4 devices)."""
+  if jax.default_backend() != 'cpu':
+    return
+  absl_logger = logging.get_absl_logger()
+  level = absl_logger.level
+  # Not orbax's warning about the override on every run.
+  absl_logger.setLevel(logging.converter.absl_to_standard(logging.ERROR))
+  try:
+    ocp.type_handlers.register_type_handler(
+      jax.Array,
+      ocp.type_handlers.ArrayHandler(use_replica_parallel=False),
+      override=True,
+    )
+  finally:
+    absl_logger.setLevel(level)
 
 
 class _Manager(ocp.CheckpointManager):
@@ -111,6 +135,7 @@ class StageCheckpoints:
     self._open()
 
   def _open(self):
+    _one_replica_writes_on_cpu()
     self.manager = _Manager(
       self.directory,
       item_handlers=ocp.StandardCheckpointHandler(),

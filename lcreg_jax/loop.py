@@ -177,9 +177,7 @@ def fit(
   start, state = _resume(state, name, total_steps, checkpoints)
   if start >= total_steps:
     return state
-  writer, progress, line = _reporters(
-    name, workdir, total_steps, start, batch_size, unit
-  )
+  reports = _Reports(name, workdir, total_steps, start, batch_size, unit)
   data = iter(batches(start))
   pending, last_saved = [], start or None
   try:
@@ -187,22 +185,18 @@ def fit(
       with jax.profiler.StepTraceAnnotation(name, step_num=step):
         state, metrics = step_fn(state, next(data))
       pending.append(metrics)
-      progress(step)
-      line.update(step)
-      last = step == total_steps
-      stop = preemption.reached()
+      reports.stepped(step)
+      last, stop = step == total_steps, preemption.reached()
       save = step % checkpoint_every == 0 or last or stop
       evaluate = evaluate_fn is not None and (
         step % evaluate_every == 0 or last
       )
       if save or evaluate or step % log_every == 0:
-        _write_metrics(
-          writer, step, pending, name, checkpoints, last_saved, advice
-        )
+        reports.metrics(step, pending, checkpoints, last_saved, advice)
         pending = []
       if evaluate:
         state, scores = evaluate_fn(step, state)
-        writer.write_scalars(step, scores)
+        reports.writer.write_scalars(step, scores)
       if save:
         checkpoints.save(step, state)
         last_saved = step
@@ -212,9 +206,8 @@ def fit(
       for hook in hooks:
         hook(name, step, state)
   finally:
-    line.close()
+    reports.close()
     checkpoints.close()
-    writer.flush()
   return state
 
 
@@ -245,40 +238,43 @@ def _resume(state, name: str, total_steps: int, checkpoints):
   return start, state
 
 
-def _reporters(name, workdir, total_steps, start, batch_size, unit):
-  """The TensorBoard writer, clu's progress report and the progress line."""
-  writer = metric_writers.create_default_writer(
-    os.fspath(workdir), just_logging=jax.process_index() > 0
-  )
-  progress = periodic_actions.ReportProgress(
-    num_train_steps=total_steps, writer=writer
-  )
-  line = progress_lib.ProgressLine(
-    name, total_steps, start, batch_size=batch_size, unit=unit
-  )
-  return writer, progress, line
+class _Reports:
+  """What one loop reports: the TensorBoard writer (logging only on
+  processes > 0), clu's progress report and the progress line."""
 
-
-def _write_metrics(
-  writer, step, pending, name, checkpoints, last_saved, advice
-):
-  """Checks the metrics of the steps up to `step` (one transfer for them
-  all) and writes their mean."""
-  host = jax.device_get(pending)
-  for i, m in enumerate(host):
-    _check_finite(
-      m,
-      step - len(host) + 1 + i,
-      name,
-      checkpoints.directory,
-      last_saved,
-      advice,
+  def __init__(self, name, workdir, total_steps, start, batch_size, unit):
+    self.name = name
+    self.writer = metric_writers.create_default_writer(
+      os.fspath(workdir), just_logging=jax.process_index() > 0
     )
-  writer.write_scalars(
-    step,
-    {
-      k: float(np.mean([m[k] for m in host]))
-      for k in host[0]
-      if k != 'params_finite'
-    },
-  )
+    self.progress = periodic_actions.ReportProgress(
+      num_train_steps=total_steps, writer=self.writer
+    )
+    self.line = progress_lib.ProgressLine(
+      name, total_steps, start, batch_size=batch_size, unit=unit
+    )
+
+  def stepped(self, step: int):
+    self.progress(step)
+    self.line.update(step)
+
+  def metrics(self, step, pending, checkpoints, last_saved, advice):
+    """Checks the metrics of the steps up to `step` (one transfer for them
+    all) and writes their mean."""
+    host = jax.device_get(pending)
+    for i, m in enumerate(host):
+      _check_finite(
+        m,
+        step - len(host) + 1 + i,
+        self.name,
+        checkpoints.directory,
+        last_saved,
+        advice,
+      )
+    means = {k: np.mean([m[k] for m in host]) for k in host[0]}
+    means.pop('params_finite', None)
+    self.writer.write_scalars(step, {k: float(v) for k, v in means.items()})
+
+  def close(self):
+    self.line.close()
+    self.writer.flush()

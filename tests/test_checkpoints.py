@@ -122,3 +122,28 @@ def test_each_checkpoint_directory_has_its_own_barriers(tmp_path):
   options = ckpt.manager._options.multiprocessing_options  # pylint: disable=protected-access
   assert options.barrier_sync_key_prefix == checkpoints.barrier_prefix(a)
   ckpt.close()
+
+
+def test_a_replicated_array_is_saved_from_one_replica_on_cpu(
+  tmp_path, monkeypatch
+):
+  """Orbax's CPU default would cut a replicated array into one slice per
+  device (a slicing program per shape, every save); on CPU one replica
+  writes it whole, and it restores exactly."""
+  mesh = jax.make_mesh((4,), ('data',))
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  tree = {'w': jax.device_put(jnp.arange(64.0).reshape(16, 4), replicated)}
+  slices = []
+  real = jax.lax.slice_in_dim
+  monkeypatch.setattr(
+    jax.lax, 'slice_in_dim', lambda *a, **k: slices.append(a) or real(*a, **k)
+  )
+  ckpt = checkpoints.StageCheckpoints(tmp_path / 'c', {'m': 1})
+  ckpt.save(1, tree)
+  ckpt.close()
+  assert slices == []
+  ckpt = checkpoints.StageCheckpoints(tmp_path / 'c', {'m': 1})
+  step, restored = ckpt.restore_latest(tree)
+  ckpt.close()
+  assert step == 1 and restored['w'].sharding.is_equivalent_to(replicated, 2)
+  np.testing.assert_array_equal(restored['w'], np.arange(64.0).reshape(16, 4))

@@ -353,44 +353,52 @@ def test_sigterm_stops_both_processes_at_one_point_and_they_resume(tmp_path):
   """SIGTERM to both processes of a 2-process run, twice: during stage 1
   (both save the same step), then after stage 1's last step, during its
   final evaluation, with stage 2 shorter than stage 1 (both stop before
-  stage 2). Each time the same command resumes, and the run ends where an
-  uninterrupted one does. (When each loop reported its own step number to
+  stage 2). Each time the same command resumes, and the run ends bit for
+  bit where an uninterrupted 2-process run does. (When each loop reported its own step number to
   JAX's preemption service, the second signal was lost: its sync point lay
   beyond stage 2's last step, and the run went on to the end.)"""
   work = tmp_path / 'work'
   args = (
     '--config=tests/tiny.py',
-    '--config.stage1.steps=40',
-    '--config.stage2.steps=10',
+    '--config.stage1.steps=16',
+    '--config.stage2.steps=4',
     '--config.checkpoint_every=1000',
     '--config.log_every=1',
   )
   where = _stop_message(_signal_when_logged(start(str(work), *args), '] [5] '))
   step = int(re.fullmatch(r'at step (\d+) of stage1', where).group(1))
-  assert 5 <= step < 40 and os.path.isdir(
+  assert 5 <= step < 16 and os.path.isdir(
     work / 'stage1' / 'checkpoints' / str(step)
   )
   running = start(str(work), *args)
-  where = _stop_message(_signal_when_logged(running, '] [40] '))
+  where = _stop_message(_signal_when_logged(running, '] [16] '))
   assert where == 'before stage2 trained a step' or where.endswith(
     ' of stage2'
   ), where
   assert (
-    f'stage1: resumed from step {step} of 40' in open(running[0][2].name).read()
+    f'stage1: resumed from step {step} of 16' in open(running[0][2].name).read()
   )
   assert not os.path.exists(work / 'stage2' / 'report.json')
   resumed = launch(str(work), *args)
   for code, _, err in resumed:
     assert code == 0, err[-3000:]
-  assert 'stage1: resumed from step 40 of 40' in resumed[0][2]  # not retrained
-  whole = cli.run_cli(*args, f'--workdir={tmp_path / "whole"}')
-  assert whole.returncode == 0, whole.stderr[-3000:]
+  assert 'stage1: resumed from step 16 of 16' in resumed[0][2]  # not retrained
+  # The reference is an uninterrupted run on the same 2 processes: 1 process
+  # x 4 devices reduces in another order, and 16 steps amplify that
+  # round-off enough to move a test prediction.
+  for code, _, err in launch(str(tmp_path / 'whole'), *args):
+    assert code == 0, err[-3000:]
   a, b = reports(tmp_path / 'whole'), reports(work)
   assert a.keys() == b.keys() == {'stage1', 'stage2'}
   for stage in a:
     assert a[stage]['top1'] == b[stage]['top1'], stage
-    np.testing.assert_allclose(b[stage]['nll'], a[stage]['nll'], rtol=1e-4)
-  assert cli.final_params(work / 'stage2')[0] == 10
+    assert a[stage]['nll'] == b[stage]['nll'], stage
+    (step_a, pa), (step_b, pb) = (
+      cli.final_params(d / stage) for d in (tmp_path / 'whole', work)
+    )
+    assert step_a == step_b == {'stage1': 16, 'stage2': 4}[stage]
+    for x, y in zip(jax.tree.leaves(pa), jax.tree.leaves(pb), strict=True):
+      np.testing.assert_array_equal(np.asarray(y), np.asarray(x))
 
 
 @pytest.mark.parametrize(

@@ -93,6 +93,18 @@ def _check_inputs(images, labels, mean, std):
   return images, labels.astype(np.int32), mean, std
 
 
+def _check_choices(augment: str, sampler: str):
+  if augment not in augment_lib.AUGMENTATIONS or augment == "imagenet":
+    raise ValueError(
+      f"unknown augment {augment!r} for in-memory images; use 'crop_flip', "
+      "'crop', 'flip' or 'none'."
+    )
+  if sampler not in samplers.SAMPLERS:
+    raise ValueError(
+      f"unknown sampler {sampler!r}; use 'shuffle' or 'class_balanced'."
+    )
+
+
 def make_train_iterator(
   images,
   labels,
@@ -112,15 +124,7 @@ def make_train_iterator(
 
   The batch yielded first is the one of global step `start_step`.
   """
-  if augment not in augment_lib.AUGMENTATIONS or augment == "imagenet":
-    raise ValueError(
-      f"unknown augment {augment!r} for in-memory images; use 'crop_flip', "
-      "'crop', 'flip' or 'none'."
-    )
-  if sampler not in samplers.SAMPLERS:
-    raise ValueError(
-      f"unknown sampler {sampler!r}; use 'shuffle' or 'class_balanced'."
-    )
+  _check_choices(augment, sampler)
   images, labels, mean, std = _check_inputs(images, labels, mean, std)
   tf = import_tf()
   batch = global_batch_size

@@ -236,16 +236,14 @@ def _schedule(cfg, seed: int, n: int):
   )
 
 
-def _selection(
-  params_of, scores, offset, val_x, val_y, num_classes: int, metric: str
-):
+def _selection(scores, offset, val_x, val_y, num_classes: int, metric: str):
   """evaluate(step, state) for the loop: offers the current parameters
   with their validation score (`select_score`); without validation
   samples the last ones are kept."""
   n_val = int(val_y.shape[0])
 
   def evaluate(step_num, state):
-    params = params_of(state)
+    params = state.train[0]
     if not n_val:
       return state.keep_last(step_num, params), {}
     s = select_score(
@@ -257,6 +255,17 @@ def _selection(
     return state.offer(step_num, params, s), {f'val_{metric}': s}
 
   return evaluate
+
+
+def _padded(train_inputs, train_labels, val_inputs, pad_train, pad_val):
+  """(train inputs, train labels, val inputs) as float32/int32 arrays padded
+  to fixed row counts, so that later stages reuse the compiled step."""
+  pad = lambda a, n, dtype=np.float32: rows.pad_rows(np.asarray(a, dtype), n)
+  return (
+    tuple(pad(a, pad_train) for a in train_inputs),
+    pad(train_labels, pad_train, np.int32),
+    tuple(pad(a, pad_val) for a in val_inputs),
+  )
 
 
 def train_classifier(
@@ -274,8 +283,7 @@ def train_classifier(
   fingerprint: dict | None = None,
   balanced: bool = True,
   prior_counts: Optional[np.ndarray] = None,
-  pad_train: Optional[int] = None,
-  pad_val: Optional[int] = None,
+  pad_to: tuple[int | None, int | None] = (None, None),
   checkpoint_every: int = 500,
   hooks=(),
   log: Callable[[str], None] = print,
@@ -289,8 +297,8 @@ def train_classifier(
   `eval_every` steps. Batches come from (seed, step), so a run killed
   mid-way resumes exactly from `workdir/checkpoints`. The validation score
   is `select_metric` (`select_score`; the first best wins); without
-  validation samples the last parameters are kept. pad_train / pad_val pad
-  the arrays to a fixed row count so later stages reuse the compiled step.
+  validation samples the last parameters are kept. pad_to pads the (train,
+  val) arrays to fixed row counts so later stages reuse the compiled step.
   prior_counts replaces the training subset's label counts in the balanced
   softmax (the final classifier uses the full training counts, as the
   authors do).
@@ -299,25 +307,23 @@ def train_classifier(
     (params, offset, info): offset is the inference logit offset for absent
     classes, info has 'val_score', 'best_step' and 'bsm_counts'.
   """
-  cfg = config
   n, n_val = int(train_labels.shape[0]), int(val_labels.shape[0])
   if n == 0:
     raise ValueError(f'{name}: no training samples')
   counts = np.bincount(train_labels, minlength=num_classes).astype(np.float32)
-  bsm_counts = (
-    counts if prior_counts is None else np.asarray(prior_counts, np.float32)
-  )
-  hp = ClassifierHparams.from_config(cfg)
+  bsm_counts = counts if prior_counts is None else prior_counts
+  bsm_counts = np.asarray(bsm_counts, np.float32)
+  hp = ClassifierHparams.from_config(config)
   offset = jnp.asarray(
-    inference_offset(counts, cfg.mask_absent_classes, hp.tiny)
+    inference_offset(counts, config.mask_absent_classes, hp.tiny)
   )
   tx, step, scores = classifier_fns(model, hp)
-  pad = lambda a, rows_, dtype: rows.pad_rows(np.asarray(a, dtype), rows_)
-  xs = tuple(pad(a, pad_train, np.float32) for a in train_inputs)
-  ys = pad(train_labels, pad_train, np.int32)
+  xs, ys, val_xs = _padded(train_inputs, train_labels, val_inputs, *pad_to)
   train_counts = jnp.asarray(bsm_counts if balanced else np.ones_like(counts))
   params = _init_fn(model)(jax.random.PRNGKey(seed), *(a[:1] for a in xs))
-  batches, total, check_every = _schedule(cfg, seed + 1, n)
+  batches, total, check_every = _schedule(config, seed + 1, n)
+  keys = dict(component=name, n_train=n, n_val=n_val, balanced=balanced)
+  keys.update(select_metric=select_metric, prior_counts=bsm_counts.tolist())
   state = loop.fit(
     loop.Selection.start((params, tx.init(params)), params),
     name=name,
@@ -325,32 +331,17 @@ def train_classifier(
     batches=batches,
     total_steps=total,
     checkpoints=checkpoints_lib.StageCheckpoints(
-      files.as_path(workdir) / 'checkpoints',
-      dict(
-        fingerprint or {},
-        component=name,
-        n_train=n,
-        n_val=n_val,
-        balanced=balanced,
-        select_metric=select_metric,
-        prior_counts=[float(v) for v in bsm_counts],
-      ),
+      files.as_path(workdir) / 'checkpoints', dict(fingerprint or {}, **keys)
     ),
     workdir=workdir,
-    log_every=min(cfg.eval_every, check_every),
+    log_every=min(config.eval_every, check_every),
     checkpoint_every=checkpoint_every,
     evaluate_every=check_every,
     evaluate_fn=_selection(
-      lambda st: st.train[0],
-      scores,
-      offset,
-      tuple(pad(a, pad_val, np.float32) for a in val_inputs),
-      np.asarray(val_labels),
-      num_classes,
-      select_metric,
+      scores, offset, val_xs, np.asarray(val_labels), num_classes, select_metric
     ),
     hooks=hooks,
-    batch_size=cfg.classifier_batch_size,
+    batch_size=config.classifier_batch_size,
     unit='features',
     advice='Lower --config.dlsa.classifier_lr.',
   )

@@ -194,8 +194,7 @@ def _route_stage(run: _Run, st: int, outs: dict, flow_info: dict):
   params, offset, cinfo = classifiers.train_classifier(
     model_c,
     *args,
-    pad_train=n['train'],
-    pad_val=n['val'],
+    pad_to=(n['train'], n['val']),
     select_metric=run.select_metric,
     **run.component(
       f'classifier_{st}', cfg.depth + st, *args[0], args[1], *args[2], args[3]
@@ -252,8 +251,7 @@ def _final_classifier(
     *args,
     balanced=cfg.final_balanced_softmax,
     prior_counts=final_counts,
-    pad_train=run.n['train'],
-    pad_val=run.n['val'],
+    pad_to=(run.n['train'], run.n['val']),
     select_metric=run.select_metric,
     **run.component(name, index, args[0][0], args[1], args[2][0], args[3]),
   )
@@ -363,37 +361,67 @@ def run_dlsa(
     stage depth the final ordinary one. Every choice is made on val only.
   """
   t0 = time.time()
-  cfg = _with_preset(config)
+  run = _start(
+    _with_preset(config),
+    num_classes,
+    (train, val, test),
+    workdir,
+    select_metric,
+    common=dict(checkpoint_every=checkpoint_every, hooks=hooks, log=log),
+  )
+  outs = flow_info = None
+  for st in range(run.cfg.depth):
+    if outs is None or run.cfg.flow_per_stage:
+      outs, flow_info = _train_flow(run, st)
+    _route_stage(run, st, outs, flow_info)
+  _classify_remaining(run)
+  report = _stage_report(run)
+  val_acc = run.accuracy('val', np.ones(run.n['val'], bool))
+  log(
+    f'DLSA: val_acc={val_acc:.4f} in {time.time() - t0:.1f}s; stages: '
+    + ', '.join(
+      f'{st}: share={r["share"]:.3f} acc={r["accuracy"]:.4f}'
+      for st, r in report.items()
+    )
+  )
+  control_probs = control_val = None
+  if run.cfg.depth0_control:
+    control_probs, control_val = _depth0_control(run, val_acc)
+    log(f'DLSA depth-0 control: val_acc={control_val:.4f}')
+  return DLSAResult(
+    test_probs=run.probs['test'],
+    test_stage=run.stage_of['test'],
+    val_accuracy=val_acc,
+    stage_report=report,
+    train_stage=run.stage_of['train'],
+    control_test_probs=control_probs,
+    control_val_accuracy=control_val,
+  )
+
+
+def _start(cfg, num_classes, splits, workdir, select_metric, common) -> _Run:
+  """The run's state: checked, standardised float32 features per split."""
   c = int(num_classes)
   data = {
     s: (np.asarray(d[0], np.float32), np.asarray(d[1]).astype(np.int32))
-    for s, d in zip(_SPLITS, (train, val, test))
+    for s, d in zip(_SPLITS, splits)
   }
   _check_features(data, c)
   data = _standardized(data, cfg)
-  run = _Run(
+  return _Run(
     cfg=cfg,
     c=c,
     x={s: d[0] for s, d in data.items()},
     y={s: d[1] for s, d in data.items()},
     workdir=workdir,
     select_metric=select_metric,
-    common=dict(
-      num_classes=c,
-      config=cfg,
-      checkpoint_every=checkpoint_every,
-      hooks=hooks,
-      log=log,
-    ),
+    common=dict(common, num_classes=c, config=cfg),
   )
-  outs = flow_info = None
-  for st in range(cfg.depth):
-    if outs is None or cfg.flow_per_stage:
-      outs, flow_info = _train_flow(run, st)
-    _route_stage(run, st, outs, flow_info)
 
-  # Final ordinary classifier on whatever no stage took.
-  rem = run.remaining
+
+def _classify_remaining(run: _Run):
+  """The final ordinary classifier on whatever no stage took."""
+  cfg, rem = run.cfg, run.remaining
   # 'all' (this project's): classes a stage took whole stay known to it.
   everything = np.ones(run.n['train'], bool)
   cinfo, final_probs = _final_classifier(
@@ -410,28 +438,6 @@ def run_dlsa(
     'train_routed': int(rem['train'].sum()),
     'val_selection_score': cinfo['val_score'],
   }
-  report = _stage_report(run)
-  val_acc = run.accuracy('val', np.ones(run.n['val'], bool))
-  log(
-    f'DLSA: val_acc={val_acc:.4f} in {time.time() - t0:.1f}s; stages: '
-    + ', '.join(
-      f'{st}: share={r["share"]:.3f} acc={r["accuracy"]:.4f}'
-      for st, r in report.items()
-    )
-  )
-  control_probs = control_val = None
-  if cfg.depth0_control:
-    control_probs, control_val = _depth0_control(run, val_acc)
-    log(f'DLSA depth-0 control: val_acc={control_val:.4f}')
-  return DLSAResult(
-    test_probs=run.probs['test'],
-    test_stage=run.stage_of['test'],
-    val_accuracy=val_acc,
-    stage_report=report,
-    train_stage=run.stage_of['train'],
-    control_test_probs=control_probs,
-    control_val_accuracy=control_val,
-  )
 
 
 def choose_prior_correction(

@@ -52,8 +52,7 @@ def test_classifier_with_absent_classes_trains(mask_absent, tmp_path):
     config=_small_config(mask_absent_classes=mask_absent),
     seed=0,
     workdir=str(tmp_path),
-    pad_train=100,
-    pad_val=10,
+    pad_to=(100, 10),
     log=logs.append,
   )
   assert all(np.all(np.isfinite(l)) for l in jax.tree.leaves(params))

@@ -317,8 +317,7 @@ def test_depth0_is_the_plain_balanced_softmax_classifier(
     seed=cfg.seed * 1000 + 1 - 1,
     workdir=str(tmp_path / 'direct'),
     prior_counts=np.bincount(ytr, minlength=c),
-    pad_train=ytr.size,
-    pad_val=yv.size,
+    pad_to=(ytr.size, yv.size),
     log=lambda _: None,
     name='classifier_final',
   )
