@@ -20,6 +20,7 @@ from lcreg_jax import distributed
 from lcreg_jax import errors
 from lcreg_jax import inference
 from tests import cli
+from tests import conftest
 from tests.cli import ROOT
 from tests.cli import run_cli
 from tests.data import image_tree
@@ -42,7 +43,7 @@ def start(workdir, *args, processes=2, devices_each=2):
     JAX_NUM_PROCESSES=str(processes),
     XLA_FLAGS=(
       f'--xla_force_host_platform_device_count={devices_each} '
-      '--xla_backend_optimization_level=0'
+      + conftest.XLA_FLAGS
     ),
   )
   running = []

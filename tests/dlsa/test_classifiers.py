@@ -182,7 +182,6 @@ def test_checkpoint_choice_follows_the_select_metric():
 
   for metric, kept in (('image_mean', 'a'), ('class_mean', 'b')):
     evaluate = classifiers._selection(
-      lambda st: st.train,
       lambda p, off, xs: np.eye(2)[preds[p]],
       None,
       (),
@@ -190,9 +189,9 @@ def test_checkpoint_choice_follows_the_select_metric():
       2,
       metric,
     )
-    state = loop.Selection.start('a', 'a')
+    state = loop.Selection.start(('a',), 'a')
     state, _ = evaluate(1, state)
-    state, _ = evaluate(2, state.replace(train='b'))
+    state, _ = evaluate(2, state.replace(train=('b',)))
     assert state.best == kept, metric
 
 

@@ -14,6 +14,7 @@ from lcreg_jax import config as config_lib
 from lcreg_jax import train_state
 from lcreg_jax.models import network
 from lcreg_jax.models import resnet
+from tests import conftest
 
 C = 1000  # classes: a head large enough for its statistics
 
@@ -170,12 +171,12 @@ def test_crt_head_of_stage2_is_the_authors_head():
 
 # sha256 (first 16 hex digits) of the variables that the code before
 # model.init existed gave for these models and keys (commit e70c548, JAX
-# 0.10.2, on CPU with tests/conftest.py's XLA_FLAGS: XLA's optimisation
-# level changes the last bits of a truncated normal, so the hashes hold in
-# that environment only). Another JAX may change them: recompute them then
-# from that commit.
+# 0.10.2, on CPU with tests/conftest.py's XLA_FLAGS, with and without the
+# fusion emitters: XLA's optimisation level changes the last bits of a
+# truncated normal, so the hashes hold in that environment only). Another
+# JAX may change them: recompute them then from that commit.
 TEST_XLA_FLAGS = (
-  '--xla_force_host_platform_device_count=4 --xla_backend_optimization_level=0'
+  f'--xla_force_host_platform_device_count=4 {conftest.XLA_FLAGS}'
 )
 bitwise = pytest.mark.skipif(
   os.environ.get('XLA_FLAGS') != TEST_XLA_FLAGS
