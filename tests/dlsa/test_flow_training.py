@@ -356,6 +356,41 @@ def test_authors_selection_in_train_flow(tmp_path, cap, expected_step):
     assert any(f'train_authors={info["val_score"]:.4f}' in l for l in logs)
 
 
+def test_without_a_scorer_the_last_flow_is_kept_and_none_is_over_a_cap(
+  tmp_path,
+):
+  """A validation metric with no validation split: no flow can be scored,
+  so the last one is kept, and the report must not call that 'over the
+  cap' (no cap was applied)."""
+  rng = np.random.default_rng(1)
+  y = np.repeat(np.arange(3), [40, 20, 10])
+  x = (rng.normal(size=(3, 4))[y] * 3 + rng.normal(size=(70, 4))).astype(
+    np.float32
+  )
+  cfg = with_preset(dlsa_config())
+  cfg.update(
+    num_clusters=8,
+    flow_steps=12,
+    flow_eval_every=4,
+    flow_batch_size=32,
+    flow_select_metric='purity',
+  )
+  logs = []
+  _, _, _, info = train_lib.train_flow(
+    x,
+    y,
+    x[:0],
+    y[:0],
+    num_classes=3,
+    config=cfg,
+    seed=0,
+    workdir=str(tmp_path),
+    log=logs.append,
+  )
+  assert info['over_cap'] is False and info['step'] == 12
+  assert not any('over the cap' in l for l in logs)
+
+
 def test_flow_checks_once_per_epoch_by_default():
   cfg = dlsa_config()
   cfg.flow_batch_size = 32
