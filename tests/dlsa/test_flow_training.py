@@ -312,25 +312,15 @@ def test_balance_term_matches_numpy_with_bias_corrected_ema():
     ema = ema_new
 
 
-@pytest.mark.parametrize('cap,expected_step', [(1e-3, 20), (1e3, None)])
-def test_authors_selection_in_train_flow(tmp_path, cap, expected_step):
-  """Over the cap everywhere: the last flow is kept (the authors' fallback),
-  never the untrained one; otherwise the step with the highest count."""
-  rng = np.random.default_rng(0)
-  y = np.repeat(np.arange(3), [60, 30, 10])
-  x = (rng.normal(size=(3, 4))[y] * 3 + rng.normal(size=(100, 4))).astype(
-    np.float32
-  )
+def _small_flow(tmp_path, counts, data_seed, **changes):
+  """train_flow on three separated Gaussian classes of `counts` samples and
+  no validation split: (info, logged lines)."""
+  rng = np.random.default_rng(data_seed)
+  y = np.repeat(np.arange(3), counts)
+  x = rng.normal(size=(3, 4))[y] * 3 + rng.normal(size=(y.size, 4))
+  x = x.astype(np.float32)
   cfg = with_preset(dlsa_config())
-  cfg.update(
-    num_clusters=8,
-    flow_steps=20,
-    flow_eval_every=10,
-    flow_batch_size=32,
-    select_cap=None,
-    select_cap_factor=cap,
-    select_min_size=2,
-  )
+  cfg.update(num_clusters=8, flow_batch_size=32, **changes)
   logs = []
   _, _, _, info = train_lib.train_flow(
     x,
@@ -342,6 +332,23 @@ def test_authors_selection_in_train_flow(tmp_path, cap, expected_step):
     seed=0,
     workdir=str(tmp_path),
     log=logs.append,
+  )
+  return info, logs
+
+
+@pytest.mark.parametrize('cap,expected_step', [(1e-3, 20), (1e3, None)])
+def test_authors_selection_in_train_flow(tmp_path, cap, expected_step):
+  """Over the cap everywhere: the last flow is kept (the authors' fallback),
+  never the untrained one; otherwise the step with the highest count."""
+  info, logs = _small_flow(
+    tmp_path,
+    [60, 30, 10],
+    0,
+    flow_steps=20,
+    flow_eval_every=10,
+    select_cap=None,
+    select_cap_factor=cap,
+    select_min_size=2,
   )
   if expected_step is not None:
     assert info == {
@@ -362,30 +369,13 @@ def test_without_a_scorer_the_last_flow_is_kept_and_none_is_over_a_cap(
   """A validation metric with no validation split: no flow can be scored,
   so the last one is kept, and the report must not call that 'over the
   cap' (no cap was applied)."""
-  rng = np.random.default_rng(1)
-  y = np.repeat(np.arange(3), [40, 20, 10])
-  x = (rng.normal(size=(3, 4))[y] * 3 + rng.normal(size=(70, 4))).astype(
-    np.float32
-  )
-  cfg = with_preset(dlsa_config())
-  cfg.update(
-    num_clusters=8,
+  info, logs = _small_flow(
+    tmp_path,
+    [40, 20, 10],
+    1,
     flow_steps=12,
     flow_eval_every=4,
-    flow_batch_size=32,
     flow_select_metric='purity',
-  )
-  logs = []
-  _, _, _, info = train_lib.train_flow(
-    x,
-    y,
-    x[:0],
-    y[:0],
-    num_classes=3,
-    config=cfg,
-    seed=0,
-    workdir=str(tmp_path),
-    log=logs.append,
   )
   assert info['over_cap'] is False and info['step'] == 12
   assert not any('over the cap' in l for l in logs)
