@@ -107,6 +107,49 @@ def savable(tree):
   )
 
 
+# Fingerprint entries added after checkpoints were first written, with the
+# value every earlier run had: a stored fingerprint without one is read as
+# having it, so those runs still resume.
+FINGERPRINT_KEYS_ADDED = {('dlsa', 'final_trained_on'): 'remaining'}
+
+# How many differing fingerprint entries an error names.
+_SHOWN = 5
+
+
+def with_added_keys(stored: dict) -> dict:
+  """`stored` with the FINGERPRINT_KEYS_ADDED entries it lacks (where their
+  parent entry exists)."""
+  stored = json.loads(json.dumps(stored))
+  for path, value in FINGERPRINT_KEYS_ADDED.items():
+    parent = stored
+    for key in path[:-1]:
+      parent = parent.get(key) if isinstance(parent, dict) else None
+    if isinstance(parent, dict):
+      parent.setdefault(path[-1], value)
+  return stored
+
+
+def _differences(a, b, prefix: str = '') -> list[tuple[str, str, str]]:
+  """(dotted key, value in a, value in b) of every leaf where a and b differ;
+  'absent' where one lacks the key."""
+  if not (isinstance(a, dict) and isinstance(b, dict)):
+    return [(prefix or '(the whole fingerprint)', repr(a), repr(b))]
+  out = []
+  for k in sorted(set(a) | set(b)):
+    key = f'{prefix}.{k}' if prefix else str(k)
+    if k not in a or k not in b:
+      out.append(
+        (
+          key,
+          repr(a[k]) if k in a else 'absent',
+          repr(b[k]) if k in b else 'absent',
+        )
+      )
+    elif a[k] != b[k]:
+      out.extend(_differences(a[k], b[k], key))
+  return out
+
+
 class StageCheckpoints:
   """The checkpoints of one training run (a stage, or a DLSA component).
 
@@ -165,19 +208,18 @@ class StageCheckpoints:
         'belong to. They were left untouched. Restore the file from a '
         'backup, or use a new --workdir.'
       ) from e
+    stored = with_added_keys(stored)
     if stored != self.fingerprint:
-      diff = sorted(
-        k
-        for k in set(stored) | set(self.fingerprint)
-        if stored.get(k) != self.fingerprint.get(k)
+      diff = _differences(stored, self.fingerprint)
+      shown = '; '.join(
+        f'{k}: stored {a}, this run {b}' for k, a, b in diff[:_SHOWN]
       )
+      more = f'; and {len(diff) - _SHOWN} more' if len(diff) > _SHOWN else ''
       raise errors.CheckpointError(
         f'The checkpoints in {self.directory} were written for a different '
-        f'model or data set (differing entries: {", ".join(diff)}; stored '
-        f'{ {k: stored.get(k) for k in diff} }, this run '
-        f'{ {k: self.fingerprint.get(k) for k in diff} }). They were left '
-        'untouched. Use a new --workdir for this configuration, or rerun '
-        'with the configuration that wrote them.'
+        f'model or data set (differing entries: {shown}{more}). They were '
+        'left untouched. Use a new --workdir for this configuration, or '
+        'rerun with the configuration that wrote them.'
       )
 
   def latest_step(self) -> int | None:

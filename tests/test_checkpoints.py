@@ -44,6 +44,27 @@ def test_another_models_checkpoints_are_refused_untouched(tmp_path):
   assert _digest(tmp_path / 'c') == before
 
 
+def test_a_key_added_later_matches_at_its_old_value_only(tmp_path):
+  # Written before dlsa.final_trained_on existed; every run then had
+  # 'remaining'.
+  _write(tmp_path / 'c', fingerprint={'dlsa': {'depth': 1}})
+  before = _digest(tmp_path / 'c')
+  old = {'dlsa': {'depth': 1, 'final_trained_on': 'remaining'}}
+  checkpoints.StageCheckpoints(tmp_path / 'c', old).close()
+  with pytest.raises(
+    errors.CheckpointError,
+    match="dlsa.final_trained_on: stored 'remaining', this run 'all'",
+  ):
+    checkpoints.StageCheckpoints(
+      tmp_path / 'c', {'dlsa': {'depth': 1, 'final_trained_on': 'all'}}
+    )
+  with pytest.raises(
+    errors.CheckpointError, match='dlsa.depth: stored 1, this run 2'
+  ):
+    checkpoints.StageCheckpoints(tmp_path / 'c', {'dlsa': {'depth': 2}})
+  assert _digest(tmp_path / 'c') == before
+
+
 def test_same_fingerprint_other_shapes_is_a_mismatch_not_damage(tmp_path):
   _write(tmp_path / 'c')
   before = _digest(tmp_path / 'c')

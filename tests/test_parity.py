@@ -6,7 +6,9 @@ to the authors' code stop on a checkout they do not fit."""
 import math
 import os
 
+import flax
 import h5py
+import jax
 import numpy as np
 import pytest
 
@@ -15,8 +17,10 @@ from benchmarks.parity import export
 from benchmarks.parity import results
 from benchmarks.parity import run
 from lcreg_jax import config as config_lib
+from lcreg_jax import train_state
 from lcreg_jax.config import baselines
 from lcreg_jax.data import sources
+from lcreg_jax.models import network
 from tests import tiny
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -97,6 +101,93 @@ def test_dlsa_features_are_carved_and_standardised_as_our_stage(tmp_path):
     np.testing.assert_array_equal(f['labels'][...], labels[~val_mask])
 
 
+def _resnet8_variables(latent: bool, rng):
+  c = baselines.data_config(None)
+  c.model.update(backbone='resnet8', classify_on='feature')
+  c.model.latent.enabled = latent
+  model = network.make_model(c.model, 10)
+  variables = train_state.init_variables(model, jax.random.key(0), (8, 8, 1))
+  # Every value random (variances positive), so no leaf can be misplaced
+  # unnoticed behind an init value of 0 or 1.
+  variables = jax.tree.map(
+    lambda x: rng.uniform(0.5, 1.5, x.shape).astype(np.float32),
+    flax.core.unfreeze(variables),
+  )
+  return model, variables
+
+
+def _torch_layout_forward(sd, images):
+  """MiSLAS's ResNet_fe (one basic block a stage, option-A shortcuts) and
+  Classifier in eval mode, in NumPy/float64 on NCHW images, from the state
+  dicts alone."""
+  g = lambda name: sd[name].astype(np.float64)
+
+  def conv(x, w, stride):  # 3x3, padding 1, no bias
+    x = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)))
+    h = (x.shape[2] - 3) // stride + 1
+    return sum(
+      np.einsum(
+        'nchw,oc->nohw',
+        x[:, :, i : i + stride * h : stride, j : j + stride * h : stride],
+        w[:, :, i, j],
+      )
+      for i in range(3)
+      for j in range(3)
+    )
+
+  def bn(x, name):
+    mean, var = g(f'{name}.running_mean'), g(f'{name}.running_var')
+    scale, bias = g(f'{name}.weight'), g(f'{name}.bias')
+    r = lambda v: v[None, :, None, None]
+    return (x - r(mean)) / np.sqrt(r(var) + 1e-5) * r(scale) + r(bias)
+
+  relu = lambda x: np.maximum(x, 0)
+  x = relu(bn(conv(images, g('model.conv1.weight'), 1), 'model.bn1'))
+  for layer, stride in ((1, 1), (2, 2), (3, 2)):
+    p = f'model.layer{layer}.0'
+    planes = sd[f'{p}.conv1.weight'].shape[0]
+    out = relu(bn(conv(x, g(f'{p}.conv1.weight'), stride), f'{p}.bn1'))
+    out = bn(conv(out, g(f'{p}.conv2.weight'), 1), f'{p}.bn2')
+    if stride != 1 or x.shape[1] != planes:
+      x = np.pad(
+        x[:, :, ::2, ::2],
+        ((0, 0), (planes // 4, planes // 4), (0, 0), (0, 0)),
+      )
+    x = relu(out + x)
+  feats = x.mean((2, 3))
+  return feats @ g('classifier.fc.weight').T + g('classifier.fc.bias')
+
+
+def test_our_model_as_mislas_state_dicts_computes_the_same_logits():
+  rng = np.random.default_rng(0)
+  model, variables = _resnet8_variables(latent=False, rng=rng)
+  sd = export.torch_state_dicts(variables)
+  want = {'model.conv1.weight', 'classifier.fc.weight', 'classifier.fc.bias'}
+  for i in (1, 2, 3):
+    for k in (1, 2):
+      want.add(f'model.layer{i}.0.conv{k}.weight')
+  for b in ['model.bn1'] + [
+    f'model.layer{i}.0.bn{k}' for i in (1, 2, 3) for k in (1, 2)
+  ]:
+    want |= {f'{b}.{leaf}' for leaf in ('weight', 'bias')}
+    want |= {f'{b}.running_{leaf}' for leaf in ('mean', 'var')}
+  assert set(sd) == want  # MiSLAS's names, as load_state_dict(strict) wants
+  images = rng.normal(size=(5, 8, 8, 1)).astype(np.float32)
+  logits = model.apply(variables, images, train=False)['logits']
+  np.testing.assert_allclose(
+    _torch_layout_forward(sd, images.transpose(0, 3, 1, 2).astype(np.float64)),
+    np.asarray(logits, np.float64),
+    rtol=1e-4,
+    atol=1e-4,
+  )
+
+
+def test_a_latent_module_has_no_mislas_counterpart():
+  _, variables = _resnet8_variables(latent=True, rng=np.random.default_rng(0))
+  with pytest.raises(ValueError, match='no counterpart for .*latent'):
+    export.torch_state_dicts(variables)
+
+
 # Parsers.
 
 _MISLAS_LOG = '''\
@@ -169,6 +260,18 @@ def test_compare_against_numpy():
     1,
   )
   assert results.deltas([0.7, None], [0.6, 0.5]) == [pytest.approx(0.1), None]
+
+
+def test_paired_against_numpy():
+  ours = [0.786, 0.7621, None, 0.7733]
+  theirs = [0.7847, 0.7636, 0.7486, 0.7757]
+  got = results.paired(ours, theirs)
+  d = np.array([0.786 - 0.7847, 0.7621 - 0.7636, 0.7733 - 0.7757])
+  assert got['diff'] == pytest.approx(d.mean())
+  assert got['se'] == pytest.approx(d.std(ddof=1) / np.sqrt(3))
+  # The sides' means are over the seeds both have.
+  assert got['ours'][0] == pytest.approx(np.mean([0.786, 0.7621, 0.7733]))
+  assert got['theirs'][2] == 3
 
 
 def test_markdown_table_says_whether_within_two_standard_errors():

@@ -4,6 +4,7 @@ layout, `read_h5_data`), both from lcreg_jax's own APIs."""
 
 import os
 
+import flax
 import h5py
 import numpy as np
 
@@ -14,6 +15,7 @@ from lcreg_jax.data import augment
 from lcreg_jax.data import dataset
 from lcreg_jax.data import sources
 from lcreg_jax.dlsa import run as dlsa_run
+from lcreg_jax.models import pretrained
 
 
 def load_arrays(config) -> sources.LongTailDataset:
@@ -72,6 +74,40 @@ def stage1_features(workdir: str, splits=('train', 'val', 'test')) -> dict:
     out[split] = (
       np.asarray(model.predict(images)['features'], np.float32),
       np.asarray(labels),
+    )
+  return out
+
+
+def mislas_state_dicts(workdir: str) -> dict:
+  """The final stage-1 model of our run in `workdir` as MiSLAS's two state
+  dicts (`torch_state_dicts`), for its stage 2."""
+  return torch_state_dicts(
+    inference.load_workdir(workdir, stage='stage1', which='final').variables
+  )
+
+
+def torch_state_dicts(variables) -> dict:
+  """Our CIFAR ResNet + linear head as MiSLAS's ResNet_fe and Classifier
+  state dicts, {'model.<name>': array, 'classifier.fc.<name>': array}, in
+  PyTorch's layouts (OIHW convolutions, (out, in) linear weights). Raises
+  ValueError for a variable they lack (e.g. a latent module)."""
+  flat = {
+    k: np.asarray(v)
+    for k, v in flax.traverse_util.flatten_dict(variables).items()
+  }
+  out = {}
+  for path, name in pretrained.torchvision_name_map(flat).items():
+    x = flat.pop(path)
+    out[f'model.{name}'] = x.transpose(3, 2, 0, 1) if x.ndim == 4 else x
+  for leaf, name in (('kernel', 'weight'), ('bias', 'bias')):
+    x = flat.pop(('params', 'head', 'fc', leaf), None)
+    if x is not None:
+      out[f'classifier.fc.{name}'] = x.T
+  if flat:
+    raise ValueError(
+      "MiSLAS's ResNet_fe and Classifier have no counterpart for "
+      + ', '.join('/'.join(k) for k in sorted(flat))
+      + '; run our side with the baseline config (no latent module).'
     )
   return out
 

@@ -106,6 +106,18 @@ def compare(ours, theirs) -> dict:
   }
 
 
+def paired(ours, theirs) -> dict:
+  """As `compare`, for two sides that share each seed's start (e.g. both
+  stage 2s from one stage-1 model): the difference is the mean per-seed
+  difference and its standard error s_d / sqrt(n) over the seeds both
+  have."""
+  both = [(o, t) for o, t in zip(ours, theirs) if None not in (o, t)]
+  out = compare([o for o, _ in both], [t for _, t in both])
+  md, sd, n = mean_std([o - t for o, t in both])
+  se = sd / math.sqrt(n) if n > 1 else math.nan
+  return dict(out, diff=md, se=se, z=md / se if se and se == se else math.nan)
+
+
 def _pct(mean, std=None) -> str:
   if mean != mean:
     return '-'

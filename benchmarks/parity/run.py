@@ -14,6 +14,9 @@ Per seed S, in <out>/seed_S/:
                exported through lcreg_jax's data API) with a yaml made from
                our run's resolved config (lr, batch, weight decay, momentum,
                mixup, label-aware smoothing, lr factor, epochs);
+  mislas_stage2_from_ours/ (part cross) MiSLAS's stage 2 from our final
+               stage-1 model, converted to its checkpoint format and
+               checked on the test split first: the like-for-like stage 2;
   dlsa_features/ our run's final stage-1 features, standardised and carved
                exactly as our DLSA stage does, in DLSA's h5 layout;
   dlsa_<sel>_{dlsa,control}/ the edited train_dlsa.py and its depth-0
@@ -49,7 +52,7 @@ if ROOT not in sys.path:
 from benchmarks.parity import edits  # pylint: disable=g-import-not-at-top
 from benchmarks.parity import results  # pylint: disable=g-import-not-at-top
 
-PARTS = ('ours', 'mislas', 'dlsa')
+PARTS = ('ours', 'mislas', 'cross', 'dlsa')
 SELECTIONS = ('test', 'val')
 
 
@@ -369,6 +372,83 @@ def run_mislas_stage(
   return dict(out, checkpoint=ckpt, run_wall_s=wall)
 
 
+def mislas_setup(args, out: str, config: dict, code: dict) -> str:
+  """The edited MiSLAS copy (in code['mislas']) and <out>/data.npz, our
+  run's images (written once; a later run with other data is refused)."""
+  data_path = os.path.join(out, 'data.npz')
+  data_key = os.path.join(out, 'data_config.json')
+  if 'mislas' not in code:
+    code['mislas'] = edits.prepare(
+      args.mislas_repo,
+      os.path.join(out, 'code', 'mislas'),
+      edits.mislas_edits(config['data']['channels'], _BLOCKS[args.backbone]),
+      edits.MISLAS_FILES,
+    )
+  if not os.path.exists(data_path):
+    import ml_collections  # pylint: disable=g-import-not-at-top
+    from benchmarks.parity import export  # pylint: disable=g-import-not-at-top
+    from lcreg_jax.data import sources  # pylint: disable=g-import-not-at-top
+
+    data_cfg = ml_collections.ConfigDict(config['data'])
+    export.write_npz(
+      data_path,
+      export.image_arrays(sources.load_dataset(data_cfg), data_cfg),
+    )
+    _write_json(data_key, config['data'])
+  elif _read_json(data_key) != config['data']:
+    sys.exit(
+      f'error: {data_path} holds another data config than this '
+      'run of ours; use another --out'
+    )
+  return data_path
+
+
+# How far (fraction of test images) MiSLAS's evaluation of our converted
+# stage-1 model may be from ours: float round-off flips a few argmaxes, a
+# naming or layout error costs tens of points.
+_CONVERSION_TOLERANCE = 0.002
+
+
+def run_mislas_from_ours(args, seed, folder, code, config, data_path, ours):
+  """MiSLAS's stage 2 started from our final stage-1 model (converted to
+  its checkpoint format and checked on the test split first): the
+  like-for-like stage 2, both sides from the same weights."""
+  from benchmarks.parity import export  # pylint: disable=g-import-not-at-top
+
+  arrays = os.path.join(folder, 'ours_stage1.npz')
+  export.write_npz(arrays, export.mislas_state_dicts(os.path.join(ours, 'run')))
+  ckpt = os.path.join(folder, 'ours_stage1.pth.tar')
+  start = os.path.join(folder, 'start.json')
+  _run(
+    [
+      args.torch_python,
+      os.path.join(
+        os.path.dirname(os.path.abspath(__file__)), 'mislas_checkpoint.py'
+      ),
+      f'--code={code}',
+      f'--arrays={arrays}',
+      f'--data={data_path}',
+      f'--num_classes={config["data"]["num_classes"]}',
+      f'--out={ckpt}',
+      f'--result={start}',
+    ],
+    folder,
+    os.path.join(folder, 'convert_log.txt'),
+  )
+  theirs = _read_json(start)['top1']
+  mine = _read_json(os.path.join(ours, 'result.json'))['top1_stage1']
+  if abs(theirs - mine) > _CONVERSION_TOLERANCE:
+    sys.exit(
+      f'error: our seed-{seed} stage-1 model scores {mine:.4f} in our code '
+      f'but {theirs:.4f} after conversion to MiSLAS\'s ResNet_fe; the '
+      'conversion (export.mislas_state_dicts) is wrong, not the run.'
+    )
+  out = run_mislas_stage(
+    args, seed, folder, 'stage2', code, config, data_path, resume=ckpt
+  )
+  return dict(out, start_top1=theirs, start_top1_ours=mine)
+
+
 # DLSA.
 
 
@@ -524,6 +604,15 @@ def summarize(per_seed: dict, selections) -> tuple[str, dict]:
         ),
       ),
     ]
+  if any(get('mislas_stage2_from_ours', 'top1')):
+    rows.append(
+      (
+        "stage 2, both from our stage-1 model (paired by seed)",
+        results.paired(
+          get('ours', 'top1_stage2'), get('mislas_stage2_from_ours', 'top1')
+        ),
+      )
+    )
   ours_delta = results.deltas(
     get('ours', 'top1_dlsa'), get('ours', 'top1_dlsa_depth0')
   )
@@ -565,12 +654,12 @@ def main(argv=None):
   if args.backbone not in _BLOCKS:
     sys.exit(f'error: --backbone must be one of {", ".join(_BLOCKS)}')
   if (
-    ('mislas' in parts and not args.mislas_repo)
+    ({'mislas', 'cross'} & set(parts) and not args.mislas_repo)
     or ('dlsa' in parts and not args.dlsa_repo)
-    or ({'mislas', 'dlsa'} & set(parts) and not args.torch_python)
+    or ({'mislas', 'cross', 'dlsa'} & set(parts) and not args.torch_python)
   ):
     sys.exit(
-      'error: the mislas part needs --mislas_repo, the dlsa part '
+      'error: the mislas and cross parts need --mislas_repo, the dlsa part '
       '--dlsa_repo, both --torch_python'
     )
   seeds = [int(s) for s in args.seeds.split(',')]
@@ -591,36 +680,12 @@ def main(argv=None):
       log(f'seed {seed}: no run of ours in {ours_dir}; its other parts skipped')
       continue
     config = _read_json(config_path)
-    if 'mislas' in parts:
-      data_path = os.path.join(out, 'data.npz')
-      data_key = os.path.join(out, 'data_config.json')
-      if 'mislas' not in code:
-        code['mislas'] = edits.prepare(
-          args.mislas_repo,
-          os.path.join(out, 'code', 'mislas'),
-          edits.mislas_edits(
-            config['data']['channels'], _BLOCKS[args.backbone]
-          ),
-          edits.MISLAS_FILES,
-        )
-      if not os.path.exists(data_path):
-        import ml_collections  # pylint: disable=g-import-not-at-top
-        from lcreg_jax.data import sources  # pylint: disable=g-import-not-at-top
-
-        data_cfg = ml_collections.ConfigDict(config['data'])
-        export.write_npz(
-          data_path,
-          export.image_arrays(sources.load_dataset(data_cfg), data_cfg),
-        )
-        _write_json(data_key, config['data'])
-      elif _read_json(data_key) != config['data']:
-        sys.exit(
-          f'error: {data_path} holds another data config than seed '
-          f'{seed}\'s run; use another --out'
-        )
+    if {'mislas', 'cross'} & set(parts):
+      data_path = mislas_setup(args, out, config, code)
       if seed == seeds[0]:
         for problem in schedule_problems(config):
           log(f'warning: {problem}')
+    if 'mislas' in parts:
       s1 = part(
         f'seed {seed} MiSLAS stage 1',
         os.path.join(folder, 'mislas_stage1'),
@@ -640,6 +705,14 @@ def main(argv=None):
           config,
           data_path,
           resume=s1['checkpoint'],
+        ),
+      )
+    if 'cross' in parts:
+      part(
+        f'seed {seed} MiSLAS stage 2 from our stage 1',
+        os.path.join(folder, 'mislas_stage2_from_ours'),
+        lambda f, s=seed: run_mislas_from_ours(
+          args, s, f, code['mislas'], config, data_path, ours_dir
         ),
       )
     if 'dlsa' in parts:

@@ -481,6 +481,16 @@ FIELDS = (
     check=POSITIVE_INT,
   ),
   Field('stage2.enabled', True, 'train stage 2'),
+  Field(
+    'stage2.epoch_length',
+    'train_set',
+    'train_set: an epoch of class-balanced batches is about N_train '
+    "samples, counted as the authors' loops count it (MiSLAS: "
+    'ceil(N/B)+1 steps; cRT, LWS: floor(N/B)) | sampler: the whole '
+    'class-aware sampler, max_c n_c x C samples (about 4x longer at IF '
+    '100)',
+    choices=('train_set', 'sampler'),
+  ),
   Field('stage2.epochs', 10.0, 'length of stage 2 in epochs', check=POSITIVE),
   Field(
     'stage2.init_from', None, 'None: <workdir>/stage1/checkpoints', type=str

@@ -12,11 +12,12 @@ SAMPLERS = ("shuffle", "class_balanced")
 
 
 def epoch_samples(class_counts, sampler: str) -> int:
-  """Samples in one epoch: the training set when shuffling; for the
-  class-balanced order, MiSLAS's (and classifier-balancing's)
-  ClassAwareSampler length, the largest class times the classes present, so
-  that an epoch draws the head class about once (4.03x the training set on
-  Fashion-MNIST-LT at IF 100)."""
+  """Samples in one epoch of the input pipeline's order (its draws are keyed
+  by (seed, epoch)): the training set when shuffling; for the class-balanced
+  order, the length of MiSLAS's ClassAwareSampler, the largest class times
+  the classes present (4.03x the training set on Fashion-MNIST-LT at IF
+  100). A training schedule's class-balanced epoch is shorter:
+  `class_balanced_steps_per_epoch`."""
   counts = np.asarray(class_counts)
   if sampler == "class_balanced":
     return int(counts.max() * np.count_nonzero(counts))
@@ -26,6 +27,27 @@ def epoch_samples(class_counts, sampler: str) -> int:
 def steps_per_epoch(num_examples: int, global_batch_size: int) -> int:
   """Full batches per epoch (the remainder is dropped), at least 1."""
   return max(1, num_examples // global_batch_size)
+
+
+def class_balanced_steps_per_epoch(
+  class_counts, batch_size: int, epoch_length: str, method: str
+) -> int:
+  """Steps in one epoch of class-balanced batches (`stage2.epoch_length`).
+
+  'train_set': about the training set's N samples, counted as the authors'
+  loops count it. MiSLAS's stage-2 `train()` stops after the batch with
+  index ceil(N/B), so ceil(N/B) + 1 batches; classifier-balancing (cRT,
+  LWS) stops at step floor(N/B). 'sampler': the whole ClassAwareSampler,
+  max_c n_c x C samples in full batches.
+  """
+  n = int(np.sum(class_counts))
+  if epoch_length == "sampler":
+    return steps_per_epoch(
+      epoch_samples(class_counts, "class_balanced"), batch_size
+    )
+  if method == "mislas":
+    return -(-n // batch_size) + 1
+  return steps_per_epoch(n, batch_size)
 
 
 def class_balanced_order(

@@ -43,9 +43,18 @@ def schedule_length(
 ) -> tuple[int, int]:
   """(steps per epoch, total steps) of a stage reading the training set in
   `sampler`'s order; `steps`, when set, wins over `epochs`."""
-  spe = samplers.steps_per_epoch(
-    samplers.epoch_samples(info.class_counts, sampler), stage_config.batch_size
-  )
+  if sampler == 'class_balanced':
+    spe = samplers.class_balanced_steps_per_epoch(
+      info.class_counts,
+      stage_config.batch_size,
+      stage_config.epoch_length,
+      stage_config.get('method', 'mislas'),
+    )
+  else:
+    spe = samplers.steps_per_epoch(
+      samplers.epoch_samples(info.class_counts, sampler),
+      stage_config.batch_size,
+    )
   total = stage_config.steps or int(round(stage_config.epochs * spe))
   return spe, max(total, 1)
 

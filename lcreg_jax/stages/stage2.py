@@ -23,8 +23,8 @@ from lcreg_jax.models import network
 from lcreg_jax.stages import common
 from lcreg_jax.steps import retrain
 
-# MiSLAS, cRT and LWS retrain on class-balanced batches, an epoch being the
-# ClassAwareSampler's (samplers.epoch_samples).
+# MiSLAS, cRT and LWS retrain on class-balanced batches, an epoch of about
+# N_train samples (samplers.class_balanced_steps_per_epoch).
 SAMPLER = 'class_balanced'
 
 
@@ -131,6 +131,17 @@ def make_step(config, info, mesh, state):
   )
 
 
+def fingerprint_settings(cfg) -> dict:
+  """What of the resolved `config.stage2` a stage-2 checkpoint is for; a key
+  added later is left out at the value earlier runs had, so they resume."""
+  settings = {f: cfg[f] for f in presets.STAGE2_FIELDS}
+  if cfg.method != 'mislas':
+    settings['method'] = cfg.method
+  if cfg.epoch_length != 'sampler':
+    settings['epoch_length'] = cfg.epoch_length
+  return settings
+
+
 def train(ctx: common.Context, stage1_state):
   """Retrains the classifier on the frozen stage-1 model; the final state."""
   config = ctx.config
@@ -144,9 +155,7 @@ def train(ctx: common.Context, stage1_state):
   )
   state = parallel.replicate(state, ctx.mesh)
   step = make_step(config, ctx.info, ctx.mesh, state)
-  settings = {f: cfg[f] for f in presets.STAGE2_FIELDS}
-  if cfg.method != 'mislas':  # mislas checkpoints keep their fingerprint
-    settings['method'] = cfg.method
+  settings = fingerprint_settings(cfg)
   logging.info('stage2: settings %s.', settings)
   return common.fit(
     ctx,

@@ -290,6 +290,40 @@ def test_a_class_balanced_epoch_is_the_largest_class_times_the_classes():
   assert samplers.epoch_samples(counts, "shuffle") == 36
 
 
+def _authors_loop_steps(n_train, batch, sampler_samples, method):
+  """How many batches the authors' epoch loops train on, by running their
+  loop conditions over a class-aware loader of `sampler_samples` samples:
+  MiSLAS's stage-2 train() (`if i > end_steps: break`, end_steps =
+  ceil(N/B)) and classifier-balancing's (`if step == int(N/B): break`)."""
+  loader = range(-(-sampler_samples // batch))
+  done = 0
+  for i in loader:
+    if method == "mislas" and i > int(np.ceil(n_train / batch)):
+      break
+    if method != "mislas" and i == int(n_train / batch):
+      break
+    done += 1
+  return done
+
+
+@pytest.mark.parametrize("method", ["mislas", "crt", "lws"])
+def test_a_class_balanced_training_epoch_is_the_authors_count(method):
+  # Fashion-MNIST-LT at IF 100: 6000 .. 60 a class, 14,886 in all.
+  counts = np.floor(6000 * 0.01 ** (np.arange(10) / 9)).astype(int)
+  assert counts.sum() == 14886
+  want = _authors_loop_steps(14886, 128, 6000 * 10, method)
+  assert want == {"mislas": 118, "crt": 116, "lws": 116}[method]
+  assert (
+    samplers.class_balanced_steps_per_epoch(counts, 128, "train_set", method)
+    == want
+  )
+  # The whole sampler (lcreg_jax before the authors' count): 60000 // 128.
+  assert (
+    samplers.class_balanced_steps_per_epoch(counts, 128, "sampler", method)
+    == 468
+  )
+
+
 def test_the_class_balanced_iterator_starts_epoch_1_after_that_many_steps():
   labels = np.repeat(np.arange(4), [20, 8, 4, 4])  # 80 samples an epoch
   spe = 80 // BATCH

@@ -1,10 +1,15 @@
 """The checkpoint fingerprint: keys added to the model config later are
-left out at the value earlier runs used, so their checkpoints still match."""
+left out at the value earlier runs used, so their checkpoints still match;
+and the schedule length of a class-balanced stage."""
 
 import types
 
+import numpy as np
+import pytest
+
 from lcreg_jax import config as config_lib
 from lcreg_jax.stages import common
+from lcreg_jax.stages import stage2
 
 
 def _ctx(**model):
@@ -53,3 +58,38 @@ def test_a_changed_added_key_changes_the_fingerprint():
     _ctx(head='normed', normed_scale=16.0, **OLD), 'stage1'
   )
   assert scaled['model']['normed_scale'] == 16.0
+
+
+@pytest.mark.parametrize(
+  'method, epoch_length, spe',
+  [
+    ('mislas', 'train_set', 16 // 4 + 1),  # MiSLAS: ceil(N/B) + 1
+    ('crt', 'train_set', 15 // 4),  # classifier-balancing: floor(N/B)
+    ('mislas', 'sampler', 8 * 3 // 4),  # max n_c x C, full batches
+  ],
+)
+def test_stage2_schedule_length(method, epoch_length, spe):
+  cfg = config_lib.base_config().stage2
+  cfg.update(method=method, epoch_length=epoch_length, epochs=3.0)
+  cfg.batch_size = 4
+  counts = [8, 4, 3] if method == 'crt' else [8, 4, 4]
+  info = types.SimpleNamespace(class_counts=np.array(counts))
+  assert common.schedule_length(cfg, info, stage2.SAMPLER) == (spe, 3 * spe)
+
+
+def test_stage2_fingerprint_of_the_old_epoch_length_is_the_old_one():
+  cfg = config_lib.base_config().stage2
+  cfg.update(las_head=0.3, las_tail=0.0, shift_bn=False, lr_factor=0.5)
+  cfg.update(weight_decay=2e-4, batch_size=128)
+  old = dict(
+    las_head=0.3,
+    las_tail=0.0,
+    shift_bn=False,
+    lr_factor=0.5,
+    weight_decay=2e-4,
+    batch_size=128,
+  )
+  cfg.epoch_length = 'sampler'
+  assert stage2.fingerprint_settings(cfg) == old
+  cfg.epoch_length = 'train_set'
+  assert stage2.fingerprint_settings(cfg) == dict(old, epoch_length='train_set')
