@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from lcreg_jax import config as config_lib
+from lcreg_jax.config import presets
 from lcreg_jax.stages import common
 from lcreg_jax.stages import stage2
 
@@ -78,17 +79,11 @@ def test_stage2_schedule_length(method, epoch_length, spe):
 
 
 def test_stage2_fingerprint_of_the_old_epoch_length_is_the_old_one():
+  # What a stage-2 checkpoint of the cifar10 preset at IF 100 stored
+  # before stage2.epoch_length existed.
+  old = presets.stage2_row('cifar10', 100)
   cfg = config_lib.base_config().stage2
-  cfg.update(las_head=0.3, las_tail=0.0, shift_bn=False, lr_factor=0.5)
-  cfg.update(weight_decay=2e-4, batch_size=128)
-  old = dict(
-    las_head=0.3,
-    las_tail=0.0,
-    shift_bn=False,
-    lr_factor=0.5,
-    weight_decay=2e-4,
-    batch_size=128,
-  )
+  cfg.update(old)
   cfg.epoch_length = 'sampler'
   assert stage2.fingerprint_settings(cfg) == old
   cfg.epoch_length = 'train_set'
