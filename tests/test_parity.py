@@ -305,6 +305,11 @@ def test_summarize_pairs_dlsa_with_its_control_per_seed():
   assert row['se'] == pytest.approx(
     np.sqrt(ours.var(ddof=1) / 3 + theirs.var(ddof=1) / 3)
   )
+  # On the same features, seed by seed.
+  row = summary['rows']['DLSA, paired by seed (theirs: on val)']
+  d = np.array([0.60 - 0.61, 0.62 - 0.60, 0.59 - 0.62])
+  assert row['diff'] == pytest.approx(d.mean())
+  assert row['se'] == pytest.approx(d.std(ddof=1) / np.sqrt(3))
 
 
 # The authors' settings from ours.
@@ -407,6 +412,20 @@ def test_edits_apply_to_a_copy_and_stop_on_a_missing_anchor(tmp_path):
     edits.apply_edits(dst, [edits.Edit('b.py', 'w', new='', kind='create')])
   with pytest.raises(edits.EditError, match='lacks nothere.py'):
     edits.prepare(str(src), str(tmp_path / 'd2'), good, ('nothere.py',))
+
+
+def test_the_score_edited_into_dlsa_is_the_class_mean_when_asked(
+  monkeypatch,
+):
+  namespace = {'np': np}
+  exec(edits._PARITY_SCORE, namespace)  # pylint: disable=exec-used
+  score = namespace['_parity_score']
+  gt = np.array([0] * 8 + [1] * 2)  # unbalanced, as our validation rows
+  pred = np.array([0] * 8 + [0, 1])
+  monkeypatch.delenv('PARITY_METRIC', raising=False)
+  assert score(pred, gt) == pytest.approx(0.9)  # the authors': over rows
+  monkeypatch.setenv('PARITY_METRIC', 'class_mean')
+  assert score(pred, gt) == pytest.approx((1.0 + 0.5) / 2)
 
 
 def test_every_edit_has_a_reason_and_edits_md_is_generated():

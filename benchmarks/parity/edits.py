@@ -413,6 +413,21 @@ _SELECT_ROWS = '''\
 '''
 
 
+_PARITY_SCORE = '''
+
+def _parity_score(pred, gt):
+    # Added by lcreg_jax's parity harness: the score that chooses the
+    # epoch. PARITY_METRIC=image_mean is the authors' (accuracy over the
+    # rows); class_mean, the mean of the per-class accuracies, is ours
+    # (eval.select_metric), used when choosing on our unbalanced
+    # validation rows.
+    import os
+    if os.environ.get("PARITY_METRIC", "image_mean") == "class_mean":
+        return np.mean([np.mean(pred[gt == c] == c) for c in np.unique(gt)])
+    return np.mean(pred == gt)
+'''
+
+
 def dlsa_edits() -> list[Edit]:
   edits = [
     Edit(
@@ -503,6 +518,26 @@ def dlsa_edits() -> list[Edit]:
         'labels, as ours.',
         f'            {call}',
         f'            {call}{_SELECT_ROWS}',
+      )
+    )
+    edits.append(
+      Edit(
+        path,
+        'The epoch\'s score: the authors\' accuracy over the rows, or, '
+        'with PARITY_METRIC=class_mean (the harness sets it when choosing '
+        'on validation and our eval.select_metric is class_mean), the mean '
+        'of the per-class accuracies, as ours chooses on the unbalanced '
+        'validation split.',
+        '            mean_acc = np.mean(pred==gt)\n',
+        '            mean_acc = _parity_score(pred, gt)\n',
+      )
+    )
+    edits.append(
+      Edit(
+        path,
+        'Defines _parity_score (above).',
+        new=_PARITY_SCORE,
+        kind='append',
       )
     )
   edits.append(

@@ -521,6 +521,7 @@ def run_dlsa_authors(
   select,
   labels,
   num_classes,
+  metric,
   flows_of=None,
 ):
   """One run of the edited train_dlsa.py (kind 'dlsa') or of the depth-0
@@ -540,6 +541,8 @@ def run_dlsa_authors(
     'PARITY_NUM_CLASS': str(num_classes),
     'PARITY_NUM_VAL': str(len(labels['val'])),
     'PARITY_SELECT': select,
+    # The authors' score on test (balanced); ours on the validation rows.
+    'PARITY_METRIC': metric if select == 'val' else 'image_mean',
   }
   cmd = [args.torch_python, script, '--cfg', path, '--name', name]
   if flows_of:
@@ -624,6 +627,10 @@ def summarize(per_seed: dict, selections) -> tuple[str, dict]:
       (
         f'DLSA (theirs: epochs chosen on {sel})',
         results.compare(get('ours', 'top1_dlsa'), dl),
+      ),
+      (
+        f'DLSA, paired by seed (theirs: on {sel})',
+        results.paired(get('ours', 'top1_dlsa'), dl),
       ),
       (
         f'depth-0 control (theirs: on {sel})',
@@ -762,6 +769,7 @@ def main(argv=None):
               c,
               labels,
               config['data']['num_classes'],
+              config['eval']['select_metric'],
               o,
             ),
           )
