@@ -109,8 +109,12 @@ def savable(tree):
 
 # Fingerprint entries added after checkpoints were first written, with the
 # value every earlier run had: a stored fingerprint without one is read as
-# having it, so those runs still resume.
-FINGERPRINT_KEYS_ADDED = {('dlsa', 'final_trained_on'): 'remaining'}
+# having it, so those runs resume at that value and are refused at another.
+FINGERPRINT_KEYS_ADDED = {
+  ('dlsa', 'final_trained_on'): 'remaining',
+  ('stage2_settings', 'method'): 'mislas',
+  ('stage2_settings', 'epoch_length'): 'sampler',
+}
 
 # How many differing fingerprint entries an error names.
 _SHOWN = 5

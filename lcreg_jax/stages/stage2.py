@@ -132,14 +132,10 @@ def make_step(config, info, mesh, state):
 
 
 def fingerprint_settings(cfg) -> dict:
-  """What of the resolved `config.stage2` a stage-2 checkpoint is for; a key
-  added later is left out at the value earlier runs had, so they resume."""
-  settings = {f: cfg[f] for f in presets.STAGE2_FIELDS}
-  if cfg.method != 'mislas':
-    settings['method'] = cfg.method
-  if cfg.epoch_length != 'sampler':
-    settings['epoch_length'] = cfg.epoch_length
-  return settings
+  """What of the resolved `config.stage2` a stage-2 checkpoint is for (keys
+  added later: checkpoints.FINGERPRINT_KEYS_ADDED)."""
+  fields = presets.STAGE2_FIELDS + ('method', 'epoch_length')
+  return {f: cfg[f] for f in fields}
 
 
 def train(ctx: common.Context, stage1_state):

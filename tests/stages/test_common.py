@@ -7,7 +7,9 @@ import types
 import numpy as np
 import pytest
 
+from lcreg_jax import checkpoints
 from lcreg_jax import config as config_lib
+from lcreg_jax import errors
 from lcreg_jax.config import presets
 from lcreg_jax.stages import common
 from lcreg_jax.stages import stage2
@@ -78,13 +80,25 @@ def test_stage2_schedule_length(method, epoch_length, spe):
   assert common.schedule_length(cfg, info, stage2.SAMPLER) == (spe, 3 * spe)
 
 
-def test_stage2_fingerprint_of_the_old_epoch_length_is_the_old_one():
-  # What a stage-2 checkpoint of the cifar10 preset at IF 100 stored
-  # before stage2.epoch_length existed.
+def test_stage2_checkpoints_from_before_epoch_length_resume_only_as_sampler(
+  tmp_path,
+):
+  # What a stage-2 checkpoint of MiSLAS (cifar10 preset, IF 100) stored
+  # before stage2.method and stage2.epoch_length existed.
   old = presets.stage2_row('cifar10', 100)
+  ckpt = checkpoints.StageCheckpoints(tmp_path, {'stage2_settings': old})
+  ckpt.save(1, {'w': np.zeros(2)})
+  ckpt.close()
   cfg = config_lib.base_config().stage2
   cfg.update(old)
   cfg.epoch_length = 'sampler'
-  assert stage2.fingerprint_settings(cfg) == old
+  fp = {'stage2_settings': stage2.fingerprint_settings(cfg)}
+  checkpoints.StageCheckpoints(tmp_path, fp).close()
   cfg.epoch_length = 'train_set'
-  assert stage2.fingerprint_settings(cfg) == dict(old, epoch_length='train_set')
+  fp = {'stage2_settings': stage2.fingerprint_settings(cfg)}
+  with pytest.raises(
+    errors.CheckpointError,
+    match="stage2_settings.epoch_length: stored 'sampler', this run "
+    "'train_set'",
+  ):
+    checkpoints.StageCheckpoints(tmp_path, fp)
